@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's second quick-start command, and what CI runs.
+#   formatting, clippy (warnings denied), rustdoc (warnings denied), unit and integration tests (nextest),
+#   doc tests.
+# Long chaos runs and benchmarks are separate commands (see README.md).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$TRESTLE_ROOT"
+total=$SECONDS
+
+step bootstrap bash scripts/bootstrap.sh
+say "build directory: $CARGO_TARGET_DIR"
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+step docs cargo doc --workspace --no-deps --locked
+step tests cargo nextest run --workspace --all-targets --locked --no-fail-fast
+step doctests cargo test --workspace --doc --locked
+
+say "all checks passed in $((SECONDS - total))s"
