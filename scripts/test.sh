@@ -13,7 +13,7 @@ say "build directory: $CARGO_TARGET_DIR"
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step docs cargo doc --workspace --no-deps --locked
-step tests cargo nextest run --workspace --all-targets --locked --no-fail-fast
+step tests cargo nextest run --workspace --locked --no-fail-fast
 step doctests cargo test --workspace --doc --locked
 
 say "all checks passed in $((SECONDS - total))s"

@@ -1,7 +1,59 @@
 //! # trestle-raft
 //!
-//! **Status: not started.** This crate has no functionality yet and exports nothing; issue #3 brings it.
+//! Raft consensus for Trestle — openraft, RocksDB and tonic — hosting many Raft groups per process, and a
+//! coordination store that speaks etcd's v3 gRPC API so real etcd clients work against it.
 //!
-//! What it will be: Raft consensus on openraft, RocksDB and tonic, hosting many Raft groups per process over
-//! one gRPC port and one RocksDB instance, and a coordination store that speaks etcd's v3 gRPC API (KV with MVCC
-//! revisions, leases, watch, cluster, maintenance) so real etcd clients work against it.
+//! - **Groups.** A node runs any number of Raft groups over one peer port and one RocksDB instance; every peer
+//!   RPC names its group. Each group replicates opaque commands for a [`GroupApp`]. Group 0 is the coordination
+//!   store ([`StoreApp`]); later crates (the work queue) run their partitions as further groups.
+//! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
+//!   are on disk; snapshots are synced before the log they replace is purged ([`LogStore`],
+//!   [`GroupStateMachine`]).
+//! - **The store.** [`MvccStore`] is etcd's MVCC data model as a sans-IO state machine (revisions, per-key
+//!   create/mod revision and version, leases, transactions, compaction, watch history); [`Store`] proposes
+//!   writes through the leader, serves linearizable reads through a read index and runs the leader's lease
+//!   clock; [`EtcdServer`] serves KV, Watch, Lease, Cluster and Maintenance with etcd's wire format and errors.
+//!
+//! ```
+//! use trestle_raft::{MvccStore, PutRequest, RangeRequest};
+//!
+//! let mut store = MvccStore::default();
+//! store.put(&PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() })?;
+//! let read = store.range(&RangeRequest { key: b"greeting".to_vec(), ..Default::default() })?;
+//! assert_eq!(read.kvs[0].value, b"hello");
+//! assert_eq!(read.kvs[0].mod_revision, 2); // an empty store is at revision 1, as in etcd
+//! # Ok::<(), trestle_raft::MvccError>(())
+//! ```
+//!
+//! Running a node: see [`Node::start`] and the `trestle` binary (`trestle serve`, `trestle local-cluster`).
+
+mod etcd;
+mod group;
+mod log_store;
+mod mvcc;
+mod network;
+mod node;
+mod state_machine;
+mod store;
+mod types;
+
+pub use etcd::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};
+pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
+pub use log_store::{LogStore, open_db};
+pub use mvcc::{
+    Compare, CompareResult, CompareTarget, DEFAULT_MAX_TXN_OPS, DeleteRangeRequest, DeleteRangeResponse,
+    Event, EventKind, KeyValue, Lease, LeaseId, MAX_LEASE_TTL, MvccError, MvccStore, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnRequest,
+    TxnResponse, in_range,
+};
+pub use network::{NetworkFactory, PeerChannels, PeerClient, PeerService};
+pub use node::{ClusterState, ConfigError, Node, NodeConfig, NodeError, RaftSettings};
+pub use state_machine::{GroupApp, GroupStateMachine};
+pub use store::{
+    Lessor, MemberChange, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult,
+    StoreSettings,
+};
+pub use types::{
+    Entry, GroupId, LogId, NodeId, PeerNode, Raft, STORE_GROUP, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote, node_id_for,
+};

@@ -1,10 +1,14 @@
 //! The `trestle` command line.
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The Trestle node and its command-line client.
+use clap::{Parser, Subcommand};
+
+use crate::bench::BenchCommand;
+use crate::local_cluster::LocalClusterArgs;
+use crate::serve::ServeArgs;
+
+/// The Trestle node and its command-line tool.
 #[derive(Debug, Parser)]
 #[command(name = "trestle", version, about)]
 pub struct Cli {
@@ -17,28 +21,46 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
+    /// Run one node (etcd-compatible client API, Raft peer API, /health and /metrics).
+    Serve(Box<ServeArgs>),
     /// Start N nodes as separate processes on 127.0.0.1 and keep them in the foreground.
-    LocalCluster {
-        /// How many nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: u16,
-        /// Where the nodes keep their data (one subdirectory per node).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The first port; each node takes three consecutive ports.
-        #[arg(long, default_value_t = 2379)]
-        port_base: u16,
-    },
+    LocalCluster(LocalClusterArgs),
+    /// Benchmarks against any etcd-v3 endpoint list (Trestle or etcd).
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 /// Runs one parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::LocalCluster { .. } => {
-            eprintln!(
-                "trestle local-cluster: the Raft store is not built yet (issue #3 brings it); no node was started."
-            );
-            ExitCode::from(2)
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("trestle: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime
+            .block_on(crate::serve::serve(*args))
+            .map_err(|e| e.to_string()),
+        Command::LocalCluster(args) => runtime.block_on(crate::local_cluster::run(args)),
+        Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(crate::bench::run(args)).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("trestle: {message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,11 +1,23 @@
 //! # trestle
 //!
 //! The Trestle node: one binary, `trestle`, that hosts Trestle's services (today the Raft coordination store,
-//! later the queue and cache nodes) and is also their command-line client.
+//! later the queue and cache nodes) and is also their command-line tool.
 //!
-//! **Status: skeleton.** The command line is defined here so the binary stays thin; issue #3 brings `serve`,
-//! `local-cluster` and `bench kv`.
+//! - `trestle serve` runs one node, configured by etcd-style flags, `TRESTLE_*` environment variables or a
+//!   TOML file ([`ServeArgs`]).
+//! - `trestle local-cluster` runs N nodes as separate processes on 127.0.0.1 for development and the README's
+//!   quick start ([`LocalClusterArgs`]).
+//! - `trestle bench kv` measures put and range throughput and latency against any etcd-v3 endpoints
+//!   ([`KvBenchArgs`]).
+//!
+//! The command line lives in this library so the binary stays a thin shell and tests can drive it.
 
+mod bench;
 mod cli;
+mod local_cluster;
+mod serve;
 
+pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
 pub use cli::{Cli, Command, run};
+pub use local_cluster::LocalClusterArgs;
+pub use serve::{ServeArgs, ServeError, parse_url_addr};

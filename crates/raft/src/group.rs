@@ -1,0 +1,167 @@
+//! The Raft groups a node hosts: starting one, and finding it again by id when a peer RPC arrives.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's storage traits return its StorageError by value"
+)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use crate::log_store::LogStore;
+use crate::network::{NetworkFactory, PeerChannels};
+use crate::state_machine::{GroupApp, GroupStateMachine};
+use crate::types::{GroupId, NodeId, Raft};
+
+/// A gRPC status that crosses the peer protocol inside a forwarded reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ForwardError {
+    /// The gRPC code, as its number.
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+impl From<Status> for ForwardError {
+    fn from(status: Status) -> Self {
+        Self {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        }
+    }
+}
+
+impl From<ForwardError> for Status {
+    fn from(err: ForwardError) -> Self {
+        Status::new(tonic::Code::from_i32(err.code), err.message)
+    }
+}
+
+/// What a group's leader does with requests its followers forward to it (writes, read indexes, lease
+/// keep-alives). The payload's format belongs to the group's application.
+#[tonic::async_trait]
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Handles one forwarded request on the node that received it.
+    async fn forward(&self, payload: Vec<u8>) -> Result<Vec<u8>, ForwardError>;
+}
+
+#[derive(Clone)]
+struct Registered {
+    raft: Raft,
+    forward: Arc<dyn ForwardHandler>,
+}
+
+/// The groups hosted by one node, by id. Cheap to clone: clones share the table.
+#[derive(Clone, Default)]
+pub struct GroupRegistry {
+    groups: Arc<RwLock<HashMap<GroupId, Registered>>>,
+}
+
+impl std::fmt::Debug for GroupRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupRegistry")
+            .field("groups", &self.ids())
+            .finish()
+    }
+}
+
+impl GroupRegistry {
+    /// Registers a started group; peers can reach it from now on.
+    pub fn insert(&self, group: GroupId, raft: Raft, forward: Arc<dyn ForwardHandler>) {
+        self.groups.write().insert(group, Registered { raft, forward });
+    }
+
+    /// Unregisters a group and returns its Raft handle (to shut it down).
+    pub fn remove(&self, group: GroupId) -> Option<Raft> {
+        self.groups.write().remove(&group).map(|r| r.raft)
+    }
+
+    /// The ids of the hosted groups, in order.
+    pub fn ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<_> = self.groups.read().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The Raft handle of a group, or `NOT_FOUND`.
+    pub fn raft(&self, group: GroupId) -> Result<Raft, Status> {
+        self.groups
+            .read()
+            .get(&group)
+            .map(|r| r.raft.clone())
+            .ok_or_else(|| Status::not_found(format!("raft group {group} is not hosted on this node")))
+    }
+
+    /// The forward handler of a group, or `NOT_FOUND`.
+    pub fn forward_handler(&self, group: GroupId) -> Result<Arc<dyn ForwardHandler>, Status> {
+        self.groups
+            .read()
+            .get(&group)
+            .map(|r| r.forward.clone())
+            .ok_or_else(|| Status::not_found(format!("raft group {group} is not hosted on this node")))
+    }
+
+    /// Every hosted group's Raft handle.
+    pub fn all(&self) -> Vec<(GroupId, Raft)> {
+        let mut all: Vec<_> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(id, r)| (*id, r.raft.clone()))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
+    }
+}
+
+/// Why a group could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartGroupError {
+    /// Its stored state could not be read.
+    #[error("raft group {group}: storage: {source}")]
+    Storage {
+        /// The group.
+        group: GroupId,
+        /// The cause (boxed: openraft's storage error is large).
+        source: Box<crate::types::StorageError>,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("raft group {group}: {message}")]
+    Raft {
+        /// The group.
+        group: GroupId,
+        /// What openraft said.
+        message: String,
+    },
+}
+
+/// Starts (or restarts, from what `db` holds) one Raft group of `app` on this node.
+pub async fn start_group<A: GroupApp>(
+    node_id: NodeId,
+    group: GroupId,
+    db: Arc<DB>,
+    channels: PeerChannels,
+    config: Arc<openraft::Config>,
+    app: Arc<RwLock<A>>,
+) -> Result<Raft, StartGroupError> {
+    let log_store = LogStore::new(db.clone(), group);
+    let state_machine =
+        GroupStateMachine::open(db, group, app).map_err(|source| StartGroupError::Storage {
+            group,
+            source: Box::new(source),
+        })?;
+    let network = NetworkFactory::new(group, channels);
+    Raft::new(node_id, config, network, log_store, state_machine)
+        .await
+        .map_err(|e| StartGroupError::Raft {
+            group,
+            message: e.to_string(),
+        })
+}

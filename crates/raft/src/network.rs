@@ -1,0 +1,309 @@
+//! The peer transport: openraft's RPCs over tonic gRPC, one connection per peer shared by every group.
+//!
+//! Client side: [`NetworkFactory`] hands openraft a [`PeerClient`] per target; clients of every group reuse one
+//! lazily-connected HTTP/2 channel per peer URL ([`PeerChannels`]). Connection failures are reported as
+//! `Unreachable`, so openraft backs off ([`PeerClient::backoff`]) instead of hammering a peer that is down.
+//! Server side: [`PeerService`] looks the group up in the node's [`GroupRegistry`](crate::GroupRegistry) and hands
+//! the request to its Raft. Snapshots travel in chunks (openraft's chunked transfer, one RPC per chunk).
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::group::GroupRegistry;
+use crate::log_store::{decode, encode};
+use crate::types::{GroupId, NodeId, PeerNode, TypeConfig};
+
+/// Generated from `proto/raft.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("trestle.raft.v1");
+}
+
+use pb::raft_peer_client::RaftPeerClient;
+use pb::{RaftReply, RaftRequest};
+
+/// One lazily connected channel per peer URL, shared by every group and every clone.
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl std::fmt::Debug for PeerChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerChannels")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerChannels {
+    /// Channels that use TLS (mutual, when the config carries an identity) when `tls` is set.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
+    /// The channel to `url`, created on first use. Connecting happens on the first request.
+    pub fn get(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(channel) = self.channels.lock().get(url) {
+            return Ok(channel.clone());
+        }
+        let mut endpoint = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect_lazy();
+        self.channels.lock().insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// Makes openraft's per-target clients for one group.
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    group: GroupId,
+    channels: PeerChannels,
+}
+
+impl NetworkFactory {
+    /// The factory of `group`, over the node's shared channels.
+    pub fn new(group: GroupId, channels: PeerChannels) -> Self {
+        Self { group, channels }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> PeerClient {
+        PeerClient {
+            group: self.group,
+            target,
+            url: node.peer_url.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+/// openraft's client for one (group, target) pair.
+#[derive(Debug)]
+pub struct PeerClient {
+    group: GroupId,
+    target: NodeId,
+    url: String,
+    channels: PeerChannels,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, PeerNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self
+            .channels
+            .get(&self.url)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut request = Request::new(RaftRequest {
+            group: self.group,
+            payload,
+        });
+        request.set_timeout(ttl);
+        let result = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = result
+            .map_err(|status| self.status_error(status, ttl))?
+            .into_inner();
+        if !reply.error.is_empty() {
+            let err: E =
+                serde_json::from_slice(&reply.error).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            return Err(RPCError::RemoteError(RemoteError::new(self.target, err)));
+        }
+        decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    fn status_error<E: Error>(&self, status: Status, ttl: Duration) -> RPCError<NodeId, PeerNode, E> {
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
+                action: openraft::RPCTypes::AppendEntries,
+                id: 0,
+                target: self.target,
+                timeout: ttl,
+            }),
+            // A refused connection or a node shutting down: back off.
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // openraft asks for a backoff after `Unreachable`: exponential from 50 ms, capped at 1 s, so a restarted
+        // peer is found again quickly and a dead one costs little.
+        Backoff::new((0..).map(|n: u32| Duration::from_millis((50u64 << n.min(5)).min(1000))))
+    }
+}
+
+/// Sends a forwarded request to the peer at `url` for `group`: used by followers to reach the leader.
+pub(crate) async fn forward(
+    channels: &PeerChannels,
+    url: &str,
+    group: GroupId,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, Status> {
+    let channel = channels
+        .get(url)
+        .map_err(|e| Status::unavailable(format!("bad peer url {url}: {e}")))?;
+    let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut request = Request::new(RaftRequest { group, payload });
+    request.set_timeout(timeout);
+    let reply = client.forward(request).await?.into_inner();
+    if !reply.error.is_empty() {
+        let status: crate::group::ForwardError = serde_json::from_slice(&reply.error)
+            .map_err(|e| Status::internal(format!("bad forward reply: {e}")))?;
+        return Err(status.into());
+    }
+    Ok(reply.payload)
+}
+
+/// The server side of the peer protocol.
+#[derive(Clone, Debug)]
+pub struct PeerService {
+    groups: GroupRegistry,
+}
+
+impl PeerService {
+    /// A service dispatching to the groups in `groups`.
+    pub fn new(groups: GroupRegistry) -> Self {
+        Self { groups }
+    }
+
+    /// The tonic server wrapper, with no message size limit (snapshot chunks and entry batches are bounded by
+    /// openraft's configuration instead).
+    pub fn into_server(self) -> pb::raft_peer_server::RaftPeerServer<Self> {
+        pb::raft_peer_server::RaftPeerServer::new(self).max_decoding_message_size(usize::MAX)
+    }
+}
+
+fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    decode(payload).map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+}
+
+fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+    let reply = match result {
+        Ok(value) => RaftReply {
+            payload: encode(&value).map_err(|e| Status::internal(e.to_string()))?,
+            error: vec![],
+        },
+        Err(err) => RaftReply {
+            payload: vec![],
+            error: serde_json::to_vec(&err).map_err(|e| Status::internal(e.to_string()))?,
+        },
+    };
+    Ok(Response::new(reply))
+}
+
+#[tonic::async_trait]
+impl pb::raft_peer_server::RaftPeer for PeerService {
+    async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let RaftRequest { group, payload } = request.into_inner();
+        let raft = self.groups.raft(group)?;
+        reply(raft.append_entries(decode_request(&payload)?).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let RaftRequest { group, payload } = request.into_inner();
+        let raft = self.groups.raft(group)?;
+        reply(raft.vote(decode_request(&payload)?).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let RaftRequest { group, payload } = request.into_inner();
+        let raft = self.groups.raft(group)?;
+        reply(raft.install_snapshot(decode_request(&payload)?).await)
+    }
+
+    async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let RaftRequest { group, payload } = request.into_inner();
+        let handler = self.groups.forward_handler(group)?;
+        // The handler's reply is already encoded by the group's application.
+        match handler.forward(payload).await {
+            Ok(payload) => Ok(Response::new(RaftReply {
+                payload,
+                error: vec![],
+            })),
+            Err(err) => reply::<(), _>(Err(err)),
+        }
+    }
+}

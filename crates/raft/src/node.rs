@@ -1,0 +1,684 @@
+//! One Trestle node: its RocksDB, its Raft groups, and its three listeners (clients, peers, metrics).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use openraft::ServerState;
+use parking_lot::RwLock;
+use rocksdb::DB;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::etcd::{EtcdServer, EtcdSettings};
+use crate::group::{GroupRegistry, StartGroupError, start_group};
+use crate::log_store::open_db;
+use crate::network::{PeerChannels, PeerService};
+use crate::state_machine::GroupApp;
+use crate::store::{MemberChange, Store, StoreApp, StoreSettings};
+use crate::types::{GroupId, NodeId, PeerNode, Raft, STORE_GROUP, node_id_for};
+
+/// Whether a node founds a new cluster or joins an existing one (etcd's `--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Found the cluster listed in `initial_cluster` (ignored once the node has data).
+    #[default]
+    New,
+    /// Join a cluster that already added this node (`MemberAdd`); wait for its leader.
+    Existing,
+}
+
+/// Raft timing and snapshot settings, applied to every group of the node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RaftSettings {
+    /// Leader heartbeat interval. Default 50 ms.
+    pub heartbeat_interval: Duration,
+    /// Election timeout range. Default 150–300 ms.
+    pub election_timeout: (Duration, Duration),
+    /// Take a snapshot after this many applied entries since the last one. Default 10 000.
+    pub snapshot_every: u64,
+    /// Entries kept after a snapshot so slow followers catch up from the log, not a snapshot. Default 1 000.
+    pub keep_after_snapshot: u64,
+    /// Size of one snapshot chunk sent to a follower. Default 1 MiB.
+    pub snapshot_chunk_bytes: u64,
+    /// Time allowed for one snapshot chunk. Default 10 s (openraft's 200 ms is too short for MB-sized chunks).
+    pub snapshot_chunk_timeout: Duration,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            snapshot_every: 10_000,
+            keep_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_chunk_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything one node needs to start. Build it, adjust fields, call [`NodeConfig::validate`] (done by
+/// [`Node::start`] too).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Human-readable member name (etcd `--name`). Default `default`.
+    pub name: String,
+    /// Where the node keeps its data. Required.
+    pub data_dir: PathBuf,
+    /// Address the etcd-compatible client API listens on. Default 127.0.0.1:2379.
+    pub listen_client: SocketAddr,
+    /// Client URLs announced to the cluster. Default: `http://` + `listen_client`.
+    pub advertise_client_urls: Vec<String>,
+    /// Address the Raft peer API listens on. Default 127.0.0.1:2380.
+    pub listen_peer: SocketAddr,
+    /// Peer URL announced to the cluster; the node id derives from it. Default: `http://` + `listen_peer`.
+    pub advertise_peer_url: String,
+    /// Address of `/health` and `/metrics`; `None` to serve none. Default 127.0.0.1:2381.
+    pub listen_metrics: Option<SocketAddr>,
+    /// The founding members, `(name, peer URL)`, when `cluster_state` is `New`. Default: this node alone.
+    pub initial_cluster: Vec<(String, String)>,
+    /// New or existing cluster.
+    pub cluster_state: ClusterState,
+    /// Raft settings.
+    pub raft: RaftSettings,
+    /// Store runtime settings.
+    pub store: StoreSettings,
+    /// etcd API settings (the cluster id is derived from `initial_cluster` when left at 0).
+    pub etcd: EtcdSettings,
+}
+
+impl NodeConfig {
+    /// A configuration with the documented defaults and the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let listen_client: SocketAddr = ([127, 0, 0, 1], 2379).into();
+        let listen_peer: SocketAddr = ([127, 0, 0, 1], 2380).into();
+        Self {
+            name: "default".into(),
+            data_dir: data_dir.into(),
+            listen_client,
+            advertise_client_urls: vec![format!("http://{listen_client}")],
+            listen_peer,
+            advertise_peer_url: format!("http://{listen_peer}"),
+            listen_metrics: Some(([127, 0, 0, 1], 2381).into()),
+            initial_cluster: Vec::new(),
+            cluster_state: ClusterState::New,
+            raft: RaftSettings::default(),
+            store: StoreSettings::default(),
+            etcd: EtcdSettings::default(),
+        }
+    }
+
+    /// Checks the configuration; the error names the offending value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (min, max) = self.raft.election_timeout;
+        if min >= max || min <= self.raft.heartbeat_interval {
+            return Err(ConfigError::ElectionTimeout {
+                min,
+                max,
+                heartbeat: self.raft.heartbeat_interval,
+            });
+        }
+        for url in std::iter::once(&self.advertise_peer_url)
+            .chain(&self.advertise_client_urls)
+            .chain(self.initial_cluster.iter().map(|(_, u)| u))
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::BadUrl { url: url.clone() });
+            }
+        }
+        if !self.initial_cluster.is_empty()
+            && !self
+                .initial_cluster
+                .iter()
+                .any(|(_, url)| node_id_for(url) == node_id_for(&self.advertise_peer_url))
+        {
+            return Err(ConfigError::NotInInitialCluster {
+                peer_url: self.advertise_peer_url.clone(),
+            });
+        }
+        if self.store.min_lease_ttl < 1 {
+            return Err(ConfigError::MinLeaseTtl {
+                seconds: self.store.min_lease_ttl,
+            });
+        }
+        Ok(())
+    }
+
+    /// This node's id (derived from its advertised peer URL).
+    pub fn node_id(&self) -> NodeId {
+        node_id_for(&self.advertise_peer_url)
+    }
+
+    fn founders(&self) -> Vec<(String, String)> {
+        if self.initial_cluster.is_empty() {
+            vec![(self.name.clone(), self.advertise_peer_url.clone())]
+        } else {
+            self.initial_cluster.clone()
+        }
+    }
+
+    fn cluster_id(&self) -> u64 {
+        if self.etcd.cluster_id != 0 {
+            return self.etcd.cluster_id;
+        }
+        let mut urls: Vec<String> = self.founders().into_iter().map(|(_, url)| url).collect();
+        urls.sort_unstable();
+        node_id_for(&urls.join(","))
+    }
+}
+
+/// A configuration the node refuses to start with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The election timeout range is empty or not above the heartbeat interval.
+    #[error(
+        "election timeout {min:?}..{max:?} must be a non-empty range above the heartbeat interval {heartbeat:?}"
+    )]
+    ElectionTimeout {
+        /// Lower bound.
+        min: Duration,
+        /// Upper bound.
+        max: Duration,
+        /// Heartbeat interval.
+        heartbeat: Duration,
+    },
+    /// A URL without an http:// or https:// scheme.
+    #[error("URL {url:?} must start with http:// or https://")]
+    BadUrl {
+        /// The URL.
+        url: String,
+    },
+    /// The initial cluster does not list this node's advertised peer URL.
+    #[error("the initial cluster does not list this node's peer URL {peer_url}")]
+    NotInInitialCluster {
+        /// The node's peer URL.
+        peer_url: String,
+    },
+    /// A minimum lease TTL below one second.
+    #[error("minimum lease TTL {seconds}s must be at least 1s")]
+    MinLeaseTtl {
+        /// The value given.
+        seconds: i64,
+    },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created or opened.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A Raft group failed to start.
+    #[error(transparent)]
+    Group(#[from] StartGroupError),
+}
+
+/// The process-wide Prometheus recorder (one per process, shared by every node a test starts in it).
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (an embedding application's); then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A running node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    config: NodeConfig,
+    node_id: NodeId,
+    db: Arc<DB>,
+    channels: PeerChannels,
+    raft_config: Arc<openraft::Config>,
+    groups: GroupRegistry,
+    store: Store,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.node_id)
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })
+}
+
+impl Node {
+    /// Opens the data directory, starts the store group and serves the client, peer and metrics APIs.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        config.validate()?;
+        let node_id = config.node_id();
+        let span = info_span!("node", id = node_id, name = %config.name);
+        async move {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+                path: config.data_dir.clone(),
+                message: e.to_string(),
+            })?;
+            let db_path = config.data_dir.join("db");
+            let db = open_db(&db_path).map_err(|e| NodeError::DataDir {
+                path: db_path,
+                message: e.to_string(),
+            })?;
+            let channels = PeerChannels::new(None);
+            let raft_config = Arc::new(
+                openraft::Config {
+                    cluster_name: "trestle".into(),
+                    heartbeat_interval: config.raft.heartbeat_interval.as_millis() as u64,
+                    election_timeout_min: config.raft.election_timeout.0.as_millis() as u64,
+                    election_timeout_max: config.raft.election_timeout.1.as_millis() as u64,
+                    install_snapshot_timeout: config.raft.snapshot_chunk_timeout.as_millis() as u64,
+                    snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
+                    snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+                    max_in_snapshot_log_to_keep: config.raft.keep_after_snapshot,
+                    ..Default::default()
+                }
+                .validate()
+                .map_err(|e| StartGroupError::Raft {
+                    group: STORE_GROUP,
+                    message: e.to_string(),
+                })?,
+            );
+
+            let peer_listener = bind(config.listen_peer).await?;
+            let client_listener = bind(config.listen_client).await?;
+            let metrics_listener = match config.listen_metrics {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            };
+            let peer_addr = peer_listener.local_addr().map_err(|source| NodeError::Bind {
+                addr: config.listen_peer,
+                source,
+            })?;
+            let client_addr = client_listener.local_addr().map_err(|source| NodeError::Bind {
+                addr: config.listen_client,
+                source,
+            })?;
+            let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+            let groups = GroupRegistry::default();
+            let shutdown = CancellationToken::new();
+            let mut tasks = Vec::new();
+
+            // Peers first, so that other nodes can reach this one while the store group starts.
+            let peer_service = PeerService::new(groups.clone()).into_server();
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+                if let Err(e) = Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(peer_service)
+                    .serve_with_incoming_shutdown(incoming, token.cancelled())
+                    .await
+                {
+                    warn!(error = %e, "peer server stopped");
+                }
+            }));
+
+            let app = Arc::new(RwLock::new(StoreApp::default()));
+            let raft = start_group(
+                node_id,
+                STORE_GROUP,
+                db.clone(),
+                channels.clone(),
+                raft_config.clone(),
+                app.clone(),
+            )
+            .await?;
+            let store = Store::new(
+                node_id,
+                STORE_GROUP,
+                raft.clone(),
+                app,
+                channels.clone(),
+                config.store.clone(),
+            );
+            groups.insert(STORE_GROUP, raft.clone(), Arc::new(store.clone()));
+            tasks.push(store.spawn_lessor());
+
+            if config.cluster_state == ClusterState::New
+                && !raft.is_initialized().await.map_err(|e| StartGroupError::Raft {
+                    group: STORE_GROUP,
+                    message: e.to_string(),
+                })?
+            {
+                let members: std::collections::BTreeMap<NodeId, PeerNode> = config
+                    .founders()
+                    .into_iter()
+                    .map(|(name, url)| {
+                        let client_urls = if url == config.advertise_peer_url {
+                            config.advertise_client_urls.clone()
+                        } else {
+                            Vec::new()
+                        };
+                        (
+                            node_id_for(&url),
+                            PeerNode {
+                                name,
+                                peer_url: url,
+                                client_urls,
+                            },
+                        )
+                    })
+                    .collect();
+                info!(members = members.len(), "founding a new cluster");
+                // Every founder initializes with the same membership; the identical first entry makes this safe.
+                if let Err(e) = raft.initialize(members).await {
+                    info!(error = %e, "initialize skipped");
+                }
+            }
+
+            let mut etcd_settings = config.etcd.clone();
+            etcd_settings.cluster_id = config.cluster_id();
+            let services = EtcdServer::new(store.clone(), etcd_settings).into_services();
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(client_listener);
+                if let Err(e) = Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(services.kv)
+                    .add_service(services.watch)
+                    .add_service(services.lease)
+                    .add_service(services.cluster)
+                    .add_service(services.maintenance)
+                    .serve_with_incoming_shutdown(incoming, token.cancelled())
+                    .await
+                {
+                    warn!(error = %e, "client server stopped");
+                }
+            }));
+
+            if let Some(listener) = metrics_listener {
+                tasks.push(spawn_http(listener, groups.clone(), node_id, shutdown.clone()));
+            }
+            tasks.push(spawn_raft_gauges(groups.clone(), shutdown.clone()));
+            tasks.push(spawn_publish_attributes(
+                store.clone(),
+                config.clone(),
+                shutdown.clone(),
+            ));
+
+            info!(%client_addr, %peer_addr, ?metrics_addr, "node started");
+            Ok(Self {
+                config,
+                node_id,
+                db,
+                channels,
+                raft_config,
+                groups,
+                store,
+                shutdown,
+                tasks,
+                client_addr,
+                peer_addr,
+                metrics_addr,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The coordination store on this node.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The bound client (etcd API) address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The bound peer address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The bound metrics address, if served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The groups this node hosts.
+    pub fn groups(&self) -> &GroupRegistry {
+        &self.groups
+    }
+
+    /// Starts (or restarts) another Raft group on this node, over the same port and database. The caller
+    /// initializes a new group's membership (`Raft::initialize`) on its founding nodes.
+    pub async fn start_group<A: GroupApp>(
+        &self,
+        group: GroupId,
+        app: Arc<RwLock<A>>,
+        forward: Arc<dyn crate::group::ForwardHandler>,
+    ) -> Result<Raft, NodeError> {
+        let raft = start_group(
+            self.node_id,
+            group,
+            self.db.clone(),
+            self.channels.clone(),
+            self.raft_config.clone(),
+            app,
+        )
+        .await?;
+        self.groups.insert(group, raft.clone(), forward);
+        Ok(raft)
+    }
+
+    /// Starts (or restarts) another coordination-store keyspace as Raft group `group` on this node: its own
+    /// log, revisions, leases and leader, over the same port and database as group 0.
+    pub async fn start_store_group(&self, group: GroupId) -> Result<Store, NodeError> {
+        let app = Arc::new(RwLock::new(StoreApp::default()));
+        let raft = start_group(
+            self.node_id,
+            group,
+            self.db.clone(),
+            self.channels.clone(),
+            self.raft_config.clone(),
+            app.clone(),
+        )
+        .await?;
+        let store = Store::new(
+            self.node_id,
+            group,
+            raft.clone(),
+            app,
+            self.channels.clone(),
+            self.config.store.clone(),
+        );
+        self.groups.insert(group, raft, Arc::new(store.clone()));
+        let lessor = store.spawn_lessor();
+        let token = self.shutdown.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            lessor.abort();
+        });
+        Ok(store)
+    }
+
+    /// This node as a Raft member (what the membership records for it).
+    pub fn peer_node(&self) -> PeerNode {
+        PeerNode {
+            name: self.config.name.clone(),
+            peer_url: self.config.advertise_peer_url.clone(),
+            client_urls: self.config.advertise_client_urls.clone(),
+        }
+    }
+
+    /// Stops serving, stops every group and closes the database. openraft 0.9 cannot hand leadership over, so
+    /// the followers elect a new leader after one election timeout.
+    pub async fn shutdown(self) {
+        info!(id = self.node_id, "shutting down");
+        self.shutdown.cancel();
+        for (group, raft) in self.groups.all() {
+            if let Err(e) = raft.shutdown().await {
+                warn!(group, error = %e, "raft group did not stop cleanly");
+            }
+            self.groups.remove(group);
+        }
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// `/health` (etcd's JSON: healthy when the store group has a leader) and `/metrics` (Prometheus).
+fn spawn_http(
+    listener: TcpListener,
+    groups: GroupRegistry,
+    node_id: NodeId,
+    token: CancellationToken,
+) -> JoinHandle<()> {
+    let handle = prometheus().clone();
+    let health_groups = groups.clone();
+    let router = axum::Router::new()
+        .route("/metrics", get(move || async move { handle.render() }))
+        .route(
+            "/health",
+            get(move || async move {
+                let leader = health_groups
+                    .raft(STORE_GROUP)
+                    .ok()
+                    .and_then(|raft| raft.metrics().borrow().current_leader);
+                match leader {
+                    Some(_) => (StatusCode::OK, r#"{"health":"true","reason":""}"#.to_string()),
+                    None => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        r#"{"health":"false","reason":"RAFT NO LEADER"}"#.to_string(),
+                    ),
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+        {
+            warn!(node_id, error = %e, "metrics server stopped");
+        }
+    })
+}
+
+/// Publishes each group's Raft state as Prometheus gauges.
+fn spawn_raft_gauges(groups: GroupRegistry, token: CancellationToken) -> JoinHandle<()> {
+    let _ = prometheus();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = token.cancelled() => return,
+            }
+            for (group, raft) in groups.all() {
+                let m = raft.metrics().borrow().clone();
+                let g = group.to_string();
+                metrics::gauge!("trestle_raft_term", "group" => g.clone()).set(m.current_term as f64);
+                metrics::gauge!("trestle_raft_leader", "group" => g.clone())
+                    .set(m.current_leader.unwrap_or(0) as f64);
+                metrics::gauge!("trestle_raft_is_leader", "group" => g.clone())
+                    .set(if m.state == ServerState::Leader { 1.0 } else { 0.0 });
+                metrics::gauge!("trestle_raft_last_log_index", "group" => g.clone())
+                    .set(m.last_log_index.unwrap_or(0) as f64);
+                metrics::gauge!("trestle_raft_applied_index", "group" => g.clone())
+                    .set(m.last_applied.map_or(0, |id| id.index) as f64);
+                metrics::gauge!("trestle_raft_snapshot_index", "group" => g)
+                    .set(m.snapshot.map_or(0, |id| id.index) as f64);
+            }
+        }
+    })
+}
+
+/// A node's name and client URLs enter the membership when it joins (MemberAdd knows only the peer URL): once
+/// a leader is known, the node publishes its own, as etcd members do.
+fn spawn_publish_attributes(store: Store, config: NodeConfig, token: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = PeerNode {
+            name: config.name.clone(),
+            peer_url: config.advertise_peer_url.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        };
+        let mut metrics = store.raft().metrics();
+        loop {
+            let current = {
+                let m = metrics.borrow();
+                if m.current_leader.is_some() {
+                    Some(
+                        m.membership_config
+                            .membership()
+                            .get_node(&store.node_id())
+                            .cloned(),
+                    )
+                } else {
+                    None
+                }
+            };
+            match current {
+                Some(Some(node)) if node == me => return,
+                Some(Some(_)) => match store
+                    .change_member(MemberChange::SetAttributes(store.node_id(), me.clone()))
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(status) => warn!(%status, "could not publish member attributes; will retry"),
+                },
+                // Not a member (yet), or no leader: wait for the next change.
+                _ => {}
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                () = token.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
+}

@@ -1,0 +1,131 @@
+//! The coordination store as a Raft group application: the MVCC store, plus the feed of applied events that
+//! watchers follow.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::command::{StoreCommand, StoreOutcome, StoreResult};
+use crate::log_store::{decode, encode};
+use crate::mvcc::{Event, MvccError, MvccStore, Revision};
+use crate::state_machine::GroupApp;
+
+/// The events one applied revision produced, as published to watchers.
+#[derive(Clone, Debug)]
+pub struct RevisionEvents {
+    /// The revision.
+    pub revision: Revision,
+    /// Its events, in the order they happened.
+    pub events: Arc<Vec<Event>>,
+    /// Set when the store was replaced by a snapshot: watchers must catch up from the store's history, because
+    /// the revisions in between were never published one by one.
+    pub resync: bool,
+}
+
+/// How many applied revisions a slow watcher may fall behind before it must catch up from the store's history.
+const FEED_CAPACITY: usize = 4096;
+
+/// The coordination store's replicated state and its event feed.
+#[derive(Debug)]
+pub struct StoreApp {
+    store: MvccStore,
+    feed: broadcast::Sender<RevisionEvents>,
+    /// The log index of the last applied entry that changed the store (read-your-writes for watches).
+    last_index: u64,
+}
+
+impl Default for StoreApp {
+    fn default() -> Self {
+        Self::new(MvccStore::default())
+    }
+}
+
+impl StoreApp {
+    /// An app around `store`.
+    pub fn new(store: MvccStore) -> Self {
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Self {
+            store,
+            feed,
+            last_index: 0,
+        }
+    }
+
+    /// The MVCC store (for local reads).
+    pub fn store(&self) -> &MvccStore {
+        &self.store
+    }
+
+    /// Subscribes to the events of revisions applied from now on. Subscribe while holding the app's lock after
+    /// reading history, and no revision is missed or seen twice.
+    pub fn subscribe(&self) -> broadcast::Receiver<RevisionEvents> {
+        self.feed.subscribe()
+    }
+
+    /// The Raft log index of the last applied command.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Applies one command (the sans-IO core of [`GroupApp::apply`]).
+    pub fn apply_command(&mut self, command: &StoreCommand) -> StoreResult {
+        let before = self.store.revision();
+        let outcome = match command {
+            StoreCommand::Put(req) => self.store.put(req).map(StoreOutcome::Put),
+            StoreCommand::DeleteRange(req) => self.store.delete_range(req).map(StoreOutcome::DeleteRange),
+            StoreCommand::Txn(req) => self.store.txn(req).map(StoreOutcome::Txn),
+            StoreCommand::Compact(rev) => self.store.compact(*rev).map(|()| StoreOutcome::Compacted),
+            StoreCommand::LeaseGrant { id, ttl } => {
+                self.store.lease_grant(*id, *ttl).map(StoreOutcome::LeaseGranted)
+            }
+            StoreCommand::LeaseRevoke { id } => {
+                self.store.lease_revoke(*id).map(|()| StoreOutcome::LeaseRevoked)
+            }
+        };
+        let after = self.store.revision();
+        if after != before {
+            let events = Arc::new(self.store.events_at(after).to_vec());
+            // No receivers is fine: nobody is watching.
+            let _ = self.feed.send(RevisionEvents {
+                revision: after,
+                events,
+                resync: false,
+            });
+        }
+        StoreResult {
+            revision: after,
+            outcome,
+        }
+    }
+}
+
+impl GroupApp for StoreApp {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.last_index = index;
+        let result = match decode::<StoreCommand>(command) {
+            Ok(command) => self.apply_command(&command),
+            // A command this version cannot read changes nothing; the proposer gets an error, not a panic.
+            Err(e) => StoreResult {
+                revision: self.store.revision(),
+                outcome: Err(MvccError::UndecodableCommand {
+                    detail: e.to_string(),
+                }),
+            },
+        };
+        encode(&result).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode(&self.store).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.store = decode(snapshot).map_err(|e| format!("undecodable store snapshot: {e}"))?;
+        let _ = self.feed.send(RevisionEvents {
+            revision: self.store.revision(),
+            events: Arc::new(Vec::new()),
+            resync: true,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! What the coordination store replicates through Raft, and what applying it returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::mvcc::{
+    DeleteRangeRequest, DeleteRangeResponse, Lease, LeaseId, MvccError, PutRequest, PutResponse, Revision,
+    TxnRequest, TxnResponse,
+};
+
+/// A change to the coordination store. Every replica applies the same commands in log order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum StoreCommand {
+    /// etcd `Put`.
+    Put(PutRequest),
+    /// etcd `DeleteRange`.
+    DeleteRange(DeleteRangeRequest),
+    /// etcd `Txn`.
+    Txn(TxnRequest),
+    /// etcd `Compact`.
+    Compact(Revision),
+    /// etcd `LeaseGrant`, with the id the proposer chose.
+    LeaseGrant {
+        /// The lease id (never 0).
+        id: LeaseId,
+        /// The TTL in seconds, already raised to the minimum.
+        ttl: i64,
+    },
+    /// etcd `LeaseRevoke`, or the leader's lessor expiring a lease.
+    LeaseRevoke {
+        /// The lease id.
+        id: LeaseId,
+    },
+}
+
+/// What applying a [`StoreCommand`] produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum StoreOutcome {
+    /// Answer to `Put`.
+    Put(PutResponse),
+    /// Answer to `DeleteRange`.
+    DeleteRange(DeleteRangeResponse),
+    /// Answer to `Txn`.
+    Txn(TxnResponse),
+    /// `Compact` done.
+    Compacted,
+    /// Answer to `LeaseGrant`.
+    LeaseGranted(Lease),
+    /// `LeaseRevoke` done.
+    LeaseRevoked,
+}
+
+/// The result of one applied command, with the store revision right after it (etcd's response header).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreResult {
+    /// The store's revision after the command.
+    pub revision: Revision,
+    /// What happened.
+    pub outcome: Result<StoreOutcome, MvccError>,
+}

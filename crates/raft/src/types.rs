@@ -1,0 +1,74 @@
+//! The Raft type configuration shared by every group a node hosts.
+//!
+//! Every group replicates opaque commands (bytes) and answers with opaque results: the group's
+//! [`GroupApp`](crate::GroupApp) gives them meaning. So one log store, one transport and one node id space
+//! serve the coordination store and, later, the queue partitions alike.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's id, unique in the cluster and never reused.
+pub type NodeId = u64;
+
+/// A Raft group's id. Group 0 is the coordination store.
+pub type GroupId = u64;
+
+/// The coordination store's group.
+pub const STORE_GROUP: GroupId = 0;
+
+/// How peers and clients reach a node: what Raft membership records for each member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// A human-readable name (etcd's `--name`).
+    pub name: String,
+    /// The peer (Raft) URL, e.g. `http://127.0.0.1:2380`.
+    pub peer_url: String,
+    /// The client (etcd API) URLs.
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_url)
+    }
+}
+
+/// The node id a peer URL gets. Ids derive from the advertised peer URL, so `MemberAdd` (which knows only the
+/// URL, as in etcd) and the new node itself agree on the id without talking. A node re-added at the same URL
+/// must start from an empty data directory.
+pub fn node_id_for(peer_url: &str) -> NodeId {
+    // FNV-1a: stable across versions and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in peer_url.trim_end_matches('/').bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Keep ids positive in signed renderings and never zero.
+    (hash >> 1).max(1)
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of every Trestle Raft group.
+    pub TypeConfig:
+        D = Vec<u8>,
+        R = Vec<u8>,
+        NodeId = NodeId,
+        Node = PeerNode,
+);
+
+/// A Raft handle of one group.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// A vote.
+pub type Vote = openraft::Vote<NodeId>;
+/// A storage error.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, PeerNode>;
+/// Membership as stored with an entry's log id.
+pub type StoredMembership = openraft::StoredMembership<NodeId, PeerNode>;

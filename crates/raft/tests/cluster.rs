@@ -1,0 +1,411 @@
+//! Real 3-node clusters on loopback, driven through the `etcd-client` crate as any etcd user would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestCluster, wait_for};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use trestle_raft::ClusterState;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_are_read_linearizably_from_every_node() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    let mut via_follower = cluster.client(follower).await;
+    let put = via_follower
+        .put("k", "v1", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert!(put.prev_key().is_none());
+    let rev = put.header().unwrap().revision();
+    assert_eq!(rev, 2);
+    for i in 0..3 {
+        let mut client = cluster.client(i).await;
+        let got = client.get("k", None).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), b"v1", "node {i} serves the write");
+        assert_eq!(got.kvs()[0].mod_revision(), rev);
+        assert!(got.header().unwrap().revision() >= rev);
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_range_delete_and_errors_match_etcd() {
+    let cluster = TestCluster::start(3).await;
+    let mut client = cluster.any_client().await;
+    for i in 0..5 {
+        client.put(format!("/p/{i}"), format!("{i}"), None).await.unwrap();
+    }
+    let all = client
+        .get("/p/", Some(GetOptions::new().with_prefix().with_limit(2)))
+        .await
+        .unwrap();
+    assert_eq!((all.kvs().len(), all.count(), all.more()), (2, 5, true));
+
+    let txn = Txn::new()
+        .when([Compare::value("/p/0", CompareOp::Equal, "0")])
+        .and_then([TxnOp::put("/p/0", "changed", None), TxnOp::get("/p/0", None)])
+        .or_else([TxnOp::delete("/p/", None)]);
+    let resp = client.txn(txn).await.unwrap();
+    assert!(resp.succeeded());
+
+    let deleted = client
+        .delete("/p/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), 5);
+
+    // Bad input: etcd's codes and messages, and nothing changes.
+    let before = client.get("x", None).await.unwrap().header().unwrap().revision();
+    let err = client.put("", "v", None).await.unwrap_err().to_string();
+    assert!(err.contains("key is not provided"), "{err}");
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let err = client.put("big", big, None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("request is too large") || err.contains("message length too large"),
+        "{err}"
+    );
+    let err = client
+        .put("k", "v", Some(PutOptions::new().with_lease(12345)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("requested lease not found"), "{err}");
+    let err = client
+        .get("x", Some(GetOptions::new().with_revision(before + 100)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("future revision"), "{err}");
+    let after = client.get("x", None).await.unwrap().header().unwrap().revision();
+    assert_eq!(before, after, "refused requests change nothing");
+
+    client.compact(after, None).await.unwrap();
+    let err = client
+        .get("x", Some(GetOptions::new().with_revision(2)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("compacted"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resume_after_the_leader_stops_and_nothing_acknowledged_is_lost() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client((leader + 1) % 3).await;
+    for i in 0..20 {
+        client.put(format!("before/{i}"), "x", None).await.unwrap();
+    }
+    let stopped = std::time::Instant::now();
+    cluster.stop(leader).await;
+    // The first acknowledged write after the leader is gone.
+    wait_for("a write after the leader stopped", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move { client.put("after", "y", None).await.ok() }
+    })
+    .await;
+    let failover = stopped.elapsed();
+    assert!(
+        failover < Duration::from_secs(2),
+        "writes resumed only after {failover:?}"
+    );
+    let got = client
+        .get("before/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(got.count(), 20);
+    // The old leader comes back as a follower and catches up.
+    cluster.restart(leader).await;
+    let mut old = cluster.client(leader).await;
+    let got = old.get("after", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"y");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_restart_keeps_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut client = cluster.any_client().await;
+    for i in 0..50 {
+        client
+            .put(format!("key/{i:03}"), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    let revision = client
+        .get("key/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    for i in 0..3 {
+        cluster.stop(i).await;
+    }
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
+    cluster.wait_for_leader().await;
+    let mut client = cluster.any_client().await;
+    let got = client
+        .get("key/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(got.kvs().len(), 50);
+    assert!(got.header().unwrap().revision() >= revision);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start_tuned(3, |c| {
+        c.raft.snapshot_every = 50;
+        c.raft.keep_after_snapshot = 10;
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    for i in 0..200 {
+        client
+            .put(format!("s/{i:03}"), vec![b'v'; 100], None)
+            .await
+            .unwrap();
+    }
+    cluster.stop(victim).await;
+    std::fs::remove_dir_all(&cluster.members[victim].dir).unwrap();
+    cluster.restart(victim).await;
+    let node = cluster.node(victim);
+    wait_for(
+        "the wiped follower to install a snapshot",
+        Duration::from_secs(10),
+        || async { node.store().raft().metrics().borrow().snapshot.map(|_| ()) },
+    )
+    .await;
+    let mut local = cluster.client(victim).await;
+    let got = local
+        .get(
+            "s/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_serializable(),
+            ),
+        )
+        .await;
+    let count = wait_for(
+        "the wiped follower to hold every key",
+        Duration::from_secs(10),
+        || {
+            let mut local = local.clone();
+            async move {
+                let c = local
+                    .get(
+                        "s/",
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_count_only()
+                                .with_serializable(),
+                        ),
+                    )
+                    .await
+                    .ok()?
+                    .count();
+                (c == 200).then_some(c)
+            }
+        },
+    )
+    .await;
+    assert_eq!(count, 200);
+    drop(got);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_delivers_history_and_live_events_in_order_across_a_leader_change() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let watcher_node = (leader + 1) % 3;
+    let mut client = cluster.client(watcher_node).await;
+    let first = client
+        .put("w/0", "0", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client.put("w/1", "1", None).await.unwrap();
+    let mut stream = client
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(first)
+                    .with_prev_key(),
+            ),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut writer = cluster.client(watcher_node).await;
+    writer.put("w/0", "again", None).await.unwrap();
+    cluster.stop(leader).await;
+    wait_for("a write after the leader change", Duration::from_secs(5), || {
+        let mut writer = writer.clone();
+        async move { writer.put("w/2", "2", None).await.ok() }
+    })
+    .await;
+    writer.delete("w/1", None).await.unwrap();
+    while seen.len() < 5 {
+        let resp = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for event in resp.events() {
+            let kv = event.kv().unwrap();
+            seen.push((
+                event.event_type(),
+                kv.key_str().unwrap().to_string(),
+                kv.mod_revision(),
+            ));
+        }
+    }
+    let revisions: Vec<i64> = seen.iter().map(|(_, _, r)| *r).collect();
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+    assert_eq!(revisions[0], first);
+    assert_eq!(seen[4].0, EventType::Delete);
+    assert_eq!(seen[4].1, "w/1");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_on_the_leader_clock_and_keep_alive_holds_them() {
+    let cluster = TestCluster::start(3).await;
+    let mut client = cluster.any_client().await;
+    let kept = client.lease_grant(2, None).await.unwrap().id();
+    let dropped = client.lease_grant(2, None).await.unwrap().id();
+    client
+        .put("kept", "x", Some(PutOptions::new().with_lease(kept)))
+        .await
+        .unwrap();
+    client
+        .put("dropped", "x", Some(PutOptions::new().with_lease(dropped)))
+        .await
+        .unwrap();
+    let ttl = client
+        .lease_time_to_live(kept, Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 2);
+    assert_eq!(ttl.keys(), [b"kept".to_vec()]);
+    let (mut keeper, mut responses) = client.lease_keep_alive(kept).await.unwrap();
+    let started = std::time::Instant::now();
+    // Keep one lease alive while the other, left alone, must expire on the leader's clock.
+    let deadline = started + Duration::from_secs(8);
+    loop {
+        keeper.keep_alive().await.unwrap();
+        let renewed = responses.message().await.unwrap().unwrap();
+        assert_eq!(renewed.ttl(), 2, "the kept lease is renewed");
+        if client.get("dropped", None).await.unwrap().kvs().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unrenewed lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "expired too early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.get("kept", None).await.unwrap().kvs().len(), 1);
+    let gone = client.lease_time_to_live(dropped, None).await.unwrap();
+    assert_eq!(gone.ttl(), -1);
+    client.lease_revoke(kept).await.unwrap();
+    assert!(client.get("kept", None).await.unwrap().kvs().is_empty());
+    let err = client.lease_revoke(kept).await.unwrap_err().to_string();
+    assert!(err.contains("requested lease not found"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_promoted_and_removed() {
+    let mut cluster = TestCluster::start(3).await;
+    // A fourth member: its address is allocated now; it joins an existing cluster.
+    cluster.members.push(common::Member {
+        name: "n3".into(),
+        client: common::free_port(),
+        peer: common::free_port(),
+        dir: cluster.members[0].dir.with_file_name("n3"),
+    });
+    let mut client = cluster.any_client().await;
+    let added = client
+        .member_add(
+            [cluster.members[3].peer_url()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let new_id = added.member().unwrap().id();
+    let node = cluster.start_node(3, ClusterState::Existing).await;
+    cluster.nodes.push(Some(node));
+    client.put("joined", "yes", None).await.unwrap();
+    wait_for("the learner to catch up", Duration::from_secs(10), || async {
+        let mut c = cluster.client(3).await;
+        let got = c
+            .get("joined", Some(GetOptions::new().with_serializable()))
+            .await
+            .ok()?;
+        (!got.kvs().is_empty()).then_some(())
+    })
+    .await;
+    client.member_promote(new_id).await.unwrap();
+    let list = client.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 4);
+    assert!(list.members().iter().all(|m| !m.is_learner()));
+    let named = wait_for(
+        "the new member to publish its name",
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move {
+                let list = client.member_list().await.ok()?;
+                list.members()
+                    .iter()
+                    .find(|m| m.id() == new_id && m.name() == "n3")
+                    .map(|m| m.client_urls().to_vec())
+            }
+        },
+    )
+    .await;
+    assert_eq!(named, vec![cluster.members[3].client_url()]);
+    client.member_remove(new_id).await.unwrap();
+    assert_eq!(client.member_list().await.unwrap().members().len(), 3);
+    let err = client.member_remove(new_id).await.unwrap_err().to_string();
+    assert!(err.contains("member not found"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_leader_term_and_index() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut client = cluster.client(leader).await;
+    client.put("a", "b", None).await.unwrap();
+    let status = client.status().await.unwrap();
+    assert_eq!(status.leader(), cluster.node(leader).id());
+    assert!(status.raft_term() >= 1);
+    assert!(status.raft_index() >= 2);
+    cluster.shutdown().await;
+}

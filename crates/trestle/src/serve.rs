@@ -1,0 +1,250 @@
+//! `trestle serve`: one node, configured like etcd (flags, `TRESTLE_*` environment variables, or a TOML file;
+//! flags win over the environment, which wins over the file).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Deserialize;
+use trestle_raft::{ClusterState, Node, NodeConfig};
+
+/// Options of `trestle serve`. Every option can also come from a `TRESTLE_<NAME>` environment variable or the
+/// `--config-file` (same names with underscores: `data_dir`, `initial_cluster`, ...).
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ServeArgs {
+    /// A TOML file with any of the options below.
+    #[arg(long, env = "TRESTLE_CONFIG_FILE")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Human-readable member name.
+    #[arg(long, env = "TRESTLE_NAME")]
+    pub name: Option<String>,
+    /// Where the node keeps its data (required).
+    #[arg(long, env = "TRESTLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client API listen URL [default: http://127.0.0.1:2379].
+    #[arg(long, env = "TRESTLE_LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs announced to the cluster, comma-separated [default: the listen URL].
+    #[arg(long, env = "TRESTLE_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// Peer (Raft) listen URL [default: http://127.0.0.1:2380].
+    #[arg(long, env = "TRESTLE_LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// Peer URL announced to the cluster; the node id derives from it [default: the listen URL].
+    #[arg(long, env = "TRESTLE_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// /health and /metrics listen URL [default: http://127.0.0.1:2381]; `none` to disable.
+    #[arg(long, env = "TRESTLE_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+    /// The founding members: `name=peer-url,name=peer-url,...` [default: this node alone].
+    #[arg(long, env = "TRESTLE_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` to found the cluster, `existing` to join one that added this node with MemberAdd [default: new].
+    #[arg(long, env = "TRESTLE_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
+}
+
+/// A `trestle serve` configuration that cannot run, or a node that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A bad option; the message says which and how to fix it.
+    #[error("{0}")]
+    Option(String),
+    /// The config file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The node failed to start.
+    #[error(transparent)]
+    Node(#[from] trestle_raft::NodeError),
+}
+
+/// Parses `http://host:port` (or `https://`) into a socket address; `localhost` means 127.0.0.1.
+pub fn parse_url_addr(url: &str) -> Result<SocketAddr, ServeError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| ServeError::Option(format!("URL {url:?} must start with http:// or https://")))?;
+    let host_port = rest.trim_end_matches('/');
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| {
+            addrs
+                .find(SocketAddr::is_ipv4)
+                .or_else(|| host_port.to_socket_addrs().ok()?.next())
+        })
+        .ok_or_else(|| {
+            ServeError::Option(format!(
+                "URL {url:?} needs a host and a port, like http://127.0.0.1:2379"
+            ))
+        })
+}
+
+fn merge<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+impl ServeArgs {
+    /// The node configuration these options describe.
+    pub fn into_config(self) -> Result<NodeConfig, ServeError> {
+        let file = match &self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ServeError::ConfigFile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str::<ServeArgs>(&text).map_err(|e| ServeError::ConfigFile {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => ServeArgs::default(),
+        };
+        let data_dir = merge(self.data_dir, file.data_dir).ok_or_else(|| {
+            ServeError::Option(
+                "--data-dir is required (or TRESTLE_DATA_DIR, or data_dir in the config file)".into(),
+            )
+        })?;
+        let mut config = NodeConfig::new(data_dir);
+        if let Some(name) = merge(self.name, file.name) {
+            config.name = name;
+        }
+        if let Some(url) = merge(self.listen_client_urls, file.listen_client_urls) {
+            config.listen_client = parse_url_addr(&url)?;
+            config.advertise_client_urls = vec![url];
+        }
+        if let Some(urls) = merge(self.advertise_client_urls, file.advertise_client_urls) {
+            config.advertise_client_urls = urls.split(',').map(|u| u.trim().to_string()).collect();
+        }
+        if let Some(url) = merge(self.listen_peer_urls, file.listen_peer_urls) {
+            config.listen_peer = parse_url_addr(&url)?;
+            config.advertise_peer_url = url;
+        }
+        if let Some(url) = merge(self.initial_advertise_peer_urls, file.initial_advertise_peer_urls) {
+            config.advertise_peer_url = url;
+        }
+        match merge(self.listen_metrics_urls, file.listen_metrics_urls).as_deref() {
+            Some("none") => config.listen_metrics = None,
+            Some(url) => config.listen_metrics = Some(parse_url_addr(url)?),
+            None => {}
+        }
+        if let Some(cluster) = merge(self.initial_cluster, file.initial_cluster) {
+            config.initial_cluster = cluster
+                .split(',')
+                .map(|member| {
+                    member
+                        .split_once('=')
+                        .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
+                        .ok_or_else(|| {
+                            ServeError::Option(format!(
+                                "--initial-cluster entry {member:?} must look like name=http://host:port"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        config.cluster_state = match merge(self.initial_cluster_state, file.initial_cluster_state).as_deref()
+        {
+            None | Some("new") => ClusterState::New,
+            Some("existing") => ClusterState::Existing,
+            Some(other) => {
+                return Err(ServeError::Option(format!(
+                    "--initial-cluster-state {other:?} must be `new` or `existing`"
+                )));
+            }
+        };
+        config.validate().map_err(|e| ServeError::Option(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// Runs one node until SIGINT or SIGTERM, then shuts it down.
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let config = args.into_config()?;
+    let node = Node::start(config).await?;
+    tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), "serving");
+    wait_for_stop_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_to_addresses() {
+        assert_eq!(
+            parse_url_addr("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert_eq!(parse_url_addr("http://localhost:2380/").unwrap().port(), 2380);
+        assert!(parse_url_addr("127.0.0.1:2379").is_err());
+        assert!(parse_url_addr("http://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn options_build_a_config_and_bad_ones_say_what_to_fix() {
+        let args = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            name: Some("n1".into()),
+            listen_client_urls: Some("http://127.0.0.1:3379".into()),
+            listen_peer_urls: Some("http://127.0.0.1:3380".into()),
+            initial_cluster: Some("n1=http://127.0.0.1:3380,n2=http://127.0.0.1:3383".into()),
+            ..Default::default()
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.initial_cluster.len(), 2);
+        assert_eq!(config.advertise_peer_url, "http://127.0.0.1:3380");
+
+        let missing = ServeArgs::default().into_config().unwrap_err().to_string();
+        assert!(missing.contains("--data-dir"), "{missing}");
+        let bad = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            initial_cluster_state: Some("old".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad.into_config()
+                .unwrap_err()
+                .to_string()
+                .contains("`new` or `existing`")
+        );
+        let stranger = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            initial_cluster: Some("other=http://127.0.0.1:9999".into()),
+            ..Default::default()
+        };
+        assert!(
+            stranger
+                .into_config()
+                .unwrap_err()
+                .to_string()
+                .contains("does not list")
+        );
+    }
+}

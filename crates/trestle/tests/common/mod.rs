@@ -1,0 +1,165 @@
+//! Real `trestle serve` processes on loopback, for tests that kill them.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct ProcessCluster {
+    pub root: tempfile::TempDir,
+    pub ports: Vec<(u16, u16)>,
+    pub children: Vec<Option<Child>>,
+}
+
+impl ProcessCluster {
+    pub fn start(n: usize) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let ports = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut cluster = Self {
+            root,
+            ports,
+            children: Vec::new(),
+        };
+        for i in 0..n {
+            let child = cluster.spawn(i);
+            cluster.children.push(Some(child));
+        }
+        cluster
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("node{i}"))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("node{i}.log"))
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let (client, peer) = self.ports[i];
+        let cluster: Vec<String> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(j, (_, p))| format!("node{j}=http://127.0.0.1:{p}"))
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_trestle"))
+            .arg("serve")
+            .args(["--name", &format!("node{i}")])
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--listen-metrics-urls", "none"])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("trestle starts")
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "node {i} is still running");
+        self.children[i] = Some(self.spawn(i));
+    }
+
+    /// SIGKILL: no shutdown code runs; only what reached the disk survives.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .collect()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i].0)
+    }
+
+    /// Waits until some node reports a leader through etcd's Status call.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for endpoint in self.endpoints() {
+                if let Ok(Ok(mut client)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    etcd_client::Client::connect([endpoint], None),
+                )
+                .await
+                {
+                    if let Ok(Ok(status)) =
+                        tokio::time::timeout(Duration::from_millis(500), client.status()).await
+                    {
+                        if status.leader() != 0 {
+                            return status.leader();
+                        }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no leader within {timeout:?}; logs:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| {
+                let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- node{i} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+pub fn etcdctl_path() -> &'static Path {
+    let path = Path::new("/usr/bin/etcdctl");
+    assert!(
+        path.exists(),
+        "etcdctl is missing: run scripts/bootstrap.sh (Debian package etcd-client)"
+    );
+    path
+}
