@@ -554,6 +554,21 @@ impl Node {
         }
     }
 
+    /// Resolves when the store group stops on a fatal error — a RocksDB write failed, the disk is full — so the
+    /// node can no longer keep its promises and must stop (nothing it acknowledged is lost: acknowledgements
+    /// follow synced writes). Returns what went wrong.
+    pub async fn fatal_error(&self) -> String {
+        let mut metrics = self.store.raft().metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return format!("raft group {STORE_GROUP} stopped: {fatal}");
+            }
+            if metrics.changed().await.is_err() {
+                return format!("raft group {STORE_GROUP} stopped");
+            }
+        }
+    }
+
     /// Stops serving, stops every group and closes the database. openraft 0.9 cannot hand leadership over, so
     /// the followers elect a new leader after one election timeout.
     pub async fn shutdown(self) {
@@ -568,6 +583,20 @@ impl Node {
         for task in self.tasks {
             task.abort();
             let _ = task.await;
+        }
+        // openraft's storage tasks and in-flight blocking writes finish a moment after `Raft::shutdown` returns,
+        // each holding the database. Return only once ours is the last handle, so that the database is closed
+        // and a restart in this process can open it again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.db) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    handles = Arc::strong_count(&self.db),
+                    "database still in use after shutdown"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

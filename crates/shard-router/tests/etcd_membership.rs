@@ -2,22 +2,22 @@
 //! 127.0.0.1 with free ports and a temporary data directory, and killed when the test ends.
 #![cfg(feature = "etcd")]
 
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use std::future::Future;
-
 use etcd_client::Client;
+use support::{PREFIX, PrefixDriver};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
-use trestle_shard_router::conformance::{MembershipDriver, check_membership};
+use trestle_shard_router::conformance::check_membership;
 use trestle_shard_router::{
     EtcdMembership, EtcdMembershipConfig, Membership, MembershipEvent, Node, NodeId, Registration,
 };
 
 const ETCD: &str = "/usr/bin/etcd";
-const PREFIX: &str = "/trestle/test/nodes/";
 /// Generous: etcd on a busy 2-core machine. Only ever waited in full when something is broken.
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -299,37 +299,13 @@ async fn the_watch_recovers_after_etcd_restarts() {
     assert_eq!(ids(&members), ["a", "b"]);
 }
 
-/// Drives an etcd membership through plain puts and deletes under the prefix.
-struct EtcdDriver(Client);
-
-impl MembershipDriver for EtcdDriver {
-    fn join(&mut self, node: Node) -> impl Future<Output = ()> + Send {
-        let mut client = self.0.clone();
-        async move {
-            let value = trestle_shard_router::encode_node(&node);
-            client
-                .put(format!("{PREFIX}{}", node.id()), value, None)
-                .await
-                .expect("put");
-        }
-    }
-
-    fn leave(&mut self, id: &str) -> impl Future<Output = ()> + Send {
-        let mut client = self.0.clone();
-        let key = format!("{PREFIX}{id}");
-        async move {
-            client.delete(key, None).await.expect("delete");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_membership_conforms() {
     let etcd = Etcd::start().await;
     let members = EtcdMembership::connect([&etcd.endpoint], PREFIX, EtcdMembershipConfig::default())
         .await
         .expect("watch");
-    let mut driver = EtcdDriver(etcd.client().await);
+    let mut driver = PrefixDriver(etcd.client().await);
     check_membership(&members, &mut driver, DEADLINE)
         .await
         .expect("conforms");

@@ -4,20 +4,21 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+mod support;
+
 use std::net::TcpListener;
 use std::time::Duration;
 
 use etcd_client::Client;
+use support::{PREFIX, PrefixDriver};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 use trestle_raft::{Node as TrestleNode, NodeConfig};
-use trestle_shard_router::conformance::{MembershipDriver, check_membership};
+use trestle_shard_router::conformance::check_membership;
 use trestle_shard_router::{
     EtcdMembership, EtcdMembershipConfig, Membership, MembershipEvent, Node, NodeId, Registration,
 };
 
-const PREFIX: &str = "/trestle/test/nodes/";
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn free_port() -> u16 {
@@ -55,36 +56,13 @@ async fn next_event(events: &mut broadcast::Receiver<MembershipEvent>) -> Member
         .expect("event channel open")
 }
 
-struct TrestleDriver(Client);
-
-impl MembershipDriver for TrestleDriver {
-    fn join(&mut self, node: Node) -> impl Future<Output = ()> + Send {
-        let mut client = self.0.clone();
-        async move {
-            let value = trestle_shard_router::encode_node(&node);
-            client
-                .put(format!("{PREFIX}{}", node.id()), value, None)
-                .await
-                .expect("put");
-        }
-    }
-
-    fn leave(&mut self, id: &str) -> impl Future<Output = ()> + Send {
-        let mut client = self.0.clone();
-        let key = format!("{PREFIX}{id}");
-        async move {
-            client.delete(key, None).await.expect("delete");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trestle_membership_conforms() {
     let (node, _dir, endpoint) = start_trestle().await;
     let members = EtcdMembership::connect([&endpoint], PREFIX, EtcdMembershipConfig::default())
         .await
         .expect("watch");
-    let mut driver = TrestleDriver(Client::connect([&endpoint], None).await.unwrap());
+    let mut driver = PrefixDriver(Client::connect([&endpoint], None).await.unwrap());
     check_membership(&members, &mut driver, DEADLINE)
         .await
         .expect("conforms");

@@ -64,6 +64,9 @@ pub enum ServeError {
     /// The node failed to start.
     #[error(transparent)]
     Node(#[from] trestle_raft::NodeError),
+    /// The node stopped on a fatal error (storage failed); it exits non-zero so a supervisor notices.
+    #[error("the node stopped on a fatal error: {0}")]
+    Fatal(String),
 }
 
 /// Parses `http://host:port` (or `https://`) into a socket address; `localhost` means 127.0.0.1.
@@ -171,9 +174,18 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let config = args.into_config()?;
     let node = Node::start(config).await?;
     tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), "serving");
-    wait_for_stop_signal().await;
+    let fatal = tokio::select! {
+        () = wait_for_stop_signal() => None,
+        reason = node.fatal_error() => Some(reason),
+    };
     node.shutdown().await;
-    Ok(())
+    match fatal {
+        None => Ok(()),
+        Some(reason) => {
+            tracing::error!(%reason, "stopping: storage failed");
+            Err(ServeError::Fatal(reason))
+        }
+    }
 }
 
 /// Waits for SIGINT or SIGTERM.
