@@ -385,18 +385,15 @@ impl Node {
                 let members: std::collections::BTreeMap<NodeId, PeerNode> = config
                     .founders()
                     .into_iter()
+                    // Only what every founder knows alike: each founder writes this first entry itself, so it must
+                    // be identical everywhere. Client URLs are published afterwards, through Raft.
                     .map(|(name, url)| {
-                        let client_urls = if url == config.advertise_peer_url {
-                            config.advertise_client_urls.clone()
-                        } else {
-                            Vec::new()
-                        };
                         (
                             node_id_for(&url),
                             PeerNode {
                                 name,
                                 peer_url: url,
-                                client_urls,
+                                client_urls: Vec::new(),
                             },
                         )
                     })

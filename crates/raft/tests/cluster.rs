@@ -110,6 +110,7 @@ async fn writes_resume_after_the_leader_stops_and_nothing_acknowledged_is_lost()
     })
     .await;
     let failover = stopped.elapsed();
+    eprintln!("leader stopped -> first acknowledged write: {failover:?}");
     assert!(
         failover < Duration::from_secs(2),
         "writes resumed only after {failover:?}"
@@ -394,6 +395,53 @@ async fn members_are_added_promoted_and_removed() {
     assert_eq!(client.member_list().await.unwrap().members().len(), 3);
     let err = client.member_remove(new_id).await.unwrap_err().to_string();
     assert!(err.contains("member not found"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_founder_publishes_its_client_url() {
+    let cluster = TestCluster::start(3).await;
+    let mut client = cluster.any_client().await;
+    let mut expected: Vec<(String, Vec<String>)> = cluster
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), vec![m.client_url()]))
+        .collect();
+    expected.sort();
+    let published = wait_for(
+        "every founder's client URL in the member list",
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            let expected = expected.clone();
+            async move {
+                let list = client.member_list().await.ok()?;
+                let mut got: Vec<(String, Vec<String>)> = list
+                    .members()
+                    .iter()
+                    .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
+                    .collect();
+                got.sort();
+                (got == expected).then_some(got)
+            }
+        },
+    )
+    .await;
+    assert_eq!(published.len(), 3);
+    // Every node's own membership agrees, not only the leader's.
+    for (i, node) in cluster.running() {
+        let membership = node
+            .store()
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let urls: Vec<_> = membership.nodes().map(|(_, n)| n.client_urls.clone()).collect();
+        assert!(urls.iter().all(|u| u.len() == 1), "node {i} sees {urls:?}");
+    }
+    let _ = &mut client;
     cluster.shutdown().await;
 }
 

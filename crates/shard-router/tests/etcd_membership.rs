@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::Client;
-use support::{PREFIX, PrefixDriver};
+use support::{PREFIX, PrefixDriver, free_port};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 use trestle_shard_router::conformance::check_membership;
@@ -34,13 +33,6 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn spawn(dir: &std::path::Path, endpoint: &str, peer_url: &str) -> Child {

@@ -6,11 +6,10 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use etcd_client::Client;
-use support::{PREFIX, PrefixDriver};
+use support::{PREFIX, PrefixDriver, free_port};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 use trestle_raft::{Node as TrestleNode, NodeConfig};
@@ -20,13 +19,6 @@ use trestle_shard_router::{
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A one-node Trestle cluster with a 1 s minimum lease TTL (the default is 2 s).
 async fn start_trestle() -> (TrestleNode, tempfile::TempDir, String) {

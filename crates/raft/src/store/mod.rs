@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -449,6 +449,11 @@ impl Store {
         match result {
             Ok(_) => Ok(Some(id)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+            // Another change (a member publishing its attributes, say) is still committing: try again shortly,
+            // within the request's deadline.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) => Ok(None),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Status::failed_precondition(format!("etcdserver: {e}")))
             }

@@ -15,11 +15,19 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A free loopback port below the kernel's ephemeral range (32768+), so no outgoing connection of a
+/// concurrently running test can take it between this check and the node's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread concurrent test processes apart; walk from there.
+    let base = 20_000 + (std::process::id() * 7919 % 12_000);
+    loop {
+        let port = (20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed) * 13) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct ProcessCluster {
