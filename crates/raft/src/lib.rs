@@ -35,6 +35,7 @@ mod network;
 mod node;
 mod state_machine;
 mod store;
+pub mod testing;
 mod types;
 
 pub use etcd::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};

@@ -2,7 +2,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
-use std::net::TcpListener;
 
 use etcd_client::Client;
 use trestle_shard_router::Node;
@@ -35,17 +34,4 @@ impl MembershipDriver for PrefixDriver {
     }
 }
 
-/// A free loopback port below the kernel's ephemeral range (32768+), so no outgoing connection of a
-/// concurrently running test can take it between this check and the node's bind.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Spread concurrent test processes apart; walk from there.
-    let base = 20_000 + (std::process::id() * 7919 % 12_000);
-    loop {
-        let port = (20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed) * 13) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use trestle_raft::testing::free_loopback_port as free_port;

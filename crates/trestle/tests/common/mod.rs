@@ -7,7 +7,6 @@
     clippy::expect_used
 )]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,20 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A free loopback port below the kernel's ephemeral range (32768+), so no outgoing connection of a
-/// concurrently running test can take it between this check and the node's bind.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    // Spread concurrent test processes apart; walk from there.
-    let base = 20_000 + (std::process::id() * 7919 % 12_000);
-    loop {
-        let port = (20_000 + (base + NEXT.fetch_add(1, Ordering::Relaxed) * 13) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use trestle_raft::testing::free_loopback_port as free_port;
 
 pub struct ProcessCluster {
     pub root: tempfile::TempDir,
