@@ -344,10 +344,27 @@ impl Store {
         ttl.ok_or_else(|| MvccError::LeaseNotFound { id }.into())
     }
 
+    /// The lessor, promoted first when this node leads but the lease clock has not noticed yet (it looks only
+    /// every `lease_check_interval`): a keep-alive arriving just after an election must find its lease, not be
+    /// told it is gone. Only called on the leader.
+    fn primary_lessor(&self) -> parking_lot::MutexGuard<'_, Lessor> {
+        let promoted = self.inner.lessor.lock().is_primary();
+        if promoted {
+            return self.inner.lessor.lock();
+        }
+        // Read the leases before taking the lessor: never hold both locks at once.
+        let leases = self.read(|app| app.store().leases());
+        let mut lessor = self.inner.lessor.lock();
+        if !lessor.is_primary() {
+            lessor.promote(Instant::now(), &leases);
+        }
+        lessor
+    }
+
     fn keep_alive_local(&self, id: LeaseId) -> Option<i64> {
         // The state machine decides whether the lease exists; the lessor only knows deadlines.
         let lease = self.read(|app| app.store().lease(id))?;
-        let mut lessor = self.inner.lessor.lock();
+        let mut lessor = self.primary_lessor();
         let now = Instant::now();
         lessor.sync(now, std::slice::from_ref(&lease), false);
         lessor.renew(id, now).map(|ttl| ttl.as_secs() as i64)
@@ -362,7 +379,7 @@ impl Store {
     }
 
     fn time_to_live_local(&self, id: LeaseId) -> Option<i64> {
-        let remaining = self.inner.lessor.lock().remaining(id, Instant::now())?;
+        let remaining = self.primary_lessor().remaining(id, Instant::now())?;
         // etcd rounds the remaining TTL up to whole seconds.
         Some(remaining.as_millis().div_ceil(1000) as i64)
     }
