@@ -8,41 +8,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TRESTLE_ROOT"
 
-bash scripts/bootstrap.sh
-say "building trestle (release)"
-cargo build --locked --release -p trestle --bin trestle
-trestle="$CARGO_TARGET_DIR/release/trestle"
+source scripts/bench-clusters.sh
 total="${BENCH_TOTAL:-20000}"
-work=$(mktemp -d /tmp/trestle-bench.XXXXXX)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-say "starting a 3-node Trestle cluster"
-"$trestle" local-cluster --nodes 3 --data-dir "$work/trestle" --port-base 32379 > "$work/trestle.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 600); do grep -q ETCDCTL_ENDPOINTS "$work/trestle.out" && break; sleep 0.1; done
-trestle_endpoints=$(sed -n 's/^ETCDCTL_ENDPOINTS=//p' "$work/trestle.out")
-[[ -n $trestle_endpoints ]] || die "the Trestle cluster did not start: $(cat "$work/trestle.out")"
-
-say "starting a 3-node etcd $(etcd --version | head -1 | awk '{print $3}') cluster"
-cluster="e0=http://127.0.0.1:22380,e1=http://127.0.0.1:22382,e2=http://127.0.0.1:22384"
-for i in 0 1 2; do
-    client=$((22379 + 2 * i)); peer=$((22380 + 2 * i))
-    etcd --name "e$i" --data-dir "$work/etcd$i" \
-        --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "$cluster" --initial-cluster-state new --log-level error > "$work/etcd$i.log" 2>&1 &
-    pids+=($!)
-done
-etcd_endpoints="http://127.0.0.1:22379,http://127.0.0.1:22381,http://127.0.0.1:22383"
-for _ in $(seq 600); do
-    ETCDCTL_API=3 etcdctl --endpoints="$etcd_endpoints" endpoint health >/dev/null 2>&1 && break; sleep 0.1
-done
 
 say "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $total ops per run, 256 B values, 10000 keys"
 results="$work/results"

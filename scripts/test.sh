@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: the README's second quick-start command, and what CI runs.
-#   formatting, clippy (warnings denied), rustdoc (warnings denied), unit and integration tests (nextest),
-#   doc tests.
+#   formatting, clippy (warnings denied), each optional feature of trestle-breaker built alone, rustdoc (warnings
+#   denied), unit and integration tests (nextest), doc tests.
 # Long chaos runs and benchmarks are separate commands (see README.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -12,6 +12,7 @@ step bootstrap bash scripts/bootstrap.sh
 say "build directory: $CARGO_TARGET_DIR"
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+step features env CARGO_BUILD_JOBS="$(nproc)" bash crates/breaker/scripts/check-features.sh
 step docs cargo doc --workspace --no-deps --locked
 step tests cargo nextest run --workspace --locked --no-fail-fast
 step doctests cargo test --workspace --doc --locked

@@ -86,6 +86,8 @@ pub struct Event {
     pub value: Value,
     /// Monotonic time in nanoseconds, if recorded.
     pub time: Option<u64>,
+    /// Why an operation failed or is unknown, if the client said (written as `error`; checkers ignore it).
+    pub error: Option<String>,
     /// Where it was read from: the 1-based line in its file (0 for events built in code).
     pub line: usize,
 }
@@ -100,8 +102,16 @@ impl Event {
             key: None,
             value,
             time: None,
+            error: None,
             line: 0,
         }
+    }
+
+    /// Sets the error message.
+    #[must_use]
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
     }
 
     /// Sets the key.
@@ -136,6 +146,9 @@ impl Event {
         obj.insert("value".into(), self.value.to_json());
         if let Some(t) = self.time {
             obj.insert("time".into(), t.into());
+        }
+        if let Some(e) = &self.error {
+            obj.insert("error".into(), e.as_str().into());
         }
         serde_json::Value::Object(obj).to_string()
     }
@@ -208,6 +221,7 @@ impl Event {
                 }
             }
         }
+        let error = map.get("error").and_then(Value::as_name).map(str::to_owned);
         Ok(Event {
             kind,
             process,
@@ -215,6 +229,7 @@ impl Event {
             key,
             value,
             time,
+            error,
             line,
         })
     }

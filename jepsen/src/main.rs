@@ -1,4 +1,4 @@
-//! `trestle-jepsen`: re-check stored histories today; run chaos tests once the cluster harness exists.
+//! `trestle-jepsen`: run a chaos test against a real cluster (`test`), or re-check a stored history (`check`).
 //!
 //! Exit codes follow Jepsen: 0 valid, 1 invalid, 2 unknown; 254 for a bad command line and 255 for a history that
 //! cannot be read or does not fit the model.
@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use trestle_jepsen::{CheckModel, History, HistoryError, Limits, ReadOptions, check};
+use trestle_jepsen::{
+    CheckModel, HarnessError, History, HistoryError, Limits, NetMode, ReadOptions, TestConfig, check,
+    run_test,
+};
 
 /// Exit code for a bad command line (Jepsen's).
 const EXIT_USAGE: u8 = 254;
@@ -42,13 +45,102 @@ enum Command {
         /// The history: .jsonl (Trestle's JSON lines) or .edn (Jepsen's EDN).
         file: PathBuf,
     },
-    /// Run a chaos test against a real cluster (not built yet).
-    #[command(disable_help_flag = true)]
-    Test {
-        /// Accepted and ignored until the harness exists.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Run a chaos test against a real cluster: exit 0 valid, 1 invalid, 2 unknown, 255 harness error.
+    Test(TestArgs),
+    /// Remove what killed runs left behind: their node processes and network namespaces (from their ledgers).
+    Clean,
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// register or set.
+    #[arg(long, default_value = "register")]
+    workload: String,
+    /// Comma-separated: partition (all partitions), partition-halves, partition-one, partition-leader,
+    /// partition-ring, partition-bridge, kill, pause, delay, loss; or all, or none.
+    #[arg(long, default_value = "partition,kill")]
+    nemesis: String,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Seconds of workload (final reads come after).
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Client processes.
+    #[arg(long, default_value_t = 10)]
+    concurrency: usize,
+    /// Seed for every random choice [default: random, printed first].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Results go to STORE/<workload>/<timestamp>/ (STORE/<workload>/latest links the newest).
+    #[arg(long, default_value = "store")]
+    store: PathBuf,
+    /// The trestle binary [default: $TRESTLE_BIN, else next to this executable or in its parent directory].
+    #[arg(long)]
+    trestle_bin: Option<PathBuf>,
+    /// auto (namespaces as root, else loopback), netns or loopback.
+    #[arg(long, default_value = "auto")]
+    net: NetMode,
+    /// Milliseconds before a client gives up on an operation.
+    #[arg(long, default_value_t = 2000)]
+    op_timeout_ms: u64,
+}
+
+fn random_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    (nanos ^ (u64::from(std::process::id()) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let seed = args.seed.unwrap_or_else(random_seed);
+    println!("seed: {seed}");
+    let config = {
+        let mut c = TestConfig::default();
+        c.workload = args.workload;
+        c.nemesis = args.nemesis;
+        c.nodes = args.nodes;
+        c.time_limit = Duration::from_secs(args.time_limit);
+        c.concurrency = args.concurrency;
+        c.seed = seed;
+        c.store = args.store;
+        c.trestle_bin = args.trestle_bin;
+        c.net = args.net;
+        c.op_timeout = Duration::from_millis(args.op_timeout_ms);
+        c
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("trestle-jepsen test: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trestle-jepsen test: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run_test(&config)) {
+        Ok(outcome) => {
+            print!("{}", outcome.summary);
+            ExitCode::from(u8::try_from(outcome.verdict.exit_code()).unwrap_or(EXIT_ERROR))
+        }
+        Err(e @ HarnessError::Interrupted { .. }) => {
+            eprintln!("trestle-jepsen test: {e}");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("trestle-jepsen test: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
 }
 
 fn parse_model(s: &str) -> Result<CheckModel, String> {
@@ -96,12 +188,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Test { .. } => {
-            eprintln!(
-                "trestle-jepsen test: not built yet. The cluster harness, nemeses and workloads come with the \
-                 Raft store (issue #4); no test was run. `trestle-jepsen check` re-checks stored histories today."
-            );
-            ExitCode::from(2)
+        Command::Test(args) => test(args),
+        Command::Clean => {
+            let done = trestle_jepsen::clean_leftovers();
+            if done.is_empty() {
+                println!("nothing left behind by dead runs");
+            }
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
         }
     }
 }

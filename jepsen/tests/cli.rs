@@ -142,12 +142,38 @@ fn bad_command_lines_exit_254() {
 }
 
 #[test]
-fn test_subcommand_says_it_is_not_built_and_exits_2() {
-    let out = run(&["test", "--workload", "register", "--nodes", "3"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not built yet") && err.contains("no test was run"),
-        "{err}"
-    );
+fn test_rejects_what_it_cannot_do_before_starting_anything() {
+    for (args, code, says) in [
+        (&["test", "--nemesis", "clock"][..], 254, "libfaketime"),
+        (&["test", "--nemesis", "fire"][..], 254, "unknown nemesis"),
+        (
+            &["test", "--nemesis", "partition-ring", "--nodes", "3"][..],
+            254,
+            "at least 5 nodes",
+        ),
+        (
+            &["test", "--workload", "queue"][..],
+            254,
+            "expected one of register, set",
+        ),
+        (&["test", "--nodes", "0"][..], 254, "nodes = 0"),
+        (
+            &[
+                "test",
+                "--trestle-bin",
+                "/nonexistent/trestle",
+                "--time-limit",
+                "1",
+            ][..],
+            255,
+            "/nonexistent/trestle",
+        ),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("seed: "), "the seed comes first: {stdout}");
+    }
 }

@@ -39,6 +39,93 @@ impl Clock for StdClock {
     }
 }
 
+/// A cheap, coarse clock: a background thread stores the time every `resolution` (1 ms by default), and
+/// [`now`](Clock::now) only loads it. Clones share the thread, which stops once the last clone is dropped.
+///
+/// Reading the operating system's monotonic clock costs 20–50 ns in a virtual machine, and a circuit breaker reads
+/// the time twice per call (start and end, for slow-call detection), which alone exceeds a 50 ns budget. This clock
+/// costs an atomic load. The price is resolution: an elapsed time is known to within `resolution` (more if the
+/// machine is so loaded that the thread is not scheduled on time), which is fine for slow-call durations and windows
+/// of seconds, and wrong for measuring sub-millisecond latencies (adaptive concurrency on a fast backend). It does
+/// not follow `tokio::time::pause`; tests use [`ManualClock`].
+#[derive(Clone)]
+pub struct CoarseClock {
+    origin: Instant,
+    /// The time since `origin` ([`pack`]ed), as last stored by the thread; `None` if the thread could not be started (then
+    /// `now` reads the standard clock).
+    ticks: Option<Arc<AtomicU64>>,
+    resolution: Duration,
+}
+
+impl CoarseClock {
+    /// A clock updated every millisecond.
+    pub fn new() -> Self {
+        Self::with_resolution(Duration::from_millis(1))
+    }
+
+    /// A clock updated every `resolution` (at least 100 µs).
+    pub fn with_resolution(resolution: Duration) -> Self {
+        let resolution = resolution.max(Duration::from_micros(100));
+        let origin = Instant::now();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let weak = Arc::downgrade(&ticks);
+        let spawned = std::thread::Builder::new()
+            .name("trestle-coarse-clock".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(resolution);
+                    let Some(ticks) = weak.upgrade() else { break };
+                    ticks.store(pack(origin.elapsed()), Ordering::Release);
+                }
+            });
+        Self {
+            origin,
+            ticks: spawned.is_ok().then_some(ticks),
+            resolution,
+        }
+    }
+
+    /// How often the time is refreshed.
+    pub fn resolution(&self) -> Duration {
+        self.resolution
+    }
+}
+
+impl Default for CoarseClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CoarseClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoarseClock")
+            .field("resolution", &self.resolution)
+            .field("ticking", &self.ticks.is_some())
+            .finish()
+    }
+}
+
+impl Clock for CoarseClock {
+    fn now(&self) -> Instant {
+        match &self.ticks {
+            Some(ticks) => self.origin + unpack(ticks.load(Ordering::Acquire)),
+            None => Instant::now(),
+        }
+    }
+}
+
+/// A duration as one word: seconds in the high 34 bits (five centuries), nanoseconds in the low 30, so that
+/// unpacking needs no division.
+fn pack(d: Duration) -> u64 {
+    (d.as_secs().min((1 << 34) - 1) << 30) | u64::from(d.subsec_nanos())
+}
+
+fn unpack(word: u64) -> Duration {
+    // The nanoseconds are below 10^9 < 2^30, so `Duration::new` does not carry.
+    Duration::new(word >> 30, (word & ((1 << 30) - 1)) as u32)
+}
+
 /// A clock that only moves when told to. Clones share the same time.
 #[derive(Clone)]
 pub struct ManualClock {
@@ -144,3 +231,38 @@ impl Random for SeededRandom {
 
 #[allow(dead_code)] // unused when neither retry nor throttle is enabled
 pub(crate) type SharedRandom = Arc<dyn Random>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_round_trips() {
+        for d in [
+            Duration::ZERO,
+            Duration::new(1, 999_999_999),
+            Duration::new(86_400 * 365 * 100, 5),
+        ] {
+            assert_eq!(unpack(pack(d)), d);
+        }
+    }
+
+    /// The coarse clock moves forward and never backwards. Waits on a condition (the clock moving), with a deadline,
+    /// never a fixed sleep.
+    #[test]
+    fn coarse_clock_ticks_forward() {
+        let clock = CoarseClock::with_resolution(Duration::from_micros(100));
+        assert_eq!(clock.resolution(), Duration::from_micros(100));
+        let start = clock.now();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = start;
+        while last == start {
+            assert!(Instant::now() < deadline, "the coarse clock never ticked");
+            std::thread::yield_now();
+            let now = clock.now();
+            assert!(now >= last);
+            last = now;
+        }
+        assert!(format!("{clock:?}").contains("ticking: true"));
+    }
+}

@@ -2,9 +2,10 @@
 //!
 //! # Map of the crate
 //!
-//! - [`machine`]: the sans-IO state machines (breaker, retry budget, AIMD and gradient limits, adaptive throttle).
+//! - [`machine`]: the sans-IO state machines (breaker, retry budget, AIMD and gradient limits, adaptive throttle,
+//!   the hedging layer's latency histogram).
 //! - One module per middleware, each with its service, layer, response future and errors: [`circuit_breaker`],
-//!   [`bulkhead`], [`rate_limit`], [`retry`], [`timeout`], [`adaptive`] (concurrency), [`throttle`].
+//!   [`bulkhead`], [`rate_limit`], [`retry`], [`hedge`], [`timeout`], [`adaptive`] (concurrency), [`throttle`].
 //! - [`reject`]: rejections as HTTP 429/503 or gRPC `RESOURCE_EXHAUSTED`/`UNAVAILABLE` responses.
 //! - Classifiers ([`Classify`]), clocks ([`Clock`]) and randomness ([`Random`]) shared by the layers.
 //!
@@ -13,7 +14,7 @@
 //! # Cargo features
 //!
 //! One per middleware, all on by default: `circuit-breaker`, `bulkhead`, `rate-limit` (pulls in `governor`),
-//! `retry` (`backon`), `timeout`, `adaptive`, `throttle`; and `grpc` (pulls in `tonic`): [`GrpcClassifier`],
+//! `retry` (`backon`), `hedge` (needs `retry`), `timeout`, `adaptive`, `throttle`; and `grpc` (pulls in `tonic`): [`GrpcClassifier`],
 //! [`reject::grpc_status`] and `RejectLayer::grpc`. The examples above need the defaults.
 
 #[cfg(feature = "adaptive")]
@@ -25,6 +26,8 @@ pub mod circuit_breaker;
 mod classify;
 mod clock;
 mod config;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 pub mod machine;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
@@ -42,13 +45,15 @@ pub use adaptive::{AdaptiveConcurrencyLayer, ConcurrencyLimited};
 pub use bulkhead::{BulkheadConfig, BulkheadFull, BulkheadLayer, BulkheadTimeout};
 #[cfg(feature = "circuit-breaker")]
 pub use circuit_breaker::{
-    BreakerRegistry, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, StateChange,
+    BreakerRegistry, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, RegistryConfig, StateChange,
 };
 #[cfg(feature = "grpc")]
 pub use classify::GrpcClassifier;
 pub use classify::{AnyErrorIsFailure, Classify, ClassifyFn, HttpClassifier, Outcome};
-pub use clock::{Clock, ManualClock, Random, SeededRandom, StdClock, ThreadRandom, TokioClock};
+pub use clock::{Clock, CoarseClock, ManualClock, Random, SeededRandom, StdClock, ThreadRandom, TokioClock};
 pub use config::ConfigError;
+#[cfg(feature = "hedge")]
+pub use hedge::{HedgeConfig, HedgeLayer};
 pub use machine::{
     AimdConfig, CircuitBreakerConfig, GradientConfig, RetryBudgetConfig, SlidingWindow, State,
     ThrottleConfig, WaitInOpen,
@@ -60,7 +65,8 @@ pub use rate_limit::{
 pub use reject::RejectLayer;
 #[cfg(feature = "retry")]
 pub use retry::{
-    GrpcRetryPolicy, HttpRetryPolicy, Idempotent, RetryConfig, RetryFailures, RetryLayer, RetryPolicy,
+    BodyTooLarge, BufferBodyLayer, BufferedBody, GrpcRetryPolicy, HttpRetryPolicy, Idempotent, RetryConfig,
+    RetryFailures, RetryLayer, RetryPolicy, SharedRetryBudget,
 };
 #[cfg(feature = "throttle")]
 pub use throttle::{AdaptiveThrottleLayer, Throttled};

@@ -246,6 +246,140 @@ mod circuit_breaker {
     }
 
     #[test]
+    fn registry_evicts_idle_closed_breakers_but_keeps_open_ones() {
+        let clock = ManualClock::new();
+        let registry = BreakerRegistry::<String>::with_clock(
+            "up",
+            small_breaker(Duration::from_secs(600)),
+            clock.clone(),
+        )
+        .unwrap()
+        .with_bounds(RegistryConfig::default().with_idle_timeout(Some(Duration::from_secs(60))))
+        .unwrap();
+        let a = registry.get(&"a".to_string());
+        let b = registry.get(&"b".to_string());
+        b.trip();
+        clock.advance(Duration::from_secs(30));
+        let _ = registry.get(&"a".to_string()); // a is used again: not idle
+        clock.advance(Duration::from_secs(40));
+        // A new key sweeps: `a` was used 40 s ago, `b` is idle but open, and stays.
+        let _ = registry.get(&"c".to_string());
+        assert_eq!(registry.len(), 3);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(registry.evict_idle(), 2); // a and c
+        let kept: Vec<String> = registry.breakers().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kept, ["b"]);
+        assert_eq!(registry.get(&"b".to_string()).state(), State::Open);
+        // The key's next call gets a new, closed breaker; the old handle still works for calls holding it.
+        a.trip();
+        assert_eq!(registry.get(&"a".to_string()).state(), State::Closed);
+        assert!(registry.remove(&"a".to_string()).is_some());
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn registry_is_bounded_and_evicts_the_least_recently_used_closed_breaker() {
+        let clock = ManualClock::new();
+        let registry =
+            BreakerRegistry::<u32>::with_clock("up", small_breaker(Duration::from_secs(600)), clock.clone())
+                .unwrap()
+                .with_bounds(
+                    RegistryConfig::default()
+                        .with_max_breakers(3)
+                        .with_idle_timeout(None),
+                )
+                .unwrap();
+        registry.get(&0).trip(); // open: kept while closed ones can go
+        for key in 1..100 {
+            clock.advance(Duration::from_millis(1));
+            let _ = registry.get(&key);
+            let _ = registry.get(&1); // key 1 stays the most recently used
+            assert!(registry.len() <= 3);
+        }
+        let mut kept: Vec<u32> = registry.breakers().into_iter().map(|(k, _)| k).collect();
+        kept.sort();
+        assert_eq!(kept, [0, 1, 99]);
+        // Full of open breakers: the least recently used goes anyway, so the bound holds.
+        registry.get(&1).trip();
+        registry.get(&99).trip();
+        let _ = registry.get(&100);
+        assert_eq!(registry.len(), 3);
+        assert!(registry.breakers().iter().all(|(k, _)| *k != 0));
+    }
+
+    #[test]
+    fn invalid_registry_bounds_are_rejected() {
+        let registry = BreakerRegistry::<u32>::new("up", CircuitBreakerConfig::default()).unwrap();
+        assert_eq!(
+            registry
+                .clone()
+                .with_bounds(RegistryConfig::default().with_max_breakers(0))
+                .unwrap_err(),
+            ConfigError::Zero {
+                field: "max_breakers"
+            }
+        );
+        assert!(matches!(
+            registry.with_bounds(RegistryConfig::default().with_idle_timeout(Some(Duration::ZERO))),
+            Err(ConfigError::ZeroDuration {
+                field: "idle_timeout",
+                ..
+            })
+        ));
+    }
+
+    /// Successes deferred without the lock are handed to the machine before anything else happens: the window
+    /// still holds the last N calls in order.
+    #[tokio::test(start_paused = true)]
+    async fn deferred_successes_count_in_the_window() {
+        let config = CircuitBreakerConfig::default()
+            .with_sliding_window(SlidingWindow::Count { size: 10 })
+            .with_minimum_calls(10);
+        let breaker = CircuitBreakerHandle::new("b", config).unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = CircuitBreakerLayer::new(breaker.clone()).layer(backend(calls.clone()));
+        for _ in 0..6 {
+            svc.clone().oneshot(true).await.unwrap();
+        }
+        assert_eq!(breaker.metrics().calls, 6);
+        for _ in 0..4 {
+            svc.clone().oneshot(false).await.unwrap_err();
+        }
+        // 4 failures in the last 10 calls: 40 %, below 50 %.
+        assert_eq!(breaker.state(), State::Closed);
+        svc.clone().oneshot(false).await.unwrap_err();
+        // The oldest success left the window: 5 of 10.
+        assert_eq!(breaker.state(), State::Open);
+    }
+
+    /// Two threads hammer one breaker with successes (deferred without the lock) and the occasional failure; every
+    /// call is accounted for.
+    #[test]
+    fn concurrent_calls_are_all_recorded() {
+        let config = CircuitBreakerConfig::default()
+            .with_sliding_window(SlidingWindow::Count { size: 100_000 })
+            .with_minimum_calls(100_000);
+        let breaker = CircuitBreakerHandle::with_clock("b", config, ManualClock::new()).unwrap();
+        let svc = CircuitBreakerLayer::new(breaker.clone()).layer(service_fn(|ok: bool| async move {
+            if ok { Ok(()) } else { Err(BoxError::from("boom")) }
+        }));
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                let svc = svc.clone();
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    for i in 0..5_000 {
+                        let _ = rt.block_on(svc.clone().oneshot(i % 100 != 0));
+                    }
+                });
+            }
+        });
+        let metrics = breaker.metrics();
+        assert_eq!((metrics.calls, metrics.failed_calls), (10_000, 100));
+        assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[test]
     fn invalid_config_is_rejected_with_the_value() {
         let err = CircuitBreakerHandle::new(
             "b",
@@ -511,6 +645,50 @@ mod retry {
         );
     }
 
+    /// A body that cannot be cloned is buffered outside the retry layer, so the request can be retried; a body over
+    /// the limit is refused before anything is sent.
+    #[tokio::test(start_paused = true)]
+    async fn buffered_bodies_are_retried_and_oversized_ones_refused() {
+        use http_body_util::BodyExt;
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counter = attempts.clone();
+        let svc = service_fn(move |req: http::Request<BufferedBody>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"payload");
+                let status = if n == 0 { 503 } else { 200 };
+                Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
+            }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(BufferBodyLayer::new(10))
+            .layer(RetryLayer::new(RetryConfig::default().with_jitter(false), HttpRetryPolicy).unwrap())
+            .service(svc);
+        // A streaming body type (not `Clone`).
+        let body = || {
+            http_body_util::StreamBody::new(tokio_stream::iter([Ok::<_, BoxError>(http_body::Frame::data(
+                bytes::Bytes::from_static(b"payload"),
+            ))]))
+        };
+        let req = http::Request::put("/x").body(body()).unwrap();
+        assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 200);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+
+        let big = http::Request::put("/x")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![0u8; 11])))
+            .unwrap();
+        let err = svc.clone().oneshot(big).await.unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<BodyTooLarge>(),
+                Some(BodyTooLarge { limit: 10, .. })
+            ),
+            "{err}"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    }
+
     /// Ten requests fail at once; with a budget of 50 % of requests and no reserve, at most five retries happen in
     /// total, even though every retry is waiting in backoff when the others ask.
     #[tokio::test(start_paused = true)]
@@ -544,6 +722,224 @@ mod retry {
                 field: "retry_percent",
                 ..
             })
+        ));
+    }
+}
+
+mod hedge {
+    use std::collections::VecDeque;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    /// Counts a call as cancelled if its future is dropped before it answers.
+    struct CancelGuard(Option<Arc<AtomicUsize>>);
+
+    impl CancelGuard {
+        fn answered(&mut self) {
+            self.0 = None;
+        }
+    }
+
+    impl Drop for CancelGuard {
+        fn drop(&mut self) {
+            if let Some(cancelled) = self.0.take() {
+                cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A backend whose n-th call takes the n-th scheduled latency and then answers `Ok(n)`, or `Err` if scheduled
+    /// to fail. Unscheduled calls take 10 ms.
+    #[derive(Clone, Default)]
+    struct Backend {
+        schedule: Arc<Mutex<VecDeque<(u64, bool)>>>,
+        calls: Arc<AtomicUsize>,
+        cancelled: Arc<AtomicUsize>,
+    }
+
+    impl Backend {
+        fn then(&self, millis: u64, ok: bool) -> &Self {
+            self.schedule.lock().push_back((millis, ok));
+            self
+        }
+
+        fn service(
+            &self,
+        ) -> impl Service<u32, Response = usize, Error = BoxError, Future: Send> + Clone + Send + 'static
+        {
+            let this = self.clone();
+            service_fn(move |_req: u32| {
+                let n = this.calls.fetch_add(1, Ordering::SeqCst);
+                let (millis, ok) = this.schedule.lock().pop_front().unwrap_or((10, true));
+                let mut guard = CancelGuard(Some(this.cancelled.clone()));
+                async move {
+                    tokio::time::sleep(Duration::from_millis(millis)).await;
+                    guard.answered();
+                    if ok { Ok(n) } else { Err(BoxError::from("boom")) }
+                }
+            })
+        }
+    }
+
+    /// Only even requests are idempotent.
+    #[derive(Clone)]
+    struct EvenIdempotent;
+
+    impl RetryPolicy<u32, usize> for EvenIdempotent {
+        fn is_idempotent(&self, req: &u32) -> bool {
+            req % 2 == 0
+        }
+        fn is_retryable(&self, result: Result<&usize, &BoxError>) -> bool {
+            result.is_err()
+        }
+        fn clone_request(&self, req: &u32) -> Option<u32> {
+            Some(*req)
+        }
+    }
+
+    fn config() -> HedgeConfig {
+        HedgeConfig::default().with_percentile(90.0).with_min_samples(10)
+    }
+
+    /// 10 ms, as the histogram reports it: the upper end of its bucket.
+    const P90: Duration = Duration::from_nanos(10_485_759);
+    /// When the hedge leaves: tokio's timer rounds the delay up to the millisecond.
+    const HEDGE_SENT: Duration = Duration::from_millis(11);
+
+    async fn warm_up<S: Service<u32, Response = usize, Error = BoxError> + Clone>(svc: &S) {
+        for _ in 0..10 {
+            svc.clone().oneshot(0).await.expect("warm-up call");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedges_after_the_percentile_and_cancels_the_loser() {
+        let backend = Backend::default();
+        let layer = HedgeLayer::new(config(), EvenIdempotent).unwrap();
+        let svc = layer.layer(backend.service());
+        // Not enough latencies yet: a slow call is not hedged.
+        backend.then(1000, true);
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(0).await.unwrap(), 0);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(layer.delay(), None);
+        warm_up(&svc).await;
+        assert_eq!(layer.delay(), Some(P90));
+
+        // The original takes a second; the hedge, sent at the 90th percentile, answers 10 ms later and wins.
+        backend.then(1000, true).then(10, true);
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(2).await.unwrap(), 12);
+        assert_eq!(start.elapsed(), HEDGE_SENT + Duration::from_millis(10));
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 13);
+        assert_eq!(
+            backend.cancelled.load(Ordering::SeqCst),
+            1,
+            "the original was cancelled"
+        );
+
+        // A fast original needs no hedge.
+        let start = tokio::time::Instant::now();
+        svc.clone().oneshot(4).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 14);
+
+        // Two windows (30 s each) later the latencies have aged out: no hedging until there are enough again.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        backend.then(1000, true);
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(6).await.unwrap(), 14);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(layer.delay(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_idempotent_requests_are_not_hedged() {
+        let backend = Backend::default();
+        let svc = HedgeLayer::new(config(), EvenIdempotent)
+            .unwrap()
+            .layer(backend.service());
+        warm_up(&svc).await;
+        backend.then(1000, true);
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(3).await.unwrap(), 10);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_failure_waits_for_the_hedge_in_flight() {
+        let backend = Backend::default();
+        let svc = HedgeLayer::new(config(), EvenIdempotent)
+            .unwrap()
+            .layer(backend.service());
+        warm_up(&svc).await;
+        // The original fails at 15 ms, after the hedge left (11 ms) and before it answers (21 ms).
+        backend.then(15, false).then(10, true);
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(0).await.unwrap(), 11);
+        assert_eq!(start.elapsed(), HEDGE_SENT + Duration::from_millis(10));
+        // Both failing: the last answer is returned.
+        backend.then(15, false).then(10, false);
+        svc.clone().oneshot(0).await.unwrap_err();
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 14);
+    }
+
+    /// Hedges draw on the retry layer's budget: with 10 % of requests as budget and no reserve, ten requests pay
+    /// for one hedge, and the next slow call is not hedged.
+    #[tokio::test(start_paused = true)]
+    async fn hedges_share_the_retry_budget() {
+        let backend = Backend::default();
+        let budget = RetryBudgetConfig::default()
+            .with_min_retries_per_sec(0)
+            .with_retry_percent(10.0);
+        let retry = RetryLayer::new(
+            RetryConfig::default().with_budget(Some(budget)),
+            RetryFailures(AnyErrorIsFailure),
+        )
+        .unwrap();
+        let hedge = HedgeLayer::new(config().with_budget(None), EvenIdempotent)
+            .unwrap()
+            .with_budget(retry.budget());
+        let svc = ServiceBuilder::new()
+            .layer(hedge)
+            .layer(retry.clone())
+            .service(backend.service());
+        warm_up(&svc).await; // 10 requests deposited by the retry layer
+        backend.then(1000, true).then(10, true);
+        assert_eq!(svc.clone().oneshot(0).await.unwrap(), 11); // hedged: 11 requests, 1 hedge
+        assert!(retry.budget_balance().unwrap() < 1.0);
+        backend.then(1000, true);
+        let start = tokio::time::Instant::now();
+        assert_eq!(svc.clone().oneshot(0).await.unwrap(), 12); // over budget: not hedged
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(backend.calls.load(Ordering::SeqCst), 13);
+    }
+
+    #[test]
+    fn invalid_config() {
+        assert!(matches!(
+            HedgeLayer::new(HedgeConfig::default().with_percentile(0.0), EvenIdempotent),
+            Err(ConfigError::PercentOutOfRange {
+                field: "percentile",
+                ..
+            })
+        ));
+        assert!(matches!(
+            HedgeLayer::new(
+                HedgeConfig::default().with_delay_bounds(Duration::from_secs(2), Duration::from_secs(1)),
+                EvenIdempotent
+            ),
+            Err(ConfigError::Exceeds {
+                field: "min_delay (ns)",
+                ..
+            })
+        ));
+        assert!(matches!(
+            HedgeLayer::new(HedgeConfig::default().with_window(Duration::ZERO), EvenIdempotent),
+            Err(ConfigError::ZeroDuration { field: "window", .. })
         ));
     }
 }

@@ -43,6 +43,12 @@ fn everything_is_send() {
     send(&svc);
     future_is_send(&svc);
 
+    let layer = HedgeLayer::new(HedgeConfig::default(), RetryFailures(AnyErrorIsFailure)).unwrap();
+    send_sync(&layer);
+    let svc = layer.layer(mock.clone());
+    send(&svc);
+    future_is_send(&svc);
+
     let layer = TimeoutLayer::new(Duration::from_secs(1)).unwrap();
     send_sync(&layer);
     let svc = layer.layer(mock.clone());

@@ -68,6 +68,58 @@ impl<S> Layer<S> for FailSwitchLayer {
     }
 }
 
+/// Answers the next `remaining` requests with `UNAVAILABLE` instead of passing them on; counts every request.
+#[derive(Clone)]
+struct FailNextLayer {
+    remaining: Arc<AtomicUsize>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl<S> Layer<S> for FailNextLayer {
+    type Service = FailNext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FailNext {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct FailNext<S> {
+    inner: S,
+    layer: FailNextLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for FailNext<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.layer.hits.fetch_add(1, Ordering::SeqCst);
+        let fail = self
+            .layer
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            Box::pin(async { Ok(tonic::Status::unavailable("try again").into_http()) })
+        } else {
+            Box::pin(self.inner.call(req))
+        }
+    }
+}
+
 /// Runs a test body with a real-time bound, so a stuck server fails the test instead of hanging it.
 async fn bounded(body: impl Future<Output = ()>) {
     tokio::time::timeout(Duration::from_secs(60), body)
@@ -172,6 +224,59 @@ mod grpc {
             [(State::Open, State::HalfOpen), (State::HalfOpen, State::Closed)]
         );
         assert_eq!(hits.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn generated_client_retries_idempotent_unavailable_calls_only() {
+        bounded(generated_client_retries_idempotent_unavailable_calls_only_body()).await;
+    }
+
+    /// The retry layer under a tonic-generated client (`HealthClient`): bodies are buffered outside the retry layer
+    /// and turned back into tonic bodies inside it. The backoff is 1 ms of real time; nothing depends on its length.
+    async fn generated_client_retries_idempotent_unavailable_calls_only_body() {
+        let remaining = Arc::new(AtomicUsize::new(0));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let url = serve(FailNextLayer {
+            remaining: remaining.clone(),
+            hits: hits.clone(),
+        })
+        .await;
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let config = RetryConfig::default()
+            .with_max_retries(3)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(1), 1.0)
+            .with_jitter(false);
+        let svc = ServiceBuilder::new()
+            .layer(BufferBodyLayer::new(64 * 1024))
+            .layer(RetryLayer::new(config, GrpcRetryPolicy).unwrap())
+            .map_request(|r: http::Request<BufferedBody>| r.map(tonic::body::Body::new))
+            .service(channel);
+        let mut client = HealthClient::new(svc);
+        let check = || HealthCheckRequest {
+            service: String::new(),
+        };
+
+        // Marked idempotent: two UNAVAILABLE answers are retried, the third attempt is served.
+        remaining.store(2, Ordering::SeqCst);
+        let mut request = tonic::Request::new(check());
+        request.extensions_mut().insert(Idempotent);
+        let reply = client.check(request).await.unwrap();
+        assert_eq!(reply.into_inner().status, 1); // SERVING
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+
+        // Not marked: the UNAVAILABLE answer is final, and the server saw the call once.
+        remaining.store(1, Ordering::SeqCst);
+        let status = client.check(check()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+
+        // Retries give up after `max_retries` with the last answer.
+        remaining.store(10, Ordering::SeqCst);
+        let mut request = tonic::Request::new(check());
+        request.extensions_mut().insert(Idempotent);
+        let status = client.check(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(hits.load(Ordering::SeqCst), 8);
     }
 
     #[tokio::test]

@@ -89,22 +89,23 @@ impl GroupRegistry {
         ids
     }
 
-    /// The Raft handle of a group, or `NOT_FOUND`.
+    /// The Raft handle of a group, or `UNAVAILABLE` (not hosted here, or not yet / no longer: a node starting or
+    /// stopping; the caller should try elsewhere or later).
     pub fn raft(&self, group: GroupId) -> Result<Raft, Status> {
         self.groups
             .read()
             .get(&group)
             .map(|r| r.raft.clone())
-            .ok_or_else(|| Status::not_found(format!("raft group {group} is not hosted on this node")))
+            .ok_or_else(|| Status::unavailable(format!("raft group {group} is not hosted on this node")))
     }
 
-    /// The forward handler of a group, or `NOT_FOUND`.
+    /// The forward handler of a group, or `UNAVAILABLE` (as for [`GroupRegistry::raft`]).
     pub fn forward_handler(&self, group: GroupId) -> Result<Arc<dyn ForwardHandler>, Status> {
         self.groups
             .read()
             .get(&group)
             .map(|r| r.forward.clone())
-            .ok_or_else(|| Status::not_found(format!("raft group {group} is not hosted on this node")))
+            .ok_or_else(|| Status::unavailable(format!("raft group {group} is not hosted on this node")))
     }
 
     /// Every hosted group's Raft handle.

@@ -14,7 +14,9 @@ use rocksdb::DB;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::etcd::{EtcdServer, EtcdSettings};
@@ -287,6 +289,13 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
 impl Node {
     /// Opens the data directory, starts the store group and serves the client, peer and metrics APIs.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        Self::start_with_services(config, RoutesBuilder::default()).await
+    }
+
+    /// Like [`Node::start`], and also serves `extra` gRPC services on the client port, next to etcd's KV,
+    /// Watch, Lease, Cluster and Maintenance (the `trestle` binary adds etcd's lock and election services
+    /// this way).
+    pub async fn start_with_services(config: NodeConfig, extra: RoutesBuilder) -> Result<Self, NodeError> {
         config.validate()?;
         let node_id = config.node_id();
         let span = info_span!("node", id = node_id, name = %config.name);
@@ -344,7 +353,9 @@ impl Node {
             let peer_service = PeerService::new(groups.clone()).into_server();
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(peer_listener);
+                // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or Nagle's
+                // algorithm and delayed ACKs add ~40 ms to small responses.
+                let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
                 if let Err(e) = Server::builder()
                     .tcp_nodelay(true)
                     .add_service(peer_service)
@@ -407,17 +418,25 @@ impl Node {
 
             let mut etcd_settings = config.etcd.clone();
             etcd_settings.cluster_id = config.cluster_id();
-            let services = EtcdServer::new(store.clone(), etcd_settings).into_services();
+            let services = EtcdServer::new(store.clone(), etcd_settings)
+                .with_shutdown(shutdown.clone())
+                .into_services();
+            let mut routes = extra;
+            routes
+                .add_service(services.kv)
+                .add_service(services.watch)
+                .add_service(services.lease)
+                .add_service(services.cluster)
+                .add_service(services.maintenance);
+            let routes = routes.routes();
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(client_listener);
+                // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or Nagle's
+                // algorithm and delayed ACKs add ~40 ms to small responses.
+                let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
                 if let Err(e) = Server::builder()
                     .tcp_nodelay(true)
-                    .add_service(services.kv)
-                    .add_service(services.watch)
-                    .add_service(services.lease)
-                    .add_service(services.cluster)
-                    .add_service(services.maintenance)
+                    .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, token.cancelled())
                     .await
                 {

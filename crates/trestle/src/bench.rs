@@ -17,6 +17,13 @@ use tokio::sync::Mutex;
 pub enum BenchCommand {
     /// Key-value puts or ranges.
     Kv(KvBenchArgs),
+    /// Lock acquire-release cycles with N contending clients.
+    Lock(crate::bench_lock::LockBenchArgs),
+    /// Election failover: a leader process is SIGKILLed; time until another candidate leads.
+    ElectionFailover(crate::bench_lock::FailoverBenchArgs),
+    /// A candidate that leads until killed (used by `election-failover`).
+    #[command(hide = true)]
+    ElectionCandidate(crate::bench_lock::CandidateArgs),
 }
 
 /// Which operation the clients repeat.

@@ -46,6 +46,13 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::LocalCluster(args) => runtime.block_on(crate::local_cluster::run(args)),
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(crate::bench::run(args)).map(|_| ()),
+        Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(crate::bench_lock::lock(args)),
+        Command::Bench(BenchCommand::ElectionFailover(args)) => {
+            runtime.block_on(crate::bench_lock::election_failover(args))
+        }
+        Command::Bench(BenchCommand::ElectionCandidate(args)) => {
+            runtime.block_on(crate::bench_lock::candidate(args))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,11 +13,14 @@
 //! The command line lives in this library so the binary stays a thin shell and tests can drive it.
 
 mod bench;
+mod bench_lock;
 mod cli;
+pub mod coordination;
 mod local_cluster;
 mod serve;
 
 pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
+pub use bench_lock::{CandidateArgs, FailoverBenchArgs, LockBenchArgs};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
-pub use serve::{ServeArgs, ServeError, parse_url_addr};
+pub use serve::{ServeArgs, ServeError, coordination_routes, parse_url_addr};

@@ -172,7 +172,7 @@ impl ServeArgs {
 /// Runs one node until SIGINT or SIGTERM, then shuts it down.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let config = args.into_config()?;
-    let node = Node::start(config).await?;
+    let node = Node::start_with_services(config.clone(), coordination_routes(&config)).await?;
     tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), "serving");
     let fatal = tokio::select! {
         () = wait_for_stop_signal() => None,
@@ -186,6 +186,19 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             Err(ServeError::Fatal(reason))
         }
     }
+}
+
+/// etcd's lock and election services for a node with `config`, talking to the node's own client port.
+pub fn coordination_routes(config: &trestle_raft::NodeConfig) -> tonic::service::RoutesBuilder {
+    let mut own = config.listen_client;
+    if own.ip().is_unspecified() {
+        own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let (lock, election) =
+        crate::coordination::services(crate::coordination::SelfClient::new(format!("http://{own}")));
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(lock).add_service(election);
+    routes
 }
 
 /// Waits for SIGINT or SIGTERM.

@@ -155,3 +155,126 @@ async fn etcdctl_3_4_works_against_trestle() {
     assert!(health.status.success(), "{text}");
     assert_eq!(text.matches("is healthy").count(), 3, "{text}");
 }
+
+/// Reads a child's stdout lines on a thread.
+fn lines_of(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn interrupt(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let _ = child.wait();
+}
+
+/// `etcdctl lock` and `etcdctl elect` use Trestle's lock and election services, and queue in the same lines as
+/// the trestle-lock and trestle-election crates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_elect_against_trestle() {
+    let cluster = ProcessCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let ctl = Etcdctl {
+        endpoints: cluster.endpoints().join(","),
+    };
+
+    // Lock, run a command while holding, release.
+    let out = ctl.run(&["lock", "jobs", "echo", "ran-under-the-lock"]);
+    assert!(out.contains("ran-under-the-lock"), "{out}");
+
+    // While this crate's Mutex holds the lock, etcdctl waits; on unlock it gets it.
+    let client = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .unwrap();
+    let session = trestle_lock::Session::new(client.clone()).await.unwrap();
+    let guard = trestle_lock::Mutex::new(&session, "jobs")
+        .unwrap()
+        .lock()
+        .await
+        .unwrap();
+    let mut waiting = ctl
+        .command(&["lock", "jobs", "echo", "second"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let second = lines_of(&mut waiting);
+    assert!(
+        second.recv_timeout(Duration::from_millis(800)).is_err(),
+        "etcdctl lock must wait while the lock is held"
+    );
+    guard.unlock().await.unwrap();
+    let line = second
+        .recv_timeout(Duration::from_secs(10))
+        .expect("etcdctl got the lock");
+    assert!(
+        line.contains("second")
+            || second
+                .recv_timeout(Duration::from_secs(5))
+                .is_ok_and(|l| l.contains("second"))
+    );
+    let _ = waiting.wait();
+
+    // Elections: etcdctl leads, this crate observes; a second etcdctl takes over when the first is interrupted.
+    let mut alice = ctl
+        .command(&["elect", "office", "alice"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let alice_out = lines_of(&mut alice);
+    let first = alice_out
+        .recv_timeout(Duration::from_secs(10))
+        .expect("alice elected");
+    assert!(first.starts_with("office/"), "{first}");
+    let office = trestle_election::Election::observer(client.clone(), "office").unwrap();
+    let leader = office.leader().await.unwrap().expect("a leader");
+    assert_eq!(leader.value, b"alice");
+    let mut bob = ctl
+        .command(&["elect", "office", "bob"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bob_out = lines_of(&mut bob);
+    assert!(
+        bob_out.recv_timeout(Duration::from_millis(800)).is_err(),
+        "bob waits"
+    );
+    interrupt(&mut alice);
+    let bob_first = bob_out
+        .recv_timeout(Duration::from_secs(10))
+        .expect("bob elected");
+    assert!(bob_first.starts_with("office/"), "{bob_first}");
+    let leader = office.leader().await.unwrap().expect("a leader");
+    assert_eq!(leader.value, b"bob");
+    // `etcdctl elect -l` observes the current leader.
+    let mut listener = ctl
+        .command(&["elect", "-l", "office"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let heard = lines_of(&mut listener);
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        lines.push(
+            heard
+                .recv_timeout(Duration::from_secs(10))
+                .expect("etcdctl elect -l reports"),
+        );
+    }
+    assert_eq!(lines[1], "bob");
+    let _ = listener.kill();
+    let _ = listener.wait();
+    interrupt(&mut bob);
+    session.close().await;
+}

@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -9,7 +10,9 @@ use super::CircuitOpen;
 use crate::classify::Outcome;
 use crate::clock::{Clock, SharedClock, TokioClock};
 use crate::config::ConfigError;
-use crate::machine::{BreakerMachine, BreakerMetrics, CircuitBreakerConfig, Permit, State, Transition};
+use crate::machine::{
+    Admission, BreakerMachine, BreakerMetrics, CircuitBreakerConfig, Permit, State, Transition,
+};
 
 /// A state change of a named breaker, as broadcast to subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,27 @@ pub struct StateChange {
     pub at: Instant,
 }
 
+/// Keeps a hot atomic on a cache line of its own, away from the `Arc`'s reference counts and the lock.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// One deferred success, in the spare bits of the word.
+const ONE_DEFERRED: u64 = 1 << Admission::SPARE_SHIFT;
+/// The most deferred successes the word can count; beyond, successes go to the machine (which takes the count).
+const MAX_DEFERRED: u64 = (1 << Admission::SPARE_BITS) - 1;
+
+fn deferred_successes(word: u64) -> u64 {
+    (word >> Admission::SPARE_SHIFT) & MAX_DEFERRED
+}
+
 /// Capacity of the state-change channel; a subscriber lagging further behind misses the oldest changes.
 const EVENT_CAPACITY: usize = 64;
 
@@ -37,6 +61,14 @@ struct Counters {
 
 struct Shared {
     name: Arc<str>,
+    /// `machine.admission()` with, in its spare bits, the number of deferred successes: successes that were not
+    /// slow, counted here without the lock while the window held only successes (see [`Admission`]), not yet handed
+    /// to the machine. Every operation on the machine first publishes `ask()` (so nothing is admitted or deferred
+    /// from this word meanwhile), hands the deferred successes over, and finally publishes the new snapshot with a
+    /// zero count. Calls in the closed, metrics-only and disabled states are admitted from this word.
+    word: CacheLine<AtomicU64>,
+    /// The configured slow-call duration (a copy, so the fast path needs no lock).
+    slow_call_duration: Duration,
     machine: Mutex<BreakerMachine>,
     clock: SharedClock,
     events: broadcast::Sender<StateChange>,
@@ -94,6 +126,8 @@ impl CircuitBreakerHandle {
         Self {
             shared: Arc::new(Shared {
                 name,
+                word: CacheLine(AtomicU64::new(machine.admission().to_bits())),
+                slow_call_duration: machine.config().slow_call_duration,
                 machine: Mutex::new(machine),
                 clock,
                 events,
@@ -109,13 +143,14 @@ impl CircuitBreakerHandle {
 
     /// The current state.
     pub fn state(&self) -> State {
+        // Deferred successes cannot change the state.
         self.shared.machine.lock().state()
     }
 
     /// Counts and rates over the current window.
     pub fn metrics(&self) -> BreakerMetrics {
         let now = self.shared.clock.now();
-        self.shared.machine.lock().metrics(now)
+        self.locked(now, |m| m.metrics(now))
     }
 
     /// Subscribes to state changes from now on.
@@ -150,8 +185,57 @@ impl CircuitBreakerHandle {
 
     fn operate(&self, f: impl FnOnce(&mut BreakerMachine, Instant) -> Option<Transition>) {
         let now = self.shared.clock.now();
-        let transition = f(&mut self.shared.machine.lock(), now);
+        let transition = self.locked(now, |m| f(m, now));
         self.emit(transition, now);
+    }
+
+    /// Runs `f` on the machine under its lock, after handing it the deferred successes; then publishes the new
+    /// snapshot (still under the lock, so snapshots are published in the order of the machine's changes).
+    fn locked<R>(&self, now: Instant, f: impl FnOnce(&mut BreakerMachine) -> R) -> R {
+        let mut machine = self.shared.machine.lock();
+        let ask = machine.admission().ask().to_bits();
+        let word = self.shared.word.swap(ask, Ordering::AcqRel);
+        let deferred = deferred_successes(word);
+        if deferred > 0 {
+            // They were counted under the current generation: nothing else changes the machine while the word
+            // allows deferring. They cannot change the state either.
+            if let Some(permit) = Admission::from_bits(word).permit() {
+                let transition = machine.record_successes(permit, deferred, now);
+                debug_assert!(transition.is_none(), "deferred successes changed the state");
+            }
+        }
+        let result = f(&mut machine);
+        self.shared
+            .word
+            .store(machine.admission().to_bits(), Ordering::Release);
+        result
+    }
+
+    fn admission(&self) -> Admission {
+        Admission::from_bits(self.shared.word.load(Ordering::Acquire))
+    }
+
+    /// Counts a success that was not slow without the lock, if the snapshot allows it; `false` if the machine must
+    /// record it.
+    fn defer_success(&self, permit: Permit) -> bool {
+        let word = &self.shared.word;
+        let mut current = word.load(Ordering::Acquire);
+        loop {
+            if !Admission::from_bits(current).defers_successes(permit)
+                || deferred_successes(current) == MAX_DEFERRED
+            {
+                return false;
+            }
+            match word.compare_exchange_weak(
+                current,
+                current + ONE_DEFERRED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     fn emit(&self, transition: Option<Transition>, at: Instant) {
@@ -175,15 +259,29 @@ impl CircuitBreakerHandle {
     }
 
     /// Asks to make one call. The guard must be completed (or dropped, which releases it).
-    pub(crate) fn try_acquire(&self) -> Result<CallGuard, CircuitOpen> {
+    ///
+    /// Fast path: in the closed, metrics-only and disabled states the permit comes from the admission snapshot,
+    /// without the lock. Otherwise the machine decides (and may move from open to half-open).
+    pub(crate) fn try_acquire(self) -> Result<CallGuard, CircuitOpen> {
         let now = self.shared.clock.now();
-        let (result, transition) = self.shared.machine.lock().try_acquire(now);
+        if let Some(permit) = self.admission().permit() {
+            return Ok(CallGuard {
+                slow_at: now.checked_add(self.shared.slow_call_duration),
+                handle: self,
+                permit: Some(permit),
+                start: now,
+                from_snapshot: true,
+            });
+        }
+        let (result, transition) = self.locked(now, |m| m.try_acquire(now));
         self.emit(transition, now);
         match result {
             Ok(permit) => Ok(CallGuard {
-                handle: self.clone(),
+                slow_at: now.checked_add(self.shared.slow_call_duration),
+                handle: self,
                 permit: Some(permit),
                 start: now,
+                from_snapshot: false,
             }),
             Err(refused) => {
                 self.shared.counters.rejected.increment(1);
@@ -203,6 +301,12 @@ pub(crate) struct CallGuard {
     handle: CircuitBreakerHandle,
     permit: Option<Permit>,
     start: Instant,
+    /// `start + slow_call_duration` (`None` if beyond what an `Instant` can hold): from then on the call is slow.
+    /// Comparing instants is cheaper than computing the elapsed time, which only the machine needs.
+    slow_at: Option<Instant>,
+    /// Admitted from the snapshot in a state where the machine grants every call without counting it (closed,
+    /// metrics-only, disabled): giving the permit back is a no-op, and so is recording an ignored outcome.
+    from_snapshot: bool,
 }
 
 impl CallGuard {
@@ -214,9 +318,21 @@ impl CallGuard {
                 Outcome::Failure => shared.counters.failure.increment(1),
                 Outcome::Ignored => shared.counters.ignored.increment(1),
             }
+            // Skip the lock when the machine would ignore the record: the permit is from an earlier generation or
+            // the breaker is disabled, or the outcome is ignored in a state that does not count ignored calls.
+            if !self.handle.admission().records(permit) || (self.from_snapshot && outcome == Outcome::Ignored)
+            {
+                return;
+            }
             let now = shared.clock.now();
+            let slow = self.slow_at.is_some_and(|at| now >= at);
+            if outcome == Outcome::Success && !slow && self.handle.defer_success(permit) {
+                return;
+            }
             let elapsed: Duration = now.saturating_duration_since(self.start);
-            let transition = shared.machine.lock().record(permit, outcome, elapsed, now);
+            let transition = self
+                .handle
+                .locked(now, |m| m.record(permit, outcome, elapsed, now));
             self.handle.emit(transition, now);
         }
     }
@@ -225,7 +341,11 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.handle.shared.machine.lock().release(permit);
+            // Only a half-open trial slot needs giving back; permits from the snapshot never hold one.
+            if !self.from_snapshot {
+                let now = self.handle.shared.clock.now();
+                self.handle.locked(now, |m| m.release(permit));
+            }
         }
     }
 }

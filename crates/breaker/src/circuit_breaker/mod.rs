@@ -15,7 +15,7 @@ pub use error::CircuitOpen;
 pub use future::ResponseFuture;
 pub use handle::{CircuitBreakerHandle, StateChange};
 pub use layer::CircuitBreakerLayer;
-pub use registry::{BreakerRegistry, Keyed, SelectBreaker};
+pub use registry::{BreakerRegistry, Keyed, RegistryConfig, SelectBreaker};
 use tower_service::Service;
 
 use crate::BoxError;

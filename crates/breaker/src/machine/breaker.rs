@@ -245,6 +245,86 @@ pub struct Permit {
     generation: u64,
 }
 
+/// A snapshot of how the machine admits and records calls, as one `u64` ([`to_bits`](Self::to_bits),
+/// [`from_bits`](Self::from_bits)), so a concurrent wrapper can keep it in an atomic and serve the common case
+/// without locking the machine.
+///
+/// - **Admission.** In the closed, metrics-only and disabled states [`BreakerMachine::try_acquire`] grants every
+///   call and changes nothing, so a wrapper may mint the same permit from the snapshot ([`permit`](Self::permit)).
+///   A call admitted from a snapshot that has just gone stale was admitted just before the change; its permit, from
+///   the old generation, is ignored when it comes back. In every other state the wrapper must ask the machine.
+/// - **Skipping records.** [`records`](Self::records) says when [`BreakerMachine::record`] would be a no-op.
+/// - **Deferring successes.** When [`defers_successes`](Self::defers_successes) holds (closed or metrics-only, a
+///   count window holding no failed and no slow call), a success that was not slow cannot change the state: it only
+///   adds a success to a window of successes. A wrapper may count such successes and hand them over in one go with
+///   [`BreakerMachine::record_successes`] before its next operation on the machine.
+///
+/// The snapshot changes only when the machine does, so a wrapper re-reads it after every operation on the machine.
+/// Bits [`SPARE_SHIFT`](Self::SPARE_SHIFT)`..SPARE_SHIFT + `[`SPARE_BITS`](Self::SPARE_BITS) of the word are always
+/// zero and ignored by [`from_bits`](Self::from_bits): a wrapper may keep its own counter there (the breaker layer
+/// keeps its count of deferred successes), so that snapshot and counter change together in one atomic operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission(u64);
+
+impl Admission {
+    /// Where the spare bits start.
+    pub const SPARE_SHIFT: u32 = 2;
+    /// How many spare bits there are.
+    pub const SPARE_BITS: u32 = 22;
+    const GENERATION_SHIFT: u32 = Self::SPARE_SHIFT + Self::SPARE_BITS;
+    const CLASS_MASK: u64 = (1 << Self::SPARE_SHIFT) - 1;
+    const ASK: u64 = 0;
+    const FREE_RECORDED: u64 = 1;
+    const FREE_UNRECORDED: u64 = 2;
+    const FREE_CLEAN: u64 = 3;
+
+    /// The snapshot as a word (spare bits zero).
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// A snapshot from [`to_bits`](Self::to_bits); the spare bits are ignored.
+    pub fn from_bits(bits: u64) -> Self {
+        let spare = ((1u64 << Self::SPARE_BITS) - 1) << Self::SPARE_SHIFT;
+        Self(bits & !spare)
+    }
+
+    /// The same snapshot, except that the machine must be asked for every call: what a wrapper publishes while it
+    /// is operating on the machine, so that no call is admitted, or success deferred, from a snapshot about to
+    /// change.
+    pub fn ask(self) -> Self {
+        Self(self.0 & !Self::CLASS_MASK)
+    }
+
+    fn generation(self) -> u64 {
+        self.0 >> Self::GENERATION_SHIFT
+    }
+
+    fn class(self) -> u64 {
+        self.0 & Self::CLASS_MASK
+    }
+
+    /// The permit [`BreakerMachine::try_acquire`] would grant, if it grants every call without a state change;
+    /// `None` if the machine must be asked.
+    pub fn permit(self) -> Option<Permit> {
+        (self.class() != Self::ASK).then_some(Permit {
+            generation: self.generation(),
+        })
+    }
+
+    /// Whether [`BreakerMachine::record`] of `permit` could change anything: `false` when the permit is from
+    /// another generation than this snapshot's or when the breaker is disabled.
+    pub fn records(self, permit: Permit) -> bool {
+        permit.generation == self.generation() && self.class() != Self::FREE_UNRECORDED
+    }
+
+    /// Whether a success that was not slow, with a permit of this snapshot's generation, may be deferred (see the
+    /// type's docs).
+    pub fn defers_successes(self, permit: Permit) -> bool {
+        permit.generation == self.generation() && self.class() == Self::FREE_CLEAN
+    }
+}
+
 /// Why a call was not permitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotPermitted {
@@ -385,6 +465,60 @@ impl BreakerMachine {
             self.not_permitted += 1;
         }
         (result, transition)
+    }
+
+    /// What [`try_acquire`](Self::try_acquire) would do now, packed in a word a caller can mirror in an atomic and
+    /// read without holding the machine: see [`Admission`]. Changes only when the state changes (every change
+    /// starts a new generation), so it must be re-read after any call that returned a transition.
+    pub fn admission(&self) -> Admission {
+        let class = match (&self.mode, &self.window) {
+            (Mode::Closed | Mode::MetricsOnly, Window::Count(window)) if window.totals().is_clean() => {
+                Admission::FREE_CLEAN
+            }
+            (Mode::Closed | Mode::MetricsOnly, _) => Admission::FREE_RECORDED,
+            (Mode::Disabled, _) => Admission::FREE_UNRECORDED,
+            (Mode::Open { .. } | Mode::HalfOpen { .. } | Mode::ForcedOpen, _) => Admission::ASK,
+        };
+        Admission((self.generation << Admission::GENERATION_SHIFT) | class)
+    }
+
+    /// Records `n` successes that were not slow, as `n` calls of [`record`](Self::record) with `permit`, an
+    /// [`Outcome::Success`] and no elapsed time would (returning the transition, if one of them made one), but
+    /// without doing `n` times the work.
+    pub fn record_successes(&mut self, permit: Permit, n: u64, now: Instant) -> Option<Transition> {
+        let mut left = n;
+        while left > 0 {
+            if permit.generation != self.generation {
+                return None;
+            }
+            match self.mode {
+                Mode::MetricsOnly => {
+                    self.window.record_successes(now, left);
+                    return None;
+                }
+                // Nothing failed or was slow: more successes cannot trip.
+                Mode::Closed if self.window.totals(now).is_clean() => {
+                    self.window.record_successes(now, left);
+                    return None;
+                }
+                Mode::Closed | Mode::HalfOpen { .. } => {}
+                Mode::Open { .. } | Mode::Disabled | Mode::ForcedOpen => return None,
+            }
+            left -= 1;
+            let transition = self.record(permit, Outcome::Success, Duration::ZERO, now);
+            if transition.is_some() {
+                return transition;
+            }
+            // A success never raises a rate. Once one has tripped nothing with the minimum number of calls
+            // reached, the others cannot trip either.
+            if matches!(self.mode, Mode::Closed)
+                && self.window.totals(now).calls >= u64::from(self.config.minimum_calls)
+            {
+                self.window.record_successes(now, left);
+                return None;
+            }
+        }
+        None
     }
 
     /// Records the outcome of a permitted call that took `elapsed`. May open or close the breaker.
@@ -929,10 +1063,33 @@ mod tests {
             };
             let mut now = Instant::now();
             let mut outstanding: Vec<(Permit, u64)> = Vec::new();
-            for op in ops {
+            for (steps, op) in ops.into_iter().enumerate() {
+                // Deferred successes, handed over in one go, do what as many single records would.
+                if let Some(p) = machine.admission().permit() {
+                    let n = (steps % 13) as u64;
+                    let mut bulk = machine.clone();
+                    let mut single = machine.clone();
+                    let deferrable = bulk.admission().defers_successes(p);
+                    let bulk_tr = bulk.record_successes(p, n, now);
+                    let single_tr = (0..n).filter_map(|_| single.record(p, Outcome::Success, Duration::ZERO, now)).next();
+                    prop_assert_eq!(bulk_tr, single_tr);
+                    if deferrable {
+                        prop_assert!(bulk_tr.is_none(), "a deferrable success changed the state");
+                    }
+                    prop_assert_eq!(bulk.admission(), single.admission());
+                    prop_assert_eq!(bulk.metrics(now), single.metrics(now));
+                }
+                // The lock-free snapshot never disagrees with the machine.
+                let admission = machine.admission();
+                prop_assert_eq!(Admission::from_bits(admission.to_bits()), admission);
                 match op {
                     Op::Acquire => {
                         let (got, tr) = machine.try_acquire(now);
+                        if let Some(fast) = admission.permit() {
+                            prop_assert_eq!(got, Ok(fast));
+                            prop_assert!(tr.is_none());
+                            prop_assert_eq!(machine.admission(), admission);
+                        }
                         let (want, moved) = model.acquire(now);
                         prop_assert_eq!(tr.is_some(), moved);
                         match (got, want) {
@@ -945,7 +1102,14 @@ mod tests {
                         let (p, g) = outstanding.remove(which % outstanding.len());
                         let outcome = [Outcome::Success, Outcome::Failure, Outcome::Ignored][outcome as usize];
                         let elapsed = Duration::from_millis(elapsed_ms);
-                        machine.record(p, outcome, elapsed, now);
+                        let before = machine.clone();
+                        let tr = machine.record(p, outcome, elapsed, now);
+                        if !admission.records(p) {
+                            // Skipping the machine would have been right: nothing changed.
+                            prop_assert!(tr.is_none());
+                            prop_assert_eq!(machine.admission(), admission);
+                            prop_assert_eq!(machine.clone().metrics(now), before.clone().metrics(now));
+                        }
                         model.record(g, outcome, elapsed, now);
                     }
                     Op::Cancel { which } if !outstanding.is_empty() => {

@@ -10,6 +10,13 @@ pub(crate) struct Totals {
     pub(crate) slow: u64,
 }
 
+impl Totals {
+    /// Nothing failed and nothing was slow: no rate can reach a threshold.
+    pub(crate) fn is_clean(self) -> bool {
+        self.failures == 0 && self.slow == 0
+    }
+}
+
 /// The last `size` calls, as a ring of flags. No allocation after construction.
 #[derive(Debug, Clone)]
 pub(crate) struct CountWindow {
@@ -45,7 +52,10 @@ impl CountWindow {
         self.ring[self.next] = (u8::from(failed) * FAILED) | (u8::from(slow) * SLOW);
         self.failures += u64::from(failed);
         self.slow += u64::from(slow);
-        self.next = (self.next + 1) % self.ring.len();
+        self.next += 1;
+        if self.next == self.ring.len() {
+            self.next = 0;
+        }
     }
 
     pub(crate) fn totals(&self) -> Totals {
@@ -127,6 +137,19 @@ impl Window {
         match self {
             Window::Count(w) => w.record(failed, slow),
             Window::Time(w) => w.add(now, [1, u64::from(failed), u64::from(slow)]),
+        }
+    }
+
+    /// `n` successes that were not slow, at `now`.
+    pub(crate) fn record_successes(&mut self, now: Instant, n: u64) {
+        match self {
+            // Past `size` records, the ring holds only successes whatever came before.
+            Window::Count(w) => {
+                for _ in 0..n.min(w.ring.len() as u64) {
+                    w.record(false, false);
+                }
+            }
+            Window::Time(w) => w.add(now, [n, 0, 0]),
         }
     }
 

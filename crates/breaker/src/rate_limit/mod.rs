@@ -5,6 +5,16 @@
 //! [`crate::reject`] turns it into HTTP 429 with `Retry-After` or gRPC `RESOURCE_EXHAUSTED`. Unlike tower's
 //! `RateLimit`, the service is `Clone` and every clone draws on the same limiter, so it works under axum without a
 //! `Buffer`.
+//!
+//! # A cluster-wide limit
+//!
+//! No cluster-wide limiter ships yet; [`RateLimiter`] is where one plugs in. The intended shape, for whoever builds
+//! it over the Trestle store (the etcd-compatible crates are owned elsewhere; this crate stays independent of them):
+//! each replica leases batches of tokens from a shared counter in the background (say, a tenth of the cluster's
+//! budget per period, renewed at half use) and `check` spends the local batch, so a request never waits on the
+//! network. It under-admits when a replica dies holding a batch (until its lease expires) and over-admits by at most
+//! one batch per replica if a renewal races an expiry; with the store unreachable it must fall back to a local
+//! share (`budget / replicas`) rather than fail open or closed.
 
 mod error;
 mod future;

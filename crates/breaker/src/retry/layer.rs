@@ -1,12 +1,10 @@
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tower_layer::Layer;
 
-use super::{Retry, RetryConfig, Shared};
+use super::{Retry, RetryConfig, Shared, SharedRetryBudget};
 use crate::clock::{Clock, Random, SharedClock, SharedRandom, ThreadRandom, TokioClock};
 use crate::config::ConfigError;
-use crate::machine::RetryBudget;
 
 /// Applies retries. Clones of the layer, and every service it makes, share one retry budget.
 #[derive(Clone)]
@@ -29,12 +27,7 @@ impl<P> RetryLayer<P> {
     /// Retries per `config`, for requests and results `policy` allows.
     pub fn new(config: RetryConfig, policy: P) -> Result<Self, ConfigError> {
         config.validate()?;
-        let budget = config
-            .budget
-            .clone()
-            .map(RetryBudget::new)
-            .transpose()?
-            .map(Mutex::new);
+        let budget = config.budget.clone().map(SharedRetryBudget::new).transpose()?;
         Ok(Self {
             policy,
             shared: Arc::new(Shared { config, budget }),
@@ -58,7 +51,13 @@ impl<P> RetryLayer<P> {
     /// Retries still allowed by the budget now (`None` without a budget).
     pub fn budget_balance(&self) -> Option<f64> {
         let now = self.clock.now();
-        self.shared.budget.as_ref().map(|b| b.lock().balance(now))
+        self.shared.budget.as_ref().map(|b| b.balance(now))
+    }
+
+    /// The retry budget (`None` without one), to share with a [`HedgeLayer`](crate::HedgeLayer) so hedges and
+    /// retries draw on the same budget.
+    pub fn budget(&self) -> Option<SharedRetryBudget> {
+        self.shared.budget.clone()
     }
 }
 

@@ -5,9 +5,11 @@
 //! outage cannot queue up a wave of retries that all passed the check). When retries are exhausted, not allowed, or
 //! over budget, the last result is returned as it was (errors boxed).
 //!
-//! Requests are copied with [`RetryPolicy::clone_request`]. Jitter is drawn from an injected [`Random`](crate::Random) (one seed per call), so
+//! Requests are copied with [`RetryPolicy::clone_request`]; HTTP requests whose body cannot be cloned (tonic's) are
+//! buffered first by a [`BufferBodyLayer`] outside the retry layer. Jitter is drawn from an injected [`Random`](crate::Random) (one seed per call), so
 //! tests are reproducible.
 
+mod buffer;
 mod future;
 mod layer;
 mod policy;
@@ -17,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+pub use buffer::{BodyTooLarge, BufferBody, BufferBodyLayer, BufferedBody};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 use parking_lot::Mutex;
@@ -129,7 +132,39 @@ impl RetryConfig {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: RetryConfig,
-    pub(crate) budget: Option<Mutex<RetryBudget>>,
+    pub(crate) budget: Option<SharedRetryBudget>,
+}
+
+/// A retry budget shared by layers: the [`RetryLayer`] that made it and, through
+/// [`RetryLayer::budget`], a [`HedgeLayer`](crate::HedgeLayer), whose hedges are extra attempts like retries.
+/// Cheap to clone; clones share the budget.
+#[derive(Debug, Clone)]
+pub struct SharedRetryBudget {
+    budget: Arc<Mutex<RetryBudget>>,
+}
+
+impl SharedRetryBudget {
+    /// A budget, if `config` is valid.
+    pub fn new(config: RetryBudgetConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            budget: Arc::new(Mutex::new(RetryBudget::new(config)?)),
+        })
+    }
+
+    /// Records an original request at `now`.
+    pub fn deposit(&self, now: std::time::Instant) {
+        self.budget.lock().deposit(now);
+    }
+
+    /// Takes one extra attempt from the budget if one is left.
+    pub fn try_withdraw(&self, now: std::time::Instant) -> bool {
+        self.budget.lock().try_withdraw(now)
+    }
+
+    /// Extra attempts still allowed at `now`.
+    pub fn balance(&self, now: std::time::Instant) -> f64 {
+        self.budget.lock().balance(now)
+    }
 }
 
 /// Wraps a service with retries. See the [module docs](self).
@@ -204,7 +239,7 @@ where
         let clock = self.clock.clone();
         let mut backoff = shared.config.backoff(self.random.next_u64());
         if let Some(budget) = &shared.budget {
-            budget.lock().deposit(clock.now());
+            budget.deposit(clock.now());
         }
         Box::pin(async move {
             // A copy to retry from, only for requests that may be retried at all.
@@ -225,7 +260,7 @@ where
                 };
                 let Some(delay) = backoff.next() else { break };
                 if let Some(budget) = &shared.budget {
-                    if !budget.lock().try_withdraw(clock.now()) {
+                    if !budget.try_withdraw(clock.now()) {
                         metrics::counter!("trestle_retry_budget_exhausted_total").increment(1);
                         break;
                     }

@@ -85,8 +85,8 @@ impl<B: Clone, R> RetryPolicy<http::Request<B>, http::Response<R>> for HttpRetry
 /// gRPC over `http`: idempotent only with an [`Idempotent`] marker; retries transport errors and `UNAVAILABLE`
 /// (read from the `grpc-status` header of trailers-only responses).
 ///
-/// The request body must be `Clone`. tonic's own `tonic::body::Body` is not, so this policy does not apply under a
-/// tonic-generated client; buffering such bodies for retries is not implemented yet.
+/// The request body must be `Clone`. tonic's own `tonic::body::Body` is not: under a tonic-generated client, buffer
+/// it with a [`BufferBodyLayer`](super::BufferBodyLayer) outside the retry layer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcRetryPolicy;
 

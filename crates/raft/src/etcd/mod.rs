@@ -55,6 +55,9 @@ impl Default for EtcdSettings {
 pub struct EtcdServer {
     store: Store,
     settings: EtcdSettings,
+    /// Cancelled when the node stops: long-lived streams end with `UNAVAILABLE` so clients move to another node
+    /// instead of waiting on one that no longer applies anything.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The tonic services of [`EtcdServer`], ready to add to a router.
@@ -75,7 +78,17 @@ pub struct EtcdServices {
 impl EtcdServer {
     /// The API over `store`.
     pub fn new(store: Store, settings: EtcdSettings) -> Self {
-        Self { store, settings }
+        Self {
+            store,
+            settings,
+            stopping: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Ends watch streams with `UNAVAILABLE` when `token` is cancelled (the node stopping).
+    pub fn with_shutdown(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.stopping = token;
+        self
     }
 
     /// The store behind the API.

@@ -88,6 +88,10 @@ impl EtcdServer {
                         .collect()
                 }
                 () = tx.closed() => break,
+                () = self.stopping.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+                    break;
+                }
             };
             for response in responses {
                 if tx.send(Ok(response)).await.is_err() {

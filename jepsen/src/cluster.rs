@@ -1,0 +1,719 @@
+//! The cluster under test: real `trestle serve` processes, their network, their fault proxies, and a teardown that
+//! always completes.
+//!
+//! Two network modes ([`NetMode`]):
+//!
+//! - **namespaces** (root): node `i` runs in namespace `jt<run>-n<i>` at `198.18.0.(11+i)`, joined to the others
+//!   through a bridge in `jt<run>-br` (see the `netns` module). Partitions are kernel packet drops inside the node
+//!   namespaces. The runner stays in the root namespace and reaches node `i`'s client port through a forwarder:
+//!   a listener on `127.0.0.1` whose connections are opened from inside the node's namespace.
+//! - **loopback** (no root needed): node `i` listens on `127.0.0.(11+i)`; partitions are blackholes in the proxies.
+//!
+//! In both modes node `i` listens for peers on a private port and advertises its proxy's address as its peer URL
+//! (`--initial-advertise-peer-urls`), so every Raft connection towards `i` crosses `i`'s proxy, which knows the
+//! connecting node and applies that link's delay, loss or blackhole (see the `proxy` module).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::cleanup::Ledger;
+use crate::error::HarnessError;
+use crate::netns::{self, Netns, NsWorker, node_addr};
+use crate::proxy::{Counters, FaultTable, LinkFault, Proxy};
+
+/// How nodes are networked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NetMode {
+    /// Namespaces when they can be created (root), else loopback.
+    #[default]
+    Auto,
+    /// Network namespaces, a bridge and kernel packet drops (needs root and `ip`).
+    Namespaces,
+    /// Distinct `127.0.0.x` addresses and fault proxies (no privileges needed).
+    Loopback,
+}
+
+impl NetMode {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetMode::Auto => "auto",
+            NetMode::Namespaces => "netns",
+            NetMode::Loopback => "loopback",
+        }
+    }
+}
+
+impl std::str::FromStr for NetMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(NetMode::Auto),
+            "netns" => Ok(NetMode::Namespaces),
+            "loopback" => Ok(NetMode::Loopback),
+            other => Err(format!(
+                "unknown network mode {other:?}: expected auto, netns or loopback"
+            )),
+        }
+    }
+}
+
+const CLIENT_PORT: u16 = 2379;
+const PROXY_PORT: u16 = 2380;
+const PEER_PORT: u16 = 2390;
+
+struct NodeSlot {
+    name: String,
+    /// Where the node listens for clients.
+    client_listen: SocketAddr,
+    /// Where the node really listens for peers.
+    peer_listen: SocketAddr,
+    /// The proxy in front of it: its advertised peer URL.
+    peer_advertised: SocketAddr,
+    /// What the runner's clients dial.
+    endpoint: String,
+    child: Option<Child>,
+    paused: bool,
+    /// Re-added with MemberAdd: starts with `--initial-cluster-state existing`.
+    joining: bool,
+    log: PathBuf,
+    data: PathBuf,
+}
+
+/// Everything the proxies and teardown share.
+struct Shared {
+    pids: Mutex<Vec<Option<u32>>>,
+}
+
+/// A running cluster. Dropping it tears everything down (processes, namespaces, proxies, data).
+pub(crate) struct Cluster {
+    binary: PathBuf,
+    nodes: Vec<NodeSlot>,
+    net: Option<Netns>,
+    workers: Vec<NsWorker>,
+    shared: Arc<Shared>,
+    faults: watch::Sender<Arc<FaultTable>>,
+    pub(crate) counters: Arc<Counters>,
+    cuts: BTreeSet<(usize, usize)>,
+    link_faults: BTreeMap<(usize, usize), LinkFault>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Client forwarders (namespace mode): address and task, by node.
+    forwarders: Vec<Option<(SocketAddr, Option<JoinHandle<()>>)>>,
+    data_root: PathBuf,
+    ledger: Ledger,
+    torn_down: bool,
+}
+
+/// What the cluster needs to start.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterSpec {
+    pub(crate) nodes: usize,
+    pub(crate) binary: PathBuf,
+    /// Node logs go to `<logs>/n<i>.log`.
+    pub(crate) logs: PathBuf,
+    pub(crate) net: NetMode,
+    pub(crate) run_id: String,
+    pub(crate) seed: u64,
+}
+
+impl Cluster {
+    /// Creates the network and proxies and starts every node. Does not wait for a leader ([`Cluster::wait_ready`]).
+    pub(crate) async fn start(spec: &ClusterSpec) -> Result<(Cluster, NetMode, String), HarnessError> {
+        let ledger = Ledger::open(&spec.run_id);
+        let (mut mode, mut why) = match spec.net {
+            NetMode::Loopback => (NetMode::Loopback, "requested".to_owned()),
+            NetMode::Namespaces => (NetMode::Namespaces, "requested".to_owned()),
+            NetMode::Auto => {
+                ledger.append(&format!("netns {}", netns::probe_name(&spec.run_id)));
+                match netns::namespaces_available(&spec.run_id) {
+                    Ok(()) => (NetMode::Namespaces, "root".to_owned()),
+                    Err(e) => (NetMode::Loopback, format!("namespaces unavailable: {e}")),
+                }
+            }
+        };
+        let data_root = std::env::temp_dir().join(format!("trestle-jepsen-{}", spec.run_id));
+        fs::create_dir_all(&data_root).map_err(|e| HarnessError::io(&data_root, e))?;
+        fs::create_dir_all(&spec.logs).map_err(|e| HarnessError::io(&spec.logs, e))?;
+        let (faults, _) = watch::channel(Arc::new(FaultTable::default()));
+        let mut cluster = Cluster {
+            binary: spec.binary.clone(),
+            nodes: Vec::new(),
+            net: None,
+            workers: Vec::new(),
+            shared: Arc::new(Shared {
+                pids: Mutex::new(vec![None; spec.nodes]),
+            }),
+            faults,
+            counters: Arc::new(Counters::default()),
+            cuts: BTreeSet::new(),
+            link_faults: BTreeMap::new(),
+            tasks: Vec::new(),
+            forwarders: Vec::new(),
+            data_root,
+            ledger,
+            torn_down: false,
+        };
+        // From here on, an error drops `cluster`, which tears down whatever was made.
+        if mode == NetMode::Namespaces {
+            if let Err(e) = cluster.build_namespaces(spec).await {
+                if spec.net != NetMode::Auto {
+                    return Err(e);
+                }
+                // `auto`: namespaces could be made but not wired (no veth, no setns...): fall back.
+                cluster.discard_network();
+                mode = NetMode::Loopback;
+                why = format!("namespaces failed: {e}");
+            }
+        }
+        if mode == NetMode::Loopback {
+            cluster.build_loopback(spec).await?;
+        }
+        for i in 0..spec.nodes {
+            cluster.start_node(i)?;
+        }
+        let firewall = cluster
+            .net
+            .as_ref()
+            .map(|n| format!(", partitions by {}", n.firewall.name()))
+            .unwrap_or_else(|| ", partitions by proxy blackholes".into());
+        Ok((cluster, mode, format!("{why}{firewall}")))
+    }
+
+    fn slot(
+        &self,
+        i: usize,
+        spec: &ClusterSpec,
+        client: SocketAddr,
+        peer: SocketAddr,
+        adv: SocketAddr,
+    ) -> NodeSlot {
+        NodeSlot {
+            name: format!("n{i}"),
+            client_listen: client,
+            peer_listen: peer,
+            peer_advertised: adv,
+            endpoint: String::new(),
+            child: None,
+            paused: false,
+            joining: false,
+            log: spec.logs.join(format!("n{i}.log")),
+            data: self.data_root.join(format!("n{i}")),
+        }
+    }
+
+    async fn build_loopback(&mut self, spec: &ClusterSpec) -> Result<(), HarnessError> {
+        for i in 0..spec.nodes {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + u8::try_from(i).unwrap_or(200)));
+            let free = |what: &str| -> Result<SocketAddr, HarnessError> {
+                std::net::TcpListener::bind((ip, 0))
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| HarnessError::io(format!("{ip} ({what} port)"), e))
+            };
+            let client = free("client")?;
+            let peer = free("peer")?;
+            let listener = tokio::net::TcpListener::bind((ip, 0))
+                .await
+                .map_err(|e| HarnessError::io(format!("{ip} (proxy port)"), e))?;
+            let adv = listener
+                .local_addr()
+                .map_err(|e| HarnessError::io(format!("{ip} (proxy port)"), e))?;
+            let mut slot = self.slot(i, spec, client, peer, adv);
+            slot.endpoint = format!("http://{client}");
+            self.nodes.push(slot);
+            let shared = Arc::clone(&self.shared);
+            let proxy = Proxy {
+                dst: i,
+                identify: Arc::new(move |peer_addr, local_addr| {
+                    let pids = shared.pids.lock().map(|p| p.clone()).unwrap_or_default();
+                    owner_of_connection(&pids, peer_addr, local_addr)
+                }),
+                connect: Arc::new(move || Box::pin(tokio::net::TcpStream::connect(peer))),
+                faults: self.faults.subscribe(),
+                counters: Arc::clone(&self.counters),
+                seed: spec.seed ^ i as u64,
+            };
+            self.tasks.push(proxy.spawn(listener));
+        }
+        Ok(())
+    }
+
+    async fn build_namespaces(&mut self, spec: &ClusterSpec) -> Result<(), HarnessError> {
+        let (bridge, names) = Netns::names(&spec.run_id, spec.nodes);
+        // Written before creating, so a SIGKILL half-way still leaves a complete ledger.
+        self.ledger.append(&format!("netns {bridge}"));
+        for n in &names {
+            self.ledger.append(&format!("netns {n}"));
+        }
+        self.net = Some(Netns::create(&spec.run_id, spec.nodes)?);
+        for (i, name) in names.iter().enumerate() {
+            let worker = NsWorker::spawn(name)?;
+            let client = node_addr(i, CLIENT_PORT);
+            let peer = node_addr(i, PEER_PORT);
+            let adv = node_addr(i, PROXY_PORT);
+            let listener = worker
+                .bind(adv)
+                .await
+                .map_err(|e| HarnessError::io(format!("{adv} in {name}"), e))?;
+            let proxy_worker = worker.clone();
+            let proxy = Proxy {
+                dst: i,
+                identify: Arc::new(move |peer_addr, _| {
+                    (0..64).find(|&j| IpAddr::V4(netns::node_ip(j)) == peer_addr.ip())
+                }),
+                connect: Arc::new(move || {
+                    let w = proxy_worker.clone();
+                    Box::pin(async move { w.connect(peer).await })
+                }),
+                faults: self.faults.subscribe(),
+                counters: Arc::clone(&self.counters),
+                seed: spec.seed ^ i as u64,
+            };
+            self.tasks.push(proxy.spawn(listener));
+            // The runner's way in: 127.0.0.1 in the root namespace, dialled onwards from inside the node's one.
+            let local =
+                self.spawn_forwarder(i, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &worker, client)?;
+            let mut slot = self.slot(i, spec, client, peer, adv);
+            slot.endpoint = format!("http://{local}");
+            self.nodes.push(slot);
+            self.workers.push(worker);
+        }
+        Ok(())
+    }
+
+    /// Undoes a partly built network before trying another mode.
+    fn discard_network(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        for (_, t) in self.forwarders.drain(..).flatten() {
+            if let Some(t) = t {
+                t.abort();
+            }
+        }
+        self.workers.clear();
+        self.nodes.clear();
+        if let Some(mut net) = self.net.take() {
+            net.teardown();
+        }
+    }
+
+    /// Listens on `at` (root namespace) and forwards each connection to `client` inside the node's namespace.
+    /// The forwarder lives only while the node does, so a client of a killed node gets "connection refused" (a
+    /// certain failure) rather than a connection that is accepted and then dropped (an unknown outcome).
+    fn spawn_forwarder(
+        &mut self,
+        i: usize,
+        at: SocketAddr,
+        worker: &NsWorker,
+        client: SocketAddr,
+    ) -> Result<SocketAddr, HarnessError> {
+        let what = || format!("{at} (client forwarder of n{i})");
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| HarnessError::io(what(), e))?;
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| HarnessError::io(what(), e))?;
+        socket.bind(at).map_err(|e| HarnessError::io(what(), e))?;
+        let listener = socket.listen(1024).map_err(|e| HarnessError::io(what(), e))?;
+        let local = listener.local_addr().map_err(|e| HarnessError::io(what(), e))?;
+        let fw = worker.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let fw = fw.clone();
+                tokio::spawn(async move {
+                    // A restarted node may not listen yet: keep trying for a while, as a SYN is retried, rather
+                    // than drop a connection the client already sees as open.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    let outbound = loop {
+                        match fw.connect(client).await {
+                            Ok(s) => break Some(s),
+                            Err(_) if Instant::now() < deadline => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(_) => break None,
+                        }
+                    };
+                    if let Some(mut outbound) = outbound {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        if self.forwarders.len() <= i {
+            self.forwarders.resize_with(i + 1, || None);
+        }
+        self.forwarders[i] = Some((local, Some(task)));
+        Ok(local)
+    }
+
+    /// Number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The URL a client uses for node `i`.
+    pub(crate) fn endpoint(&self, i: usize) -> String {
+        self.nodes[i].endpoint.clone()
+    }
+
+    /// Where node `i` logs.
+    pub(crate) fn log_path(&self, i: usize) -> &Path {
+        &self.nodes[i].log
+    }
+
+    /// Whether node `i` is running (neither killed nor paused).
+    pub(crate) fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some() && !self.nodes[i].paused
+    }
+
+    /// Whether node `i` has a process (running or paused).
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Whether every node's proxy is running and subscribed to the fault table.
+    pub(crate) fn proxies_alive(&self) -> bool {
+        self.faults.receiver_count() >= self.nodes.len() && self.tasks.iter().all(|t| !t.is_finished())
+    }
+
+    /// Starts (or restarts) node `i` on its data directory.
+    pub(crate) fn start_node(&mut self, i: usize) -> Result<u32, HarnessError> {
+        let cluster: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}=http://{}", n.name, n.peer_advertised))
+            .collect();
+        let node = &self.nodes[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(|e| HarnessError::io(&node.log, e))?;
+        let log2 = log.try_clone().map_err(|e| HarnessError::io(&node.log, e))?;
+        let mut cmd = match (&self.net, &self.workers.is_empty()) {
+            (Some(net), false) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.nodes[i]]).arg(&self.binary);
+                c
+            }
+            _ => Command::new(&self.binary),
+        };
+        cmd.arg("serve")
+            .args(["--name", &node.name])
+            .arg("--data-dir")
+            .arg(&node.data)
+            .args(["--listen-client-urls", &format!("http://{}", node.client_listen)])
+            .args(["--listen-peer-urls", &format!("http://{}", node.peer_listen)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", node.peer_advertised),
+            ])
+            .args(["--listen-metrics-urls", "none"])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args([
+                "--initial-cluster-state",
+                if node.joining { "existing" } else { "new" },
+            ])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(|e| HarnessError::Spawn {
+            node: i,
+            binary: self.binary.clone(),
+            message: e.to_string(),
+        })?;
+        let pid = child.id();
+        self.ledger.append(&format!("pid {pid}"));
+        if let Some(Some((at, None))) = self.forwarders.get(i) {
+            let (at, client) = (*at, self.nodes[i].client_listen);
+            if let Some(worker) = self.workers.get(i).cloned() {
+                self.spawn_forwarder(i, at, &worker, client)?;
+            }
+        }
+        if let Ok(mut pids) = self.shared.pids.lock() {
+            pids[i] = Some(pid);
+        }
+        let node = &mut self.nodes[i];
+        node.child = Some(child);
+        node.paused = false;
+        Ok(pid)
+    }
+
+    /// Node `i`'s advertised peer URL (what MemberAdd and the member list name it by).
+    pub(crate) fn peer_url(&self, i: usize) -> String {
+        format!("http://{}", self.nodes[i].peer_advertised)
+    }
+
+    /// Deletes node `i`'s data (it must be down) and makes its next start join an existing cluster.
+    pub(crate) fn wipe_for_rejoin(&mut self, i: usize) -> Result<(), HarnessError> {
+        let data = &self.nodes[i].data;
+        if data.exists() {
+            fs::remove_dir_all(data).map_err(|e| HarnessError::io(data, e))?;
+        }
+        self.nodes[i].joining = true;
+        Ok(())
+    }
+
+    /// `kill -9` node `i`. Returns whether a running process died of SIGKILL.
+    pub(crate) fn kill_node(&mut self, i: usize) -> bool {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            return false;
+        };
+        if let Ok(mut pids) = self.shared.pids.lock() {
+            pids[i] = None;
+        }
+        self.nodes[i].paused = false;
+        if let Some(Some((_, task))) = self.forwarders.get_mut(i) {
+            if let Some(t) = task.take() {
+                t.abort();
+            }
+        }
+        let sent = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).is_ok();
+        let status = child.wait();
+        use std::os::unix::process::ExitStatusExt;
+        sent && status.is_ok_and(|s| s.signal() == Some(9))
+    }
+
+    /// SIGSTOP node `i`. Returns whether the kernel then shows it stopped.
+    pub(crate) async fn pause_node(&mut self, i: usize) -> bool {
+        let Some(pid) = self.nodes[i].child.as_ref().map(Child::id) else {
+            return false;
+        };
+        if kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).is_err() {
+            return false;
+        }
+        self.nodes[i].paused = true;
+        wait_until(Duration::from_secs(2), || process_state(pid) == Some('T')).await
+    }
+
+    /// SIGCONT node `i`. Returns whether it was paused.
+    pub(crate) fn resume_node(&mut self, i: usize) -> bool {
+        let Some(pid) = self.nodes[i].child.as_ref().map(Child::id) else {
+            return false;
+        };
+        let was = self.nodes[i].paused;
+        self.nodes[i].paused = false;
+        was && kill(Pid::from_raw(pid as i32), Signal::SIGCONT).is_ok()
+    }
+
+    fn publish(&self) {
+        let mut table = FaultTable::default();
+        for (&(a, b), f) in &self.link_faults {
+            table.set(a, b, *f);
+        }
+        if self.net.is_none() {
+            for &(a, b) in &self.cuts {
+                table.update(a, b, |f| f.blackhole = true);
+            }
+        }
+        self.faults.send_replace(Arc::new(table));
+    }
+
+    /// Replaces the partition with `cut` (pairs `(a, b)` with `a < b`). Returns the number of kernel drop rules in
+    /// place afterwards (namespaces), or the number of blackholed links (loopback).
+    pub(crate) fn set_partition(&mut self, cut: BTreeSet<(usize, usize)>) -> Result<usize, HarnessError> {
+        self.cuts = cut;
+        self.publish();
+        match &self.net {
+            Some(net) => net.set_cuts(&self.cuts),
+            None => Ok(self.cuts.len()),
+        }
+    }
+
+    /// Namespace mode: whether a TCP handshake from node `a`'s namespace to node `b`'s peer address fails now (the
+    /// probe the nemesis uses to prove a cut is a real packet drop). `None` in loopback mode.
+    pub(crate) async fn probe_blocked(&self, a: usize, b: usize) -> Option<bool> {
+        self.net.as_ref()?;
+        let worker = self.workers.get(a)?;
+        Some(
+            !worker
+                .can_connect(node_addr(b, PROXY_PORT), Duration::from_millis(300))
+                .await,
+        )
+    }
+
+    /// Sets the proxy faults on the given links (replacing all earlier link faults).
+    pub(crate) fn set_link_faults(&mut self, links: BTreeMap<(usize, usize), LinkFault>) {
+        self.link_faults = links;
+        self.publish();
+    }
+
+    /// A client connected to node `i`, with a per-request timeout.
+    pub(crate) async fn client(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<etcd_client::Client, etcd_client::Error> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout);
+        etcd_client::Client::connect([self.endpoint(i)], Some(options)).await
+    }
+
+    /// Asks every running node who leads; the node index most of them name, if any.
+    pub(crate) async fn leader(&self) -> Option<usize> {
+        let mut ids: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for i in 0..self.len() {
+            if !self.is_up(i) {
+                continue;
+            }
+            let status = async {
+                let mut c = self.client(i, Duration::from_millis(500)).await.ok()?;
+                c.status().await.ok()
+            };
+            if let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(800), status).await {
+                if let Some(h) = s.header() {
+                    ids.insert(h.member_id(), i);
+                }
+                if s.leader() != 0 {
+                    *votes.entry(s.leader()).or_default() += 1;
+                }
+            }
+        }
+        let (id, _) = votes.into_iter().max_by_key(|&(_, v)| v)?;
+        ids.get(&id).copied()
+    }
+
+    /// Waits until every running node answers and they agree on a leader, or `timeout` passes.
+    pub(crate) async fn wait_ready(&self, timeout: Duration, logs: &Path) -> Result<usize, HarnessError> {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.leader().await {
+                return Ok(l);
+            }
+            if start.elapsed() >= timeout {
+                return Err(HarnessError::NotReady {
+                    waited_ms: timeout.as_millis(),
+                    logs: logs.to_owned(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Last lines of every node's log.
+    pub(crate) fn log_tails(&self, lines: usize) -> String {
+        (0..self.len())
+            .map(|i| {
+                let text = fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+                format!(
+                    "--- n{i} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Kills every node, stops the proxies, deletes the namespaces, the data and the ledger. Idempotent; never
+    /// fails (each step is attempted).
+    pub(crate) fn teardown(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        self.torn_down = true;
+        for i in 0..self.nodes.len() {
+            self.kill_node(i);
+        }
+        self.discard_network();
+        let _ = fs::remove_dir_all(&self.data_root);
+        self.ledger.close();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub(crate) async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, ...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Parses `0100007F:1F90` from `/proc/net/tcp` (IPv4, address in the kernel's native byte order).
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    if ip.len() != 8 {
+        return None;
+    }
+    let ip = u32::from_str_radix(ip, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::from((Ipv4Addr::from(ip.to_ne_bytes()), port)))
+}
+
+/// Which of `pids` owns the socket whose local address is `peer` and remote address `local` (the other end of a
+/// connection the proxy accepted): finds its inode in `/proc/net/tcp`, then the process holding it.
+fn owner_of_connection(pids: &[Option<u32>], peer: SocketAddr, local: SocketAddr) -> Option<usize> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let l = parse_proc_addr(cols.get(1)?)?;
+        let r = parse_proc_addr(cols.get(2)?)?;
+        (l == peer && r == local).then(|| cols.get(9).map(|s| s.to_string()))?
+    })?;
+    let target = format!("socket:[{inode}]");
+    pids.iter().enumerate().find_map(|(i, pid)| {
+        let pid = (*pid)?;
+        let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == target))
+            .then_some(i)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_addresses_parse() {
+        let a = parse_proc_addr("0100007F:1F90");
+        assert_eq!(a, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(parse_proc_addr("zz"), None);
+    }
+
+    #[test]
+    fn the_owner_of_a_loopback_connection_is_found_through_proc() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let _client = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+        let (accepted, peer) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+        let local = accepted.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let me = std::process::id();
+        assert_eq!(owner_of_connection(&[None, Some(me)], peer, local), Some(1));
+        assert_eq!(owner_of_connection(&[Some(1)], peer, local), None);
+    }
+}

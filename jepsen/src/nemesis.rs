@@ -1,0 +1,592 @@
+//! The nemesis: carries out the schedule's faults on the cluster and records each start and stop in the history
+//! as `nemesis` events, with the evidence that the fault took effect.
+//!
+//! Every start and stop is an `invoke` then an `info` event of process `nemesis` with `f` `start-<kind>` or
+//! `stop-<kind>`. The `info` value is a map: `window` (the schedule entry), `group`, targets, and `effect`: `true`
+//! when the harness saw the fault in place or biting (kernel drop rules listed back and a TCP handshake across a
+//! cut link failing, or blackholes in every live proxy's fault table; a process that died of SIGKILL; a process the kernel shows stopped; proxy counters that
+//! moved: chunks delayed, connections cut; a member list without the removed node), `false` when it did not. The [`check_nemesis`] checker fails a run
+//! when a requested nemesis never took effect.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::history::{Event, EventType, History, Process};
+use crate::proxy::LinkFault;
+use crate::recorder::Recorder;
+use crate::schedule::{Fault, Window};
+use crate::value::Value;
+use crate::verdict::Verdict;
+
+/// The process name nemesis events carry.
+pub const NEMESIS: &str = "nemesis";
+
+pub(crate) fn obj(pairs: Vec<(&str, Value)>) -> Value {
+    Value::map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Value::Str(k.to_owned()), v))
+            .collect(),
+    )
+}
+
+fn nodes_value(nodes: &[usize]) -> Value {
+    Value::List(nodes.iter().map(|&i| Value::Int(i as i64)).collect())
+}
+
+fn cut_value(cut: &BTreeSet<(usize, usize)>) -> Value {
+    Value::List(
+        cut.iter()
+            .map(|&(a, b)| Value::List(vec![Value::Int(a as i64), Value::Int(b as i64)]))
+            .collect(),
+    )
+}
+
+/// Records a nemesis event: `invoke` before acting, `info` with the evidence after.
+fn record(rec: &Recorder, kind: EventType, f: &str, value: Value) {
+    rec.record(Event::new(kind, Process::Other(NEMESIS.into()), f, value));
+}
+
+/// What a started fault left to undo, and the counters at its start.
+struct Active {
+    window: usize,
+    cut: BTreeSet<(usize, usize)>,
+    counters: [u64; 5],
+    needs_traffic_proof: bool,
+    /// A member nemesis removed its node (so the stop must add it back).
+    removed: bool,
+}
+
+/// Carries out windows one by one.
+pub(crate) struct Nemesis {
+    rec: Arc<Recorder>,
+    /// What is going on, for the progress line.
+    pub(crate) status: Arc<Mutex<String>>,
+}
+
+impl Nemesis {
+    pub(crate) fn new(rec: Arc<Recorder>) -> Nemesis {
+        Nemesis {
+            rec,
+            status: Arc::new(Mutex::new("none".into())),
+        }
+    }
+
+    fn set_status(&self, s: String) {
+        if let Ok(mut st) = self.status.lock() {
+            *st = s;
+        }
+    }
+
+    /// Runs every window at its time (relative to `t0`), then returns. Dropping the future mid-fault leaves the
+    /// fault in place: [`Nemesis::heal_all`] undoes everything.
+    pub(crate) async fn run(&self, cluster: &tokio::sync::Mutex<Cluster>, windows: &[Window], t0: Instant) {
+        for (index, w) in windows.iter().enumerate() {
+            tokio::time::sleep_until(t0 + w.start).await;
+            let active = {
+                let mut c = cluster.lock().await;
+                self.start(&mut c, index, w).await
+            };
+            self.set_status(format!("{} (window {index})", w.fault.kind()));
+            tokio::time::sleep_until(t0 + w.stop).await;
+            let mut c = cluster.lock().await;
+            self.stop(&mut c, w, active).await;
+            self.set_status("none".into());
+        }
+    }
+
+    async fn start(&self, c: &mut Cluster, window: usize, w: &Window) -> Active {
+        let kind = w.fault.kind();
+        let f = format!("start-{kind}");
+        let mut fields = vec![
+            ("window", Value::Int(window as i64)),
+            ("group", Value::Str(w.group.clone())),
+        ];
+        record(
+            &self.rec,
+            EventType::Invoke,
+            &f,
+            obj(vec![
+                ("window", Value::Int(window as i64)),
+                ("group", Value::Str(w.group.clone())),
+            ]),
+        );
+        let counters = c.counters.snapshot();
+        let mut active = Active {
+            window,
+            cut: BTreeSet::new(),
+            counters,
+            needs_traffic_proof: false,
+            removed: false,
+        };
+        let effect: Option<bool> = match &w.fault {
+            Fault::Partition { cut, groups, .. } => {
+                let (cut, groups) = match cut {
+                    Some(cut) => (cut.clone(), groups.clone()),
+                    None => match leader_within(c, Duration::from_secs(3)).await {
+                        Some(l) => {
+                            let others: Vec<usize> = (0..c.len()).filter(|&j| j != l).collect();
+                            let cut = others.iter().map(|&j| (l.min(j), l.max(j))).collect();
+                            (cut, format!("[n{l}] (leader) [others]"))
+                        }
+                        None => (BTreeSet::new(), "no leader found".into()),
+                    },
+                };
+                fields.push(("groups", Value::Str(groups)));
+                fields.push(("cut", cut_value(&cut)));
+                if cut.is_empty() {
+                    Some(false)
+                } else {
+                    match c.set_partition(cut.clone()) {
+                        Ok(rules) => {
+                            fields.push(("rules", Value::Int(rules as i64)));
+                            active.cut = cut;
+                            // Kernel mode: the drop rules as listed back. Loopback mode: the blackholes as every
+                            // live proxy now sees them. Held chunks are reported at the stop; they cannot be the
+                            // proof, since a cut link may carry no traffic (two followers of a bridging leader).
+                            // In kernel mode a handshake across the first cut link must fail, and one across
+                            // the first link left whole (the control) must succeed.
+                            let probe = match active.cut.first() {
+                                Some(&(a, b)) => c.probe_blocked(a, b).await,
+                                None => None,
+                            };
+                            let whole = (0..c.len())
+                                .flat_map(|a| (a + 1..c.len()).map(move |b| (a, b)))
+                                .find(|link| !active.cut.contains(link));
+                            let control = match (probe, whole) {
+                                (Some(_), Some((a, b))) => {
+                                    c.probe_blocked(a, b).await.map(|blocked| !blocked)
+                                }
+                                _ => None,
+                            };
+                            if let Some(blocked) = probe {
+                                fields.push(("probe_blocked", Value::Bool(blocked)));
+                            }
+                            if let Some(open) = control {
+                                fields.push(("control_open", Value::Bool(open)));
+                            }
+                            Some(
+                                rules > 0
+                                    && probe.unwrap_or_else(|| c.proxies_alive())
+                                    && control.unwrap_or(true),
+                            )
+                        }
+                        Err(e) => {
+                            fields.push(("error", Value::Str(e.to_string())));
+                            Some(false)
+                        }
+                    }
+                }
+            }
+            Fault::Kill(nodes) => {
+                fields.push(("nodes", nodes_value(nodes)));
+                let mut all = true;
+                for &i in nodes {
+                    all &= c.kill_node(i);
+                }
+                Some(all)
+            }
+            Fault::Pause(nodes) => {
+                fields.push(("nodes", nodes_value(nodes)));
+                let mut all = true;
+                for &i in nodes {
+                    all &= c.pause_node(i).await;
+                }
+                Some(all)
+            }
+            Fault::Delay { delay, jitter } => {
+                fields.push(("delay_ms", Value::Int(delay.as_millis() as i64)));
+                fields.push(("jitter_ms", Value::Int(jitter.as_millis() as i64)));
+                let fault = LinkFault {
+                    delay: *delay,
+                    jitter: *jitter,
+                    ..LinkFault::default()
+                };
+                c.set_link_faults(all_links(c.len(), fault));
+                active.needs_traffic_proof = true;
+                None
+            }
+            Fault::Member(x) => {
+                let x = *x;
+                fields.push(("node", Value::Int(x as i64)));
+                let url = c.peer_url(x);
+                let removed = remove_member(c, x, &url).await;
+                if let Err(e) = &removed {
+                    fields.push(("error", Value::Str(e.clone())));
+                }
+                let removed = removed.is_ok();
+                if removed {
+                    c.kill_node(x);
+                    if let Err(e) = c.wipe_for_rejoin(x) {
+                        fields.push(("error", Value::Str(e.to_string())));
+                    }
+                }
+                active.removed = removed;
+                Some(removed)
+            }
+            Fault::Loss(p) => {
+                fields.push(("loss", Value::Number(format!("{p}"))));
+                let fault = LinkFault {
+                    loss: *p,
+                    ..LinkFault::default()
+                };
+                c.set_link_faults(all_links(c.len(), fault));
+                active.needs_traffic_proof = true;
+                None
+            }
+        };
+        if let Some(e) = effect {
+            fields.push(("effect", Value::Bool(e)));
+        }
+        record(&self.rec, EventType::Info, &f, obj(fields));
+        active
+    }
+
+    async fn stop(&self, c: &mut Cluster, w: &Window, active: Active) {
+        let kind = w.fault.kind();
+        let f = format!("stop-{kind}");
+        let mut fields = vec![
+            ("window", Value::Int(active.window as i64)),
+            ("group", Value::Str(w.group.clone())),
+        ];
+        record(
+            &self.rec,
+            EventType::Invoke,
+            &f,
+            obj(vec![("window", Value::Int(active.window as i64))]),
+        );
+        match &w.fault {
+            Fault::Partition { .. } => {
+                if !active.cut.is_empty() {
+                    match c.set_partition(BTreeSet::new()) {
+                        Ok(rules) => fields.push(("rules_left", Value::Int(rules as i64))),
+                        Err(e) => fields.push(("error", Value::Str(e.to_string()))),
+                    }
+                }
+            }
+            Fault::Kill(nodes) => {
+                let mut restarted = Vec::new();
+                for &i in nodes {
+                    match c.start_node(i) {
+                        Ok(_) => restarted.push(i),
+                        Err(e) => fields.push(("error", Value::Str(e.to_string()))),
+                    }
+                }
+                fields.push(("restarted", nodes_value(&restarted)));
+            }
+            Fault::Pause(nodes) => {
+                for &i in nodes {
+                    c.resume_node(i);
+                }
+                fields.push(("resumed", nodes_value(nodes)));
+            }
+            Fault::Delay { .. } | Fault::Loss(_) => c.set_link_faults(BTreeMap::new()),
+            Fault::Member(x) => {
+                if active.removed {
+                    let url = c.peer_url(*x);
+                    match add_member(c, *x, &url).await {
+                        Ok(()) => fields.push(("added", Value::Bool(true))),
+                        Err(e) => fields.push(("error", Value::Str(e))),
+                    }
+                    match c.start_node(*x) {
+                        Ok(_) => {
+                            let rejoined = follows_a_leader(c, *x, Duration::from_secs(15)).await;
+                            fields.push(("rejoined", Value::Bool(rejoined)));
+                        }
+                        Err(e) => fields.push(("error", Value::Str(e.to_string()))),
+                    }
+                }
+            }
+        }
+        if matches!(w.fault, Fault::Partition { .. }) && !active.cut.is_empty() {
+            let held = c.counters.snapshot()[2] - active.counters[2];
+            fields.push(("held_chunks", Value::Int(held as i64)));
+        }
+        if active.needs_traffic_proof {
+            let now = c.counters.snapshot();
+            let [_, _, _, delayed, cut] = std::array::from_fn::<u64, 5, _>(|i| now[i] - active.counters[i]);
+            let (name, moved) = match &w.fault {
+                Fault::Delay { .. } => ("delayed_chunks", delayed),
+                _ => ("cut_connections", cut),
+            };
+            fields.push((name, Value::Int(moved as i64)));
+            fields.push(("effect", Value::Bool(moved > 0)));
+        }
+        record(&self.rec, EventType::Info, &f, obj(fields));
+    }
+
+    /// Undoes every fault: no partition, no link faults, every paused node resumed, every killed node restarted.
+    pub(crate) async fn heal_all(&self, c: &mut Cluster) {
+        record(&self.rec, EventType::Invoke, "heal", Value::Nil);
+        let mut fields = Vec::new();
+        if let Err(e) = c.set_partition(BTreeSet::new()) {
+            fields.push(("error", Value::Str(e.to_string())));
+        }
+        c.set_link_faults(BTreeMap::new());
+        let mut restarted = Vec::new();
+        for i in 0..c.len() {
+            c.resume_node(i);
+            if !c.is_running(i) && c.start_node(i).is_ok() {
+                restarted.push(i);
+            }
+        }
+        fields.push(("restarted", nodes_value(&restarted)));
+        let [connections, unidentified, ..] = c.counters.snapshot();
+        fields.push(("proxy_connections", Value::Int(connections as i64)));
+        fields.push(("proxy_unidentified", Value::Int(unidentified as i64)));
+        record(&self.rec, EventType::Info, "heal", obj(fields));
+        self.set_status("healed".into());
+    }
+}
+
+/// Retries `call` on the running nodes other than `x` for up to 15 s; the last error if it never succeeds.
+async fn on_another_node<T, F>(c: &Cluster, x: usize, mut call: F) -> Result<T, String>
+where
+    F: for<'a> FnMut(&'a mut etcd_client::Client) -> crate::workload::BoxFuture<'a, Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("no other node is up");
+    let mut attempt = 0usize;
+    while start.elapsed() < Duration::from_secs(15) {
+        let others: Vec<usize> = (0..c.len()).filter(|&j| j != x && c.is_up(j)).collect();
+        if let Some(&j) = others.get(attempt % others.len().max(1)) {
+            match c.client(j, Duration::from_secs(3)).await {
+                Ok(mut client) => match tokio::time::timeout(Duration::from_secs(5), call(&mut client)).await
+                {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => last = e,
+                    Err(_) => last = "timed out".into(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last)
+}
+
+/// Whether node `x` reports a leader within `timeout` (a node added back has caught up enough to know one).
+async fn follows_a_leader(c: &Cluster, x: usize, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let status = async {
+            let mut client = c.client(x, Duration::from_millis(500)).await.ok()?;
+            client.status().await.ok()
+        };
+        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), status).await {
+            if s.leader() != 0 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// MemberRemove of node `x` (found by its peer URL), confirmed by a member list without it.
+async fn remove_member(c: &Cluster, x: usize, url: &str) -> Result<(), String> {
+    let url = url.to_owned();
+    on_another_node(c, x, move |client| {
+        let url = url.clone();
+        Box::pin(async move {
+            let url = url.as_str();
+            let list = client.member_list().await.map_err(|e| e.to_string())?;
+            let member = list
+                .members()
+                .iter()
+                .find(|m| m.peer_urls().iter().any(|u| u == url));
+            if let Some(m) = member {
+                client.member_remove(m.id()).await.map_err(|e| e.to_string())?;
+            }
+            let list = client.member_list().await.map_err(|e| e.to_string())?;
+            if list
+                .members()
+                .iter()
+                .any(|m| m.peer_urls().iter().any(|u| u == url))
+            {
+                Err(format!("{url} is still a member"))
+            } else {
+                Ok(())
+            }
+        })
+    })
+    .await
+}
+
+/// MemberAdd of node `x`'s peer URL (a no-op when it is already a member).
+async fn add_member(c: &Cluster, x: usize, url: &str) -> Result<(), String> {
+    let url = url.to_owned();
+    on_another_node(c, x, move |client| {
+        let url = url.clone();
+        Box::pin(async move {
+            let url = url.as_str();
+            let list = client.member_list().await.map_err(|e| e.to_string())?;
+            if !list
+                .members()
+                .iter()
+                .any(|m| m.peer_urls().iter().any(|u| u == url))
+            {
+                client.member_add([url], None).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+fn all_links(n: usize, fault: LinkFault) -> BTreeMap<(usize, usize), LinkFault> {
+    let mut links = BTreeMap::new();
+    for a in 0..n {
+        for b in a + 1..n {
+            links.insert((a, b), fault);
+        }
+    }
+    links
+}
+
+async fn leader_within(c: &Cluster, timeout: Duration) -> Option<usize> {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = c.leader().await {
+            return Some(l);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Per requested nemesis: how many faults were scheduled and how many took effect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupFired {
+    /// Fault windows started.
+    pub started: usize,
+    /// Of those, windows with evidence that the fault took effect.
+    pub took_effect: usize,
+    /// Windows without such evidence.
+    pub missed: Vec<i64>,
+}
+
+/// The nemesis checker's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NemesisReport {
+    /// Invalid when a requested nemesis never took effect.
+    pub verdict: Verdict,
+    /// By requested nemesis.
+    pub groups: BTreeMap<String, GroupFired>,
+}
+
+/// Checks that every requested nemesis (by the group names of `--nemesis`) took effect at least once, from the
+/// nemesis events of `history`.
+pub fn check_nemesis(history: &History, requested: &[String]) -> NemesisReport {
+    // window -> (group, any effect)
+    let mut windows: BTreeMap<i64, (String, bool)> = BTreeMap::new();
+    for e in history.others() {
+        if e.kind != EventType::Info || !(e.f.starts_with("start-") || e.f.starts_with("stop-")) {
+            continue;
+        }
+        let Some(window) = e.value.get("window").and_then(Value::as_int) else {
+            continue;
+        };
+        let entry = windows.entry(window).or_insert_with(|| (String::new(), false));
+        if let Some(g) = e.value.get("group").and_then(Value::as_name) {
+            entry.0 = g.to_owned();
+        }
+        if e.value.get("effect") == Some(&Value::Bool(true)) {
+            entry.1 = true;
+        }
+    }
+    let mut groups: BTreeMap<String, GroupFired> = requested
+        .iter()
+        .map(|g| (g.clone(), GroupFired::default()))
+        .collect();
+    for (window, (group, effect)) in windows {
+        let g = groups.entry(group).or_default();
+        g.started += 1;
+        if effect {
+            g.took_effect += 1;
+        } else {
+            g.missed.push(window);
+        }
+    }
+    let verdict = if requested
+        .iter()
+        .all(|r| groups.get(r).is_some_and(|g| g.took_effect > 0))
+    {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid
+    };
+    NemesisReport { verdict, groups }
+}
+
+/// `nemesis: VALID - partition 2/2 took effect, kill 1/1`.
+impl fmt::Display for NemesisReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let mut s = format!("{name} {}/{} took effect", g.took_effect, g.started);
+                if !g.missed.is_empty() {
+                    let w: Vec<String> = g.missed.iter().map(|w| w.to_string()).collect();
+                    s.push_str(&format!(" (no effect in windows {})", w.join(", ")));
+                }
+                s
+            })
+            .collect();
+        let body = if parts.is_empty() {
+            "no nemesis requested".to_owned()
+        } else {
+            parts.join("; ")
+        };
+        writeln!(f, "nemesis: {} - {body}", self.verdict)?;
+        if self.verdict == Verdict::Invalid {
+            writeln!(
+                f,
+                "  a requested nemesis never took effect: the run did not test what it was asked to"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::ReadOptions;
+
+    #[test]
+    fn a_nemesis_that_never_bit_fails_the_run() {
+        let h = History::parse_jsonl(
+            r#"{"type":"invoke","process":"nemesis","f":"start-kill","value":{"window":0}}
+{"type":"info","process":"nemesis","f":"start-kill","value":{"window":0,"group":"kill","effect":true}}
+{"type":"invoke","process":"nemesis","f":"start-partition-one","value":{"window":1}}
+{"type":"info","process":"nemesis","f":"start-partition-one","value":{"window":1,"group":"partition"}}
+{"type":"info","process":"nemesis","f":"stop-partition-one","value":{"window":1,"effect":false}}"#,
+            &ReadOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = check_nemesis(&h, &["kill".into()]);
+        assert_eq!(r.verdict, Verdict::Valid);
+        let r = check_nemesis(&h, &["kill".into(), "partition".into()]);
+        assert_eq!(r.verdict, Verdict::Invalid);
+        assert_eq!(r.groups["partition"].missed, vec![1]);
+        assert!(r.to_string().contains("partition 0/1 took effect"), "{r}");
+        let r = check_nemesis(&h, &["pause".into()]);
+        assert_eq!(
+            r.verdict,
+            Verdict::Invalid,
+            "never scheduled counts as never took effect"
+        );
+    }
+}
