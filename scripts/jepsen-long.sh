@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Long chaos runs: every workload against a real cluster with every nemesis, one after the other.
 #
-#   scripts/jepsen-long.sh                      # register and set, 5 nodes, all nemeses, 600 s each
+#   scripts/jepsen-long.sh                      # register, set, lock, election: 5 nodes, all nemeses, 600 s each
 #   TIME=1800 NODES=3 WORKLOADS=set scripts/jepsen-long.sh
 #   SEED=12345 scripts/jepsen-long.sh           # replay: the same seed gives the same schedule and op mix
 #   PROFILE=release scripts/jepsen-long.sh      # optimised nodes (the first release build of RocksDB is slow)
@@ -17,7 +17,7 @@ TIME="${TIME:-600}"
 NODES="${NODES:-5}"
 CONCURRENCY="${CONCURRENCY:-20}"
 STORE="${STORE:-store}"
-WORKLOADS="${WORKLOADS:-register set}"
+WORKLOADS="${WORKLOADS:-register set lock election}"
 NEMESIS="${NEMESIS:-all}"
 PROFILE="${PROFILE:-dev}"
 

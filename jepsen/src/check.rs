@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::election::{ElectionReport, check_election};
 use crate::history::History;
 use crate::linear::{Limits, LinearReport, ModelError, RegisterModel, check_linearizable};
 use crate::lock::{LockReport, check_lock};
@@ -22,15 +23,18 @@ pub enum CheckModel {
     Set,
     /// Fenced lock: acquire, release, append, final read.
     Lock,
+    /// Leader election: campaign, write, resign, final read.
+    Election,
 }
 
 impl CheckModel {
     /// Every model, in the order the CLI lists them.
-    pub const ALL: [CheckModel; 4] = [
+    pub const ALL: [CheckModel; 5] = [
         CheckModel::Register,
         CheckModel::CasRegister,
         CheckModel::Set,
         CheckModel::Lock,
+        CheckModel::Election,
     ];
 
     /// The name on the command line.
@@ -40,6 +44,7 @@ impl CheckModel {
             CheckModel::CasRegister => "cas-register",
             CheckModel::Set => "set",
             CheckModel::Lock => "lock",
+            CheckModel::Election => "election",
         }
     }
 }
@@ -52,7 +57,7 @@ impl fmt::Display for CheckModel {
 
 /// A name that is not a model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown model {0:?}: expected register, cas-register, set or lock")]
+#[error("unknown model {0:?}: expected register, cas-register, set, lock or election")]
 pub struct UnknownModel(pub String);
 
 impl FromStr for CheckModel {
@@ -76,6 +81,8 @@ pub enum Details {
     Set(SetReport),
     /// From [`check_lock`].
     Lock(LockReport),
+    /// From [`check_election`].
+    Election(ElectionReport),
 }
 
 /// The result of checking a history against a model.
@@ -123,11 +130,13 @@ pub fn check(history: &History, model: CheckModel, limits: &Limits) -> Result<Re
         }
         CheckModel::Set => Details::Set(check_set(history)?),
         CheckModel::Lock => Details::Lock(check_lock(history)?),
+        CheckModel::Election => Details::Election(check_election(history)?),
     };
     let verdict = match &details {
         Details::Linear(r) => r.verdict,
         Details::Set(r) => r.verdict,
         Details::Lock(r) => r.verdict,
+        Details::Election(r) => r.verdict,
     };
     Ok(Report {
         model,
@@ -161,6 +170,7 @@ impl fmt::Display for Report {
             Details::Linear(r) => write!(f, "{r}")?,
             Details::Set(r) => write!(f, "{r}")?,
             Details::Lock(r) => write!(f, "{r}")?,
+            Details::Election(r) => write!(f, "{r}")?,
         }
         writeln!(
             f,

@@ -5,6 +5,7 @@ mod check;
 mod cleanup;
 mod cluster;
 mod edn;
+mod election;
 mod error;
 mod history;
 mod linear;
@@ -28,6 +29,7 @@ pub use binary::find_trestle;
 pub use check::{CheckModel, Details, Report, UnknownModel, check};
 pub use cleanup::clean_leftovers;
 pub use cluster::NetMode;
+pub use election::{ElectionKeyReport, ElectionReport, ElectionViolation, check_election};
 pub use error::HarnessError;
 pub use history::{Event, EventType, Format, History, HistoryError, Op, Outcome, Process, ReadOptions};
 pub use linear::{Limits, LinearReport, ModelError, RegisterModel, Violation, check_linearizable};
@@ -44,6 +46,6 @@ pub use stats::{Counts, Stats};
 pub use value::Value;
 pub use verdict::Verdict;
 pub use workload::{
-    BoxFuture, Completion, OpRequest, RegisterWorkload, Session, SetWorkload, WORKLOADS, Workload,
-    workload_by_name,
+    BoxFuture, Completion, ElectionWorkload, LockWorkload, OpRequest, RegisterWorkload, Session, SetWorkload,
+    WORKLOADS, Workload, workload_by_name,
 };

@@ -123,9 +123,32 @@ pub struct LockReport {
 /// increasing in real time, no two holders at once (holds with a successful release must not overlap), the
 /// protected list in token order, and no acknowledged append lost.
 pub fn check_lock(history: &History) -> Result<LockReport, ModelError> {
+    check_lock_shaped(history, &LOCK_WORDS)
+}
+
+/// The operation names of a lock-shaped history: the election checker reuses this checker with `campaign`,
+/// `resign` and `write`.
+pub(crate) struct Words {
+    pub(crate) acquire: &'static str,
+    pub(crate) release: &'static str,
+    pub(crate) append: &'static str,
+    pub(crate) read: &'static str,
+    pub(crate) model: &'static str,
+}
+
+const LOCK_WORDS: Words = Words {
+    acquire: "acquire",
+    release: "release",
+    append: "append",
+    read: "read",
+    model: "lock",
+};
+
+/// [`check_lock`] with other operation names.
+pub(crate) fn check_lock_shaped(history: &History, words: &Words) -> Result<LockReport, ModelError> {
     let mut keys = Vec::new();
     for (key, ops) in history.by_key() {
-        keys.push(check_key(key.cloned(), &ops)?);
+        keys.push(check_key(key.cloned(), &ops, words)?);
     }
     let verdict = keys.iter().fold(Verdict::Valid, |acc, k| acc.and(k.verdict));
     Ok(LockReport { verdict, keys })
@@ -138,31 +161,40 @@ fn token_of(op: &Op, v: &Value, what: &str) -> Result<i64, ModelError> {
     })
 }
 
-fn check_key(key: Option<Value>, ops: &[&Op]) -> Result<LockKeyReport, ModelError> {
+fn check_key(key: Option<Value>, ops: &[&Op], words: &Words) -> Result<LockKeyReport, ModelError> {
     let mut acquires: Vec<(&Op, i64)> = Vec::new();
     let mut releases: Vec<(&Op, i64)> = Vec::new();
     let mut appends: Vec<(&Op, i64, &Value)> = Vec::new();
     let mut final_read: Option<&Op> = None;
     for op in ops {
         match op.f.as_str() {
-            "acquire" if op.outcome == Outcome::Ok => {
-                acquires.push((op, token_of(op, &op.result, "an acquire's result")?))
-            }
-            "acquire" => {}
-            "release" => releases.push((op, token_of(op, &op.value, "a release's value")?)),
-            "append" => match op.value.as_seq() {
-                Some([t, element]) => appends.push((op, token_of(op, t, "an append's token")?, element)),
+            f if f == words.acquire && op.outcome == Outcome::Ok => acquires.push((
+                op,
+                token_of(op, &op.result, &format!("a {}'s result", words.acquire))?,
+            )),
+            f if f == words.acquire => {}
+            f if f == words.release => releases.push((
+                op,
+                token_of(op, &op.value, &format!("a {}'s value", words.release))?,
+            )),
+            f if f == words.append => match op.value.as_seq() {
+                Some([t, element]) => appends.push((
+                    op,
+                    token_of(op, t, &format!("a {}'s token", words.append))?,
+                    element,
+                )),
                 _ => {
                     return Err(ModelError {
                         line: op.invoke_line,
                         message: format!(
-                            "an append's value must be [token element], not {}",
+                            "a {}'s value must be [token element], not {}",
+                            words.append,
                             short(&op.value)
                         ),
                     });
                 }
             },
-            "read" if op.outcome == Outcome::Ok => {
+            f if f == words.read && op.outcome == Outcome::Ok => {
                 if op.result.as_seq().is_none() {
                     return Err(ModelError {
                         line: op.invoke_line,
@@ -173,11 +205,14 @@ fn check_key(key: Option<Value>, ops: &[&Op]) -> Result<LockKeyReport, ModelErro
                     final_read = Some(op);
                 }
             }
-            "read" => {}
+            f if f == words.read => {}
             other => {
                 return Err(ModelError {
                     line: op.invoke_line,
-                    message: format!("the lock model knows acquire, release, append and read, not {other}"),
+                    message: format!(
+                        "the {} model knows {}, {}, {} and {}, not {other}",
+                        words.model, words.acquire, words.release, words.append, words.read
+                    ),
                 });
             }
         }
@@ -335,7 +370,7 @@ impl fmt::Display for LockReport {
             self.verdict,
             self.keys.len()
         )?;
-        let mut shown = 0;
+        let mut found = Vec::new();
         for k in &self.keys {
             let name = key_label(k.key.as_ref());
             if k.verdict == Verdict::Unknown {
@@ -344,17 +379,68 @@ impl fmt::Display for LockReport {
                     "  {name}unknown - appends were made but there is no successful read"
                 )?;
             }
-            for v in &k.violations {
-                if shown == 8 {
-                    writeln!(f, "  ... and more")?;
-                    return Ok(());
-                }
-                shown += 1;
-                writeln!(f, "  {name}{v}")?;
-            }
+            found.extend(k.violations.iter().map(|v| (name.clone(), v)));
         }
-        Ok(())
+        write_findings(f, &found, LockViolation::kind)
     }
+}
+
+impl LockViolation {
+    /// A short name of the kind of violation, for counts.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            LockViolation::DuplicateToken { .. } => "token granted twice",
+            LockViolation::TokenWentBack { .. } => "token went back",
+            LockViolation::TwoHolders { .. } => "two holders",
+            LockViolation::StaleTokenAccepted { .. } => "stale token accepted",
+            LockViolation::LostAppend { .. } => "append lost",
+            LockViolation::UnexpectedElement { .. } => "unexpected element",
+        }
+    }
+}
+
+/// Writes the findings `(key label, violation)`: a count per kind when there are several kinds or many findings,
+/// then at most 8, and at most 3 of a kind when there are several kinds (so one stale holder's many writes do not
+/// hide a lost append).
+pub(crate) fn write_findings<V: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    found: &[(String, &V)],
+    kind: impl Fn(&V) -> &'static str,
+) -> fmt::Result {
+    let mut kinds: Vec<(&'static str, usize)> = Vec::new();
+    for (_, v) in found {
+        match kinds.iter_mut().find(|(k, _)| *k == kind(v)) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind(v), 1)),
+        }
+    }
+    if kinds.len() > 1 || found.len() > 8 {
+        let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(f, "  by kind: {}", counts.join(", "))?;
+    }
+    let per_kind = if kinds.len() > 1 { 3 } else { 8 };
+    let mut shown_of: Vec<(&'static str, usize)> = Vec::new();
+    let mut shown = 0;
+    for (name, v) in found {
+        let k = kind(v);
+        let of_kind = match shown_of.iter_mut().find(|(x, _)| *x == k) {
+            Some((_, n)) => n,
+            None => {
+                shown_of.push((k, 0));
+                &mut shown_of.last_mut().expect("just pushed").1
+            }
+        };
+        if shown == 8 || *of_kind == per_kind {
+            continue;
+        }
+        *of_kind += 1;
+        shown += 1;
+        writeln!(f, "  {name}{v}")?;
+    }
+    if shown < found.len() {
+        writeln!(f, "  ... and {} more", found.len() - shown)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ pub(crate) struct RunInfo<'a> {
     pub(crate) net: NetMode,
     pub(crate) binary: &'a Path,
     pub(crate) windows: &'a [Window],
+    /// What to expect of the verdict, when not simply "valid" ([`Workload::expectation`](crate::Workload)).
+    pub(crate) expectation: Option<&'static str>,
 }
 
 /// Latency percentiles of successful operations, in milliseconds: p50, p95, p99, max.
@@ -119,6 +121,9 @@ pub(crate) fn write(
         c.seed
     );
     let _ = write!(summary, "{report}");
+    if let Some(note) = info.expectation {
+        let _ = writeln!(summary, "note: {note}");
+    }
     let _ = write!(summary, "{nemesis}");
     let _ = writeln!(
         summary,
@@ -191,6 +196,7 @@ pub(crate) fn write(
         "schedule": windows,
         "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
         "throughput_ok_per_s": ok_count as f64 / span_s,
+        "expectation": info.expectation,
         "summary": summary,
     });
     let write_file = |name: &str, bytes: &[u8]| {

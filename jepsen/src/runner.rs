@@ -35,7 +35,7 @@ use crate::workload::{OpRequest, WORKLOADS, Workload, workload_by_name};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct TestConfig {
-    /// `register` or `set`.
+    /// `register`, `set`, `lock`, `lock-unfenced` or `election`.
     pub workload: String,
     /// Comma-separated nemeses (`partition,kill`), `all` or `none`.
     pub nemesis: String,
@@ -253,6 +253,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
             worker: w,
             concurrency: config.concurrency,
             endpoint: endpoints[w % endpoints.len()].clone(),
+            peer: endpoints[(w + 1) % endpoints.len()].clone(),
             workload: Arc::clone(&workload),
             rec: Arc::clone(&rec),
             stop: Arc::clone(&stop),
@@ -324,6 +325,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         net: mode,
         binary: &binary,
         windows: &windows,
+        expectation: workload.expectation(),
     };
     let summary = results::write(&dir, &info, &history, &report, &nemesis_report, verdict)?;
     Ok(TestOutcome {
@@ -367,6 +369,8 @@ struct ClientCtx {
     worker: usize,
     concurrency: usize,
     endpoint: String,
+    /// Another node's endpoint ([`Workload::open_with_peer`]).
+    peer: String,
     workload: Arc<dyn Workload>,
     rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
@@ -423,7 +427,7 @@ async fn client_loop(ctx: ClientCtx) {
         let s = match session.as_mut() {
             Some(s) => s,
             None => match connect(&ctx.endpoint, ctx.op_timeout).await {
-                Some(client) => session.insert(ctx.workload.open(client)),
+                Some(client) => session.insert(ctx.workload.open_with_peer(client, &ctx.peer)),
                 None => {
                     // The node is down: try again shortly (this is a client's retry pace, not a wait).
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -432,7 +436,7 @@ async fn client_loop(ctx: ClientCtx) {
             },
         };
         let n = ctx.counter.fetch_add(1, Ordering::SeqCst);
-        let op = ctx.workload.generate(&mut rng, n);
+        let op = s.plan(ctx.workload.generate(&mut rng, n));
         let kind = perform(&*ctx.workload, s, &ctx.rec, process, &op, ctx.op_timeout).await;
         match kind {
             EventType::Info => {

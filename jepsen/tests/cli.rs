@@ -114,6 +114,24 @@ fn fenced_lock_is_valid_and_unfenced_is_flagged() {
 }
 
 #[test]
+fn a_deposed_leaders_rejected_write_is_valid_and_a_landed_one_is_flagged() {
+    let (code, out, err) = check("election", "election-deposed.jsonl", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("election: VALID - 1 keys; 2 terms led, 2 writes acknowledged"),
+        "{out}"
+    );
+    let (code, out, err) = check("election", "election-unfenced.jsonl", &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(
+            "a deposed leader's write landed after its successor's: 2 (term 5) comes after 3 (term 9)"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn unreadable_input_is_a_clear_error() {
     let (code, out, err) = check("cas-register", "garbled.edn", &[]);
     assert_eq!(code, 255, "{out}{err}");

@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 use trestle_lock::queue::{
-    CleanupOnDrop, contender_key, enqueue, get, guarded, header_revision, name_prefix, retry_transient,
-    wait_for_turn,
+    CleanupOnDrop, PendingWithdrawals, contender_key, enqueue, get, guarded, header_revision, name_prefix,
+    retry_transient, wait_for_turn,
 };
 use trestle_lock::{FencingToken, LossSignal, Session};
 
@@ -28,6 +28,7 @@ pub struct Election {
     key: Vec<u8>,
     lease: i64,
     loss: LossSignal,
+    withdrawals: PendingWithdrawals,
 }
 
 impl std::fmt::Debug for Election {
@@ -50,6 +51,7 @@ impl Election {
             prefix,
             lease: session.lease(),
             loss: session.loss().clone(),
+            withdrawals: PendingWithdrawals::default(),
         })
     }
 
@@ -64,6 +66,7 @@ impl Election {
             prefix,
             lease: 0,
             loss: Session::attach(client, 0).loss().clone(),
+            withdrawals: PendingWithdrawals::default(),
         })
     }
 
@@ -77,8 +80,11 @@ impl Election {
     /// future withdraws the candidacy.
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership, ElectionError> {
         let value = value.into();
-        let cleanup = CleanupOnDrop::new(&self.client, &self.key);
+        // An earlier abandoned campaign of this election may still be withdrawing the same key.
+        self.withdrawals.settle().await;
+        let mut cleanup = CleanupOnDrop::new(&self.client, &self.key, &self.withdrawals);
         let queued = guarded(&self.loss, enqueue(&self.client, &self.key, &value, self.lease)).await?;
+        cleanup.queued_at(queued.revision);
         let leadership = Leadership {
             client: self.client.clone(),
             name: self.name.clone(),

@@ -14,6 +14,18 @@ use tokio_util::sync::CancellationToken;
 use trestle_election::{Election, ElectionError, ElectorConfig, LeaderCallbacks, LeaderElector, Leading};
 use trestle_lock::{Session, SessionOptions};
 
+/// The next leader value an observer reports (10 s deadline).
+async fn next_value(
+    seen: &mut (impl futures::Stream<Item = Result<trestle_election::LeaderRecord, ElectionError>> + Unpin),
+) -> String {
+    let leader = tokio::time::timeout(Duration::from_secs(10), seen.next())
+        .await
+        .expect("observed in time")
+        .expect("stream open")
+        .expect("observe");
+    String::from_utf8_lossy(&leader.value).into_owned()
+}
+
 async fn session(client: &Client) -> Session {
     Session::with_options(client.clone(), SessionOptions::with_ttl(Duration::from_secs(5)))
         .await
@@ -33,11 +45,15 @@ async fn campaign_proclaim_resign_observe(backend: Backend) {
         .expect("observer")
         .observe();
 
+    // The observer reports the current leader first, then every change: each step waits for its report, so
+    // the order is checked without racing the observer's first read.
     let la = ea.campaign("a1").await.expect("a leads");
+    assert_eq!(next_value(&mut seen).await, "a1");
     let leader = ea.leader().await.expect("leader").expect("someone leads");
     assert_eq!(leader.value, b"a1");
     let b_campaign = tokio::spawn(async move { eb.campaign("b1").await });
     la.proclaim("a2").await.expect("proclaim");
+    assert_eq!(next_value(&mut seen).await, "a2");
     support::wait_until_keys(&client, "svc/", 2).await;
     assert!(!b_campaign.is_finished(), "b must wait while a leads");
     la.resign().await.expect("resign");
@@ -47,17 +63,7 @@ async fn campaign_proclaim_resign_observe(backend: Backend) {
         .expect("task")
         .expect("campaign");
     assert!(lb.revision() > la.revision());
-
-    let mut values = Vec::new();
-    while values.len() < 3 {
-        let next = tokio::time::timeout(Duration::from_secs(10), seen.next())
-            .await
-            .unwrap_or_else(|_| panic!("observed in time; so far {values:?}"))
-            .expect("stream open")
-            .expect("observe");
-        values.push(String::from_utf8_lossy(&next.value).into_owned());
-    }
-    assert_eq!(values, ["a1", "a2", "b1"]);
+    assert_eq!(next_value(&mut seen).await, "b1");
 
     // A resigned leader can neither proclaim nor resign again.
     assert!(matches!(
@@ -201,6 +207,12 @@ async fn elector_hands_over_on_shutdown(backend: Backend) {
     });
     support::wait_until_keys(&client, "elector/", 2).await;
     assert_eq!(wb.started.load(Ordering::SeqCst), 0);
+    trestle_raft::testing::wait_for("b observed a as leader", Duration::from_secs(10), || async {
+        let leaders = wb.leaders.lock().ok()?.clone();
+        (leaders == [b"a".to_vec()]).then_some(())
+    })
+    .await
+    .expect("b's observer reports the current leader");
 
     let handed_over = std::time::Instant::now();
     stop_a.cancel();

@@ -100,23 +100,67 @@ impl Drop for HeldKey {
     }
 }
 
-/// Deletes a contender's key unless disarmed: keeps `lock()`, `acquire()` and `campaign()` cancel-safe (a dropped
-/// future leaves no key that would block others until the lease ends).
+/// The background withdrawals of abandoned attempts on one key. The next attempt on the same key waits for
+/// them ([`PendingWithdrawals::settle`]) so it never adopts a key that is about to be deleted under it.
+#[derive(Clone, Default)]
+pub struct PendingWithdrawals(std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl std::fmt::Debug for PendingWithdrawals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pending = self.0.lock().map(|v| v.len()).unwrap_or(0);
+        f.debug_struct("PendingWithdrawals")
+            .field("pending", &pending)
+            .finish()
+    }
+}
+
+impl PendingWithdrawals {
+    /// Waits until every withdrawal started so far has finished.
+    pub async fn settle(&self) {
+        let handles = match self.0.lock() {
+            Ok(mut handles) => std::mem::take(&mut *handles),
+            Err(_) => Vec::new(),
+        };
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+
+    fn push(&self, handle: tokio::task::JoinHandle<()>) {
+        if let Ok(mut handles) = self.0.lock() {
+            handles.retain(|h| !h.is_finished());
+            handles.push(handle);
+        }
+    }
+}
+
+/// Withdraws a contender's key unless disarmed: keeps `lock()`, `acquire()` and `campaign()` cancel-safe (a dropped
+/// future leaves no key that would block others until the lease ends). Once the attempt knows its key's create
+/// revision ([`CleanupOnDrop::queued_at`]) only that incarnation of the key is deleted.
 #[allow(missing_debug_implementations)]
 pub struct CleanupOnDrop {
     client: Client,
     key: Vec<u8>,
+    revision: Option<i64>,
+    pending: PendingWithdrawals,
     armed: bool,
 }
 
 impl CleanupOnDrop {
-    /// Armed for `key`: dropping it deletes the key in the background.
-    pub fn new(client: &Client, key: &[u8]) -> Self {
+    /// Armed for `key`: dropping it deletes the key in the background, registered in `pending`.
+    pub fn new(client: &Client, key: &[u8], pending: &PendingWithdrawals) -> Self {
         Self {
             client: client.clone(),
             key: key.to_vec(),
+            revision: None,
+            pending: pending.clone(),
             armed: true,
         }
+    }
+
+    /// The attempt's key was created at `revision`: delete only that one.
+    pub fn queued_at(&mut self, revision: i64) {
+        self.revision = Some(revision);
     }
 
     /// The attempt succeeded: keep the key.
@@ -135,10 +179,24 @@ impl Drop for CleanupOnDrop {
         };
         let mut client = self.client.clone();
         let key = std::mem::take(&mut self.key);
-        runtime.spawn(async move {
-            if let Err(e) = client.delete(key.clone(), None).await {
+        let revision = self.revision;
+        let handle = runtime.spawn(async move {
+            let result = match revision {
+                Some(revision) => client
+                    .txn(
+                        Txn::new()
+                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, revision)])
+                            .and_then([TxnOp::delete(key.clone(), None)]),
+                    )
+                    .await
+                    .map(|_| ()),
+                // Abandoned while its enqueue was in flight: the key, if it was created, is this attempt's.
+                None => client.delete(key.clone(), None).await.map(|_| ()),
+            };
+            if let Err(e) = result {
                 warn!(key = %String::from_utf8_lossy(&key), error = %e, "could not remove an abandoned contender key; it goes when its lease does");
             }
         });
+        self.pending.push(handle);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse};
 use tokio::time::Instant;
 
-use crate::held::{CleanupOnDrop, HeldKey};
+use crate::held::{CleanupOnDrop, HeldKey, PendingWithdrawals};
 use crate::queue::{
     contender_key, enqueue, get, guarded, header_revision, name_prefix, retry_transient, wait_for_turn,
 };
@@ -26,6 +26,7 @@ pub struct Mutex {
     key: Vec<u8>,
     lease: i64,
     loss: LossSignal,
+    withdrawals: PendingWithdrawals,
 }
 
 impl std::fmt::Debug for Mutex {
@@ -49,6 +50,7 @@ impl Mutex {
             prefix,
             lease: session.lease(),
             loss: session.loss().clone(),
+            withdrawals: PendingWithdrawals::default(),
         })
     }
 
@@ -66,9 +68,12 @@ impl Mutex {
     /// background), so an abandoned attempt does not block others. Fails with [`LockError::SessionLost`] if the
     /// session ends while waiting.
     pub async fn lock(&self) -> Result<LockGuard, LockError> {
-        let cleanup = CleanupOnDrop::new(&self.client, &self.key);
+        // An earlier abandoned attempt of this mutex may still be removing the same key: let it finish first.
+        self.withdrawals.settle().await;
+        let mut cleanup = CleanupOnDrop::new(&self.client, &self.key, &self.withdrawals);
         loop {
             let queued = guarded(&self.loss, enqueue(&self.client, &self.key, b"", self.lease)).await?;
+            cleanup.queued_at(queued.revision);
             wait_for_turn(&self.client, &self.prefix, queued.revision, &self.loss).await?;
             match self.confirm(queued.revision).await? {
                 Some(guard) => {
@@ -98,8 +103,10 @@ impl Mutex {
     /// Takes the lock if nobody holds it, else fails at once with [`LockError::WouldBlock`] (removing the key
     /// it put).
     pub async fn try_lock(&self) -> Result<LockGuard, LockError> {
-        let cleanup = CleanupOnDrop::new(&self.client, &self.key);
+        self.withdrawals.settle().await;
+        let mut cleanup = CleanupOnDrop::new(&self.client, &self.key, &self.withdrawals);
         let queued = guarded(&self.loss, enqueue(&self.client, &self.key, b"", self.lease)).await?;
+        cleanup.queued_at(queued.revision);
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)

@@ -13,7 +13,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse, WatchOptions,
 };
 
-pub use crate::held::CleanupOnDrop;
+pub use crate::held::{CleanupOnDrop, PendingWithdrawals};
 use crate::{LockError, LossSignal};
 
 /// Where a contender stands.

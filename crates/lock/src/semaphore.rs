@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, GetOptions, TxnOp, TxnResponse};
 use tokio::time::Instant;
 
-use crate::held::{CleanupOnDrop, HeldKey};
+use crate::held::{CleanupOnDrop, HeldKey, PendingWithdrawals};
 use crate::queue::{enqueue, get, guarded, name_prefix, wait_for_slot};
 use crate::{FencingToken, LockError, LossSignal, Session};
 
@@ -66,8 +66,10 @@ impl Semaphore {
         let mut key = self.prefix.clone();
         let sequence = ACQUISITION.fetch_add(1, Ordering::Relaxed);
         key.extend_from_slice(format!("{:x}-{sequence:x}-{:x}", self.lease, std::process::id()).as_bytes());
-        let cleanup = CleanupOnDrop::new(&self.client, &key);
+        // Every acquisition has its own key, so no later attempt can adopt this one.
+        let mut cleanup = CleanupOnDrop::new(&self.client, &key, &PendingWithdrawals::default());
         let queued = guarded(&self.loss, enqueue(&self.client, &key, b"", self.lease)).await?;
+        cleanup.queued_at(queued.revision);
         wait_for_slot(
             &self.client,
             &self.prefix,

@@ -243,6 +243,11 @@ async fn cancelled_lock_leaves_nothing(backend: Backend) {
         .lock_timeout(Duration::from_secs(5))
         .await
         .expect("c locks at once");
+    // The same key as c's abandoned attempt: its withdrawal finished before this attempt queued, so the lock is
+    // really held (a late withdrawal would delete it under the guard).
+    next.fenced_txn(vec![TxnOp::put("cancelled-data", "c", None)])
+        .await
+        .expect("c holds the lock it was granted");
     next.unlock().await.expect("unlock");
     for s in [a, b, c] {
         s.close().await;

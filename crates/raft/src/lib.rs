@@ -36,6 +36,7 @@ mod node;
 mod state_machine;
 mod store;
 pub mod testing;
+mod tls;
 mod types;
 
 pub use etcd::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};
@@ -54,6 +55,7 @@ pub use store::{
     Lessor, MemberChange, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult,
     StoreSettings,
 };
+pub use tls::{TlsError, TlsFiles};
 pub use types::{
     Entry, GroupId, LogId, NodeId, PeerNode, Raft, STORE_GROUP, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig, Vote, node_id_for,

@@ -25,6 +25,7 @@ use crate::log_store::open_db;
 use crate::network::{PeerChannels, PeerService};
 use crate::state_machine::GroupApp;
 use crate::store::{MemberChange, Store, StoreApp, StoreSettings};
+use crate::tls::{TlsError, TlsFiles};
 use crate::types::{GroupId, NodeId, PeerNode, Raft, STORE_GROUP, node_id_for};
 
 /// Whether a node founds a new cluster or joins an existing one (etcd's `--initial-cluster-state`).
@@ -53,6 +54,10 @@ pub struct RaftSettings {
     pub snapshot_chunk_bytes: u64,
     /// Time allowed for one snapshot chunk. Default 10 s (openraft's 200 ms is too short for MB-sized chunks).
     pub snapshot_chunk_timeout: Duration,
+    /// Most entries in one AppendEntries. Default 64 (openraft's 300). openraft 0.9 gives every AppendEntries
+    /// the heartbeat interval as its timeout, including the follower's synced write; smaller batches keep a
+    /// follower catching up with large values inside it instead of timing out and retrying the same batch.
+    pub max_payload_entries: u64,
 }
 
 impl Default for RaftSettings {
@@ -64,6 +69,7 @@ impl Default for RaftSettings {
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1024 * 1024,
             snapshot_chunk_timeout: Duration::from_secs(10),
+            max_payload_entries: 64,
         }
     }
 }
@@ -97,6 +103,11 @@ pub struct NodeConfig {
     pub store: StoreSettings,
     /// etcd API settings (the cluster id is derived from `initial_cluster` when left at 0).
     pub etcd: EtcdSettings,
+    /// TLS for the client listener (etcd's `--cert-file`, ...). Default none: plain HTTP/2.
+    pub client_tls: Option<TlsFiles>,
+    /// TLS for the peer listener and for connections to peers (etcd's `--peer-cert-file`, ...); set
+    /// `client_cert_auth` for mutual TLS between members. Default none. Peer URLs must then be `https://`.
+    pub peer_tls: Option<TlsFiles>,
 }
 
 impl NodeConfig {
@@ -117,6 +128,8 @@ impl NodeConfig {
             raft: RaftSettings::default(),
             store: StoreSettings::default(),
             etcd: EtcdSettings::default(),
+            client_tls: None,
+            peer_tls: None,
         }
     }
 
@@ -147,6 +160,20 @@ impl NodeConfig {
             return Err(ConfigError::NotInInitialCluster {
                 peer_url: self.advertise_peer_url.clone(),
             });
+        }
+        let peer_scheme = if self.peer_tls.is_some() { "https" } else { "http" };
+        for url in
+            std::iter::once(&self.advertise_peer_url).chain(self.initial_cluster.iter().map(|(_, u)| u))
+        {
+            if !url.starts_with(&format!("{peer_scheme}://")) {
+                return Err(ConfigError::Tls(TlsError::Scheme {
+                    url: url.clone(),
+                    expected: peer_scheme,
+                }));
+            }
+        }
+        for tls in self.client_tls.iter().chain(&self.peer_tls) {
+            tls.validate()?;
         }
         if self.store.min_lease_ttl < 1 {
             return Err(ConfigError::MinLeaseTtl {
@@ -207,6 +234,9 @@ pub enum ConfigError {
         /// The node's peer URL.
         peer_url: String,
     },
+    /// A TLS setting cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A minimum lease TTL below one second.
     #[error("minimum lease TTL {seconds}s must be at least 1s")]
     MinLeaseTtl {
@@ -280,6 +310,20 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A server builder, with TLS when configured. A rejected TLS configuration fails the start: never fall back
+/// to plain text.
+fn server_builder(tls: Option<tonic::transport::ServerTlsConfig>) -> Result<Server, ConfigError> {
+    let builder = Server::builder().tcp_nodelay(true);
+    match tls {
+        None => Ok(builder),
+        Some(tls) => builder.tls_config(tls).map_err(|e| {
+            ConfigError::Tls(TlsError::Rejected {
+                message: e.to_string(),
+            })
+        }),
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
     TcpListener::bind(addr)
         .await
@@ -309,7 +353,11 @@ impl Node {
                 path: db_path,
                 message: e.to_string(),
             })?;
-            let channels = PeerChannels::new(None);
+            let peer_client_tls = match &config.peer_tls {
+                Some(tls) => Some(tls.peer_client_config().map_err(ConfigError::from)?),
+                None => None,
+            };
+            let channels = PeerChannels::new(peer_client_tls);
             let raft_config = Arc::new(
                 openraft::Config {
                     cluster_name: "trestle".into(),
@@ -320,6 +368,7 @@ impl Node {
                     snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
                     snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
                     max_in_snapshot_log_to_keep: config.raft.keep_after_snapshot,
+                    max_payload_entries: config.raft.max_payload_entries,
                     ..Default::default()
                 }
                 .validate()
@@ -349,6 +398,15 @@ impl Node {
             let shutdown = CancellationToken::new();
             let mut tasks = Vec::new();
 
+            let mut peer_server = server_builder(match &config.peer_tls {
+                Some(tls) => Some(tls.server_config().map_err(ConfigError::from)?),
+                None => None,
+            })?;
+            let mut client_server = server_builder(match &config.client_tls {
+                Some(tls) => Some(tls.server_config().map_err(ConfigError::from)?),
+                None => None,
+            })?;
+
             // Peers first, so that other nodes can reach this one while the store group starts.
             let peer_service = PeerService::new(groups.clone()).into_server();
             let token = shutdown.clone();
@@ -356,8 +414,7 @@ impl Node {
                 // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or Nagle's
                 // algorithm and delayed ACKs add ~40 ms to small responses.
                 let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-                if let Err(e) = Server::builder()
-                    .tcp_nodelay(true)
+                if let Err(e) = peer_server
                     .add_service(peer_service)
                     .serve_with_incoming_shutdown(incoming, token.cancelled())
                     .await
@@ -434,8 +491,7 @@ impl Node {
                 // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or Nagle's
                 // algorithm and delayed ACKs add ~40 ms to small responses.
                 let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
-                if let Err(e) = Server::builder()
-                    .tcp_nodelay(true)
+                if let Err(e) = client_server
                     .add_routes(routes)
                     .serve_with_incoming_shutdown(incoming, token.cancelled())
                     .await

@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Lock(crate::bench_lock::LockBenchArgs),
     /// Election failover: a leader process is SIGKILLed; time until another candidate leads.
     ElectionFailover(crate::bench_lock::FailoverBenchArgs),
+    /// Raft leader failover: kill -9 the leader while writing; time to the first acknowledged write.
+    Failover(crate::bench_failover::FailoverArgs),
     /// A candidate that leads until killed (used by `election-failover`).
     #[command(hide = true)]
     ElectionCandidate(crate::bench_lock::CandidateArgs),

@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::ElectionFailover(args)) => {
             runtime.block_on(crate::bench_lock::election_failover(args))
         }
+        Command::Bench(BenchCommand::Failover(args)) => runtime.block_on(crate::bench_failover::run(args)),
         Command::Bench(BenchCommand::ElectionCandidate(args)) => {
             runtime.block_on(crate::bench_lock::candidate(args))
         }

@@ -40,6 +40,7 @@ const NO_LEADER: &str = "election: no leader";
 #[derive(Clone)]
 pub struct SelfClient {
     endpoint: String,
+    tls: Option<trestle_raft::TlsFiles>,
     client: std::sync::Arc<OnceCell<Client>>,
 }
 
@@ -56,13 +57,39 @@ impl SelfClient {
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            tls: None,
             client: std::sync::Arc::default(),
         }
     }
 
+    /// Connects over TLS with the node's own client certificate, trusting the node's CA (the node's certificate
+    /// must name the loopback address it listens on, e.g. 127.0.0.1).
+    pub fn with_tls(mut self, tls: trestle_raft::TlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    fn options(&self) -> Result<Option<etcd_client::ConnectOptions>, Status> {
+        let Some(tls) = &self.tls else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Status::internal(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut options = etcd_client::TlsOptions::new().identity(etcd_client::Identity::from_pem(
+            read(&tls.cert_file)?,
+            read(&tls.key_file)?,
+        ));
+        if let Some(ca) = &tls.trusted_ca_file {
+            options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(etcd_client::ConnectOptions::new().with_tls(options)))
+    }
+
     async fn get(&self) -> Result<Client, Status> {
+        let options = self.options()?;
         self.client
-            .get_or_try_init(|| Client::connect([self.endpoint.as_str()], None))
+            .get_or_try_init(|| Client::connect([self.endpoint.as_str()], options))
             .await
             .cloned()
             .map_err(|e| Status::unavailable(format!("cannot reach this node's client API: {e}")))

@@ -13,6 +13,7 @@
 //! The command line lives in this library so the binary stays a thin shell and tests can drive it.
 
 mod bench;
+mod bench_failover;
 mod bench_lock;
 mod cli;
 pub mod coordination;
@@ -20,6 +21,7 @@ mod local_cluster;
 mod serve;
 
 pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
+pub use bench_failover::FailoverArgs;
 pub use bench_lock::{CandidateArgs, FailoverBenchArgs, LockBenchArgs};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;

@@ -44,6 +44,55 @@ pub struct ServeArgs {
     /// `new` to found the cluster, `existing` to join one that added this node with MemberAdd [default: new].
     #[arg(long, env = "TRESTLE_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
+    /// Client TLS certificate (PEM); with --key-file, clients must use https://.
+    #[arg(long, env = "TRESTLE_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client TLS private key (PEM).
+    #[arg(long, env = "TRESTLE_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs client certificates.
+    #[arg(long, env = "TRESTLE_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, env = "TRESTLE_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: Option<bool>,
+    /// Peer TLS certificate (PEM), presented to clients of the peer port and to other members.
+    #[arg(long, env = "TRESTLE_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS private key (PEM).
+    #[arg(long, env = "TRESTLE_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the members' certificates.
+    #[arg(long, env = "TRESTLE_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members to present certificates signed by --peer-trusted-ca-file (mutual TLS).
+    #[arg(long, env = "TRESTLE_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: Option<bool>,
+}
+
+/// One listener's TLS from etcd-style options: both files or neither.
+fn tls_files(
+    what: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert_auth: Option<bool>,
+) -> Result<Option<trestle_raft::TlsFiles>, ServeError> {
+    match (cert, key) {
+        (None, None) if cert_auth.unwrap_or(false) => Err(ServeError::Option(format!(
+            "--{what}client-cert-auth needs --{what}cert-file and --{what}key-file"
+        ))),
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let mut files = trestle_raft::TlsFiles::new(cert, key);
+            files.trusted_ca_file = ca;
+            files.client_cert_auth = cert_auth.unwrap_or(false);
+            Ok(Some(files))
+        }
+        _ => Err(ServeError::Option(format!(
+            "--{what}cert-file and --{what}key-file go together: give both or neither"
+        ))),
+    }
 }
 
 /// A `trestle serve` configuration that cannot run, or a node that failed.
@@ -164,6 +213,20 @@ impl ServeArgs {
                 )));
             }
         };
+        config.client_tls = tls_files(
+            "",
+            merge(self.cert_file, file.cert_file),
+            merge(self.key_file, file.key_file),
+            merge(self.trusted_ca_file, file.trusted_ca_file),
+            merge(self.client_cert_auth, file.client_cert_auth),
+        )?;
+        config.peer_tls = tls_files(
+            "peer-",
+            merge(self.peer_cert_file, file.peer_cert_file),
+            merge(self.peer_key_file, file.peer_key_file),
+            merge(self.peer_trusted_ca_file, file.peer_trusted_ca_file),
+            merge(self.peer_client_cert_auth, file.peer_client_cert_auth),
+        )?;
         config.validate().map_err(|e| ServeError::Option(e.to_string()))?;
         Ok(config)
     }
@@ -194,8 +257,11 @@ pub fn coordination_routes(config: &trestle_raft::NodeConfig) -> tonic::service:
     if own.ip().is_unspecified() {
         own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let (lock, election) =
-        crate::coordination::services(crate::coordination::SelfClient::new(format!("http://{own}")));
+    let self_client = match &config.client_tls {
+        None => crate::coordination::SelfClient::new(format!("http://{own}")),
+        Some(tls) => crate::coordination::SelfClient::new(format!("https://{own}")).with_tls(tls.clone()),
+    };
+    let (lock, election) = crate::coordination::services(self_client);
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(lock).add_service(election);
     routes

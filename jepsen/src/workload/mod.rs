@@ -10,8 +10,12 @@
 //! - `info`: unknown (a timeout, a dropped connection after sending). The runner retires the process id after an
 //!   `info` and continues with a fresh one (`id + concurrency`), with a fresh session.
 //!
-//! A session may keep per-process state (a lease, a lock's key): the lock and election workloads will.
+//! A session may keep per-process state (a lease, a lock's guard, a leadership): the `lock`, `lock-unfenced` and
+//! `election` workloads do, and [`Session::plan`] lets that state pick the next operation (a holder appends, then
+//! releases; a client without the lock acquires it).
 
+mod election;
+mod lock;
 mod register;
 mod set;
 
@@ -25,6 +29,8 @@ use crate::check::CheckModel;
 use crate::history::EventType;
 use crate::value::Value;
 
+pub use election::ElectionWorkload;
+pub use lock::LockWorkload;
 pub use register::RegisterWorkload;
 pub use set::SetWorkload;
 
@@ -100,6 +106,14 @@ pub trait Session: Send {
     /// Performs `op`. The runner bounds it with the operation timeout (then it is `info`, or `fail` for an
     /// operation [`Workload::is_read_only`] says has no effect).
     fn invoke<'a>(&'a mut self, op: &'a OpRequest) -> BoxFuture<'a, Completion>;
+
+    /// The operation this process performs next, given the one the workload generated (the runner calls it
+    /// before recording the invocation). A stateful session turns the generated operation into the one its state
+    /// calls for: a lock client that holds nothing acquires, a holder appends the generated element, then
+    /// releases. The default performs the generated operation.
+    fn plan(&mut self, generated: OpRequest) -> OpRequest {
+        generated
+    }
 }
 
 /// A workload: an operation generator, a session factory and the checker model for its histories.
@@ -158,16 +172,34 @@ pub trait Workload: Send + Sync {
 
     /// A session for a new client process.
     fn open(&self, client: etcd_client::Client) -> Box<dyn Session>;
+
+    /// A session for a new client process that may also reach the cluster through `peer`, another node's client
+    /// endpoint. The lock workloads write their protected resource through it while their lock session lives on
+    /// `client`'s node, so that a holder whose session's node is stalled keeps writing, as a client of a separate
+    /// store would. The default ignores `peer`.
+    fn open_with_peer(&self, client: etcd_client::Client, peer: &str) -> Box<dyn Session> {
+        let _ = peer;
+        self.open(client)
+    }
+
+    /// What to expect of this workload's verdict, when that is not simply "valid" (the run's summary prints it
+    /// next to the verdict): `lock-unfenced` is expected to be found invalid under faults.
+    fn expectation(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The workloads `trestle-jepsen test --workload` knows.
-pub const WORKLOADS: [&str; 2] = ["register", "set"];
+pub const WORKLOADS: [&str; 5] = ["register", "set", "lock", "lock-unfenced", "election"];
 
 /// The workload called `name`, if any.
 pub fn workload_by_name(name: &str) -> Option<Arc<dyn Workload>> {
     match name {
         "register" => Some(Arc::new(RegisterWorkload::default())),
         "set" => Some(Arc::new(SetWorkload::default())),
+        "lock" => Some(Arc::new(LockWorkload::fenced())),
+        "lock-unfenced" => Some(Arc::new(LockWorkload::unfenced())),
+        "election" => Some(Arc::new(ElectionWorkload::default())),
         _ => None,
     }
 }

@@ -228,6 +228,7 @@ impl Store {
             .without_max_times()
             .build();
         loop {
+            let leader_before = self.inner.raft.metrics().borrow().current_leader;
             let outcome = match self.target() {
                 Target::Local => self.execute_local(&op).await?,
                 Target::Leader(leader) => match self.forward_op(&leader, &op, deadline).await {
@@ -256,7 +257,27 @@ impl Store {
                     _ => timed_out(),
                 });
             }
-            tokio::time::sleep(delay).await;
+            // Retry after the backoff, or as soon as a (new) leader is known: after a leader dies, every
+            // request waiting here moves on the moment the election ends, not a backoff step later.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.leader_changes(leader_before) => {}
+            }
+        }
+    }
+
+    /// Resolves when this node learns of a leader other than `before`.
+    async fn leader_changes(&self, before: Option<NodeId>) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if leader.is_some() && leader != before {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nothing will change; let the backoff run out.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
