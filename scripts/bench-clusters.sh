@@ -2,7 +2,7 @@
 # Shared by the side-by-side benchmarks: builds the release binary and starts a 3-node Trestle cluster and a
 # 3-node etcd (Debian's etcd-server) on this machine, both with default durability (every acknowledged write
 # fsync'd on a majority). Sets $trestle, $trestle_endpoints, $etcd_endpoints and $work; stops both on exit.
-# Source it after common.sh.
+# Source it after common.sh. TRESTLE_SERVE_ARGS adds options to every `trestle serve` (e.g. timing).
 
 bash scripts/bootstrap.sh
 say "building trestle (release)"
@@ -26,7 +26,7 @@ for i in 0 1 2; do
     client=$((32379 + 3 * i)); peer=$((client + 1)); metrics=$((client + 2))
     "$trestle" serve --name "n$i" --data-dir "$work/trestle$i" --listen-client-urls "http://127.0.0.1:$client" \
         --listen-peer-urls "http://127.0.0.1:$peer" --listen-metrics-urls "http://127.0.0.1:$metrics" \
-        --initial-cluster "$tcluster" > "$work/trestle$i.log" 2>&1 &
+        --initial-cluster "$tcluster" ${TRESTLE_SERVE_ARGS:-} > "$work/trestle$i.log" 2>&1 &
 done
 trestle_endpoints="http://127.0.0.1:32379,http://127.0.0.1:32382,http://127.0.0.1:32385"
 for _ in $(seq 600); do

@@ -44,7 +44,9 @@ pub enum ClusterState {
 pub struct RaftSettings {
     /// Leader heartbeat interval. Default 50 ms.
     pub heartbeat_interval: Duration,
-    /// Election timeout range. Default 150–300 ms.
+    /// Election timeout range. Default 100–200 ms. openraft 0.9 adds a leader lease of the range's maximum for
+    /// followers that saw a committed leader, so they campaign after 300–400 ms without heartbeats (6–8 missed
+    /// heartbeats): the measured kill -9 failover median is about 0.4 s.
     pub election_timeout: (Duration, Duration),
     /// Take a snapshot after this many applied entries since the last one. Default 10 000.
     pub snapshot_every: u64,
@@ -64,7 +66,7 @@ impl Default for RaftSettings {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            election_timeout: (Duration::from_millis(100), Duration::from_millis(200)),
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1024 * 1024,

@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// `new` to found the cluster, `existing` to join one that added this node with MemberAdd [default: new].
     #[arg(long, env = "TRESTLE_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
+    /// Raft heartbeat interval in milliseconds (etcd's flag) [default: 50].
+    #[arg(long, env = "TRESTLE_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<u64>,
+    /// Raft election timeout in milliseconds: followers wait a random time between this and twice this without
+    /// heartbeats before campaigning (etcd's flag) [default: 100].
+    #[arg(long, env = "TRESTLE_ELECTION_TIMEOUT")]
+    pub election_timeout: Option<u64>,
     /// Client TLS certificate (PEM); with --key-file, clients must use https://.
     #[arg(long, env = "TRESTLE_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -213,6 +220,15 @@ impl ServeArgs {
                 )));
             }
         };
+        if let Some(ms) = merge(self.heartbeat_interval, file.heartbeat_interval) {
+            config.raft.heartbeat_interval = std::time::Duration::from_millis(ms);
+        }
+        if let Some(ms) = merge(self.election_timeout, file.election_timeout) {
+            config.raft.election_timeout = (
+                std::time::Duration::from_millis(ms),
+                std::time::Duration::from_millis(ms.saturating_mul(2)),
+            );
+        }
         config.client_tls = tls_files(
             "",
             merge(self.cert_file, file.cert_file),

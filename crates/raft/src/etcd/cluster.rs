@@ -1,5 +1,7 @@
 //! etcd `Cluster`: MemberList, MemberAdd (learner or voter), MemberPromote, MemberRemove, MemberUpdate.
 
+use std::time::Duration;
+
 use etcd_client::proto::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest,
     PbMemberListResponse, PbMemberPromoteRequest, PbMemberPromoteResponse, PbMemberRemoveRequest,
@@ -110,6 +112,10 @@ impl PbClusterService for EtcdServer {
         &self,
         _request: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
+        // Read your own membership changes on any node: catch up with the leader's commit index first. Without a
+        // leader, answer from this node's view after a short wait rather than fail (a member list is what an
+        // operator asks for during an outage).
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.store.read_barrier()).await;
         Ok(Response::new(PbMemberListResponse {
             header: Some(self.member_header()),
             members: self.members(),
