@@ -10,8 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
 use trestle_lock::queue::{
-    CleanupOnDrop, PendingWithdrawals, contender_key, enqueue, get, guarded, header_revision, name_prefix,
-    retry_transient, wait_for_turn,
+    CleanupOnDrop, Contender, enqueue, get, guarded, header_revision, retry_transient, wait_for_turn,
 };
 use trestle_lock::{FencingToken, LossSignal, Session};
 
@@ -20,59 +19,31 @@ use crate::{ElectionError, LeaderRecord, LeaderTracker};
 /// One election (a name) seen through one session. Candidates put `name/<lease hex>` with their value; the
 /// oldest key leads; each candidate watches only the key ahead of it. Compatible with etcd's own election
 /// service and `etcdctl elect`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Election {
-    client: Client,
-    name: String,
-    prefix: Vec<u8>,
-    key: Vec<u8>,
-    lease: i64,
-    loss: LossSignal,
-    withdrawals: PendingWithdrawals,
-}
-
-impl std::fmt::Debug for Election {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Election")
-            .field("name", &self.name)
-            .field("key", &String::from_utf8_lossy(&self.key))
-            .finish_non_exhaustive()
-    }
+    line: Contender,
 }
 
 impl Election {
     /// The election `name` through `session`.
     pub fn new(session: &Session, name: impl AsRef<[u8]>) -> Result<Self, ElectionError> {
-        let prefix = name_prefix(name.as_ref()).map_err(|_| ElectionError::EmptyName)?;
-        Ok(Self {
-            client: session.client().clone(),
-            name: String::from_utf8_lossy(name.as_ref()).into_owned(),
-            key: contender_key(&prefix, session.lease()),
-            prefix,
-            lease: session.lease(),
-            loss: session.loss().clone(),
-            withdrawals: PendingWithdrawals::default(),
-        })
+        let line = Contender::new(session, name.as_ref()).map_err(|_| ElectionError::EmptyName)?;
+        Ok(Self { line })
     }
 
     /// A read-only view of the election `name` (for [`leader`](Self::leader) and [`observe`](Self::observe)),
     /// without a session; campaigning through it fails with a lost session.
     pub fn observer(client: Client, name: impl AsRef<[u8]>) -> Result<Self, ElectionError> {
-        let prefix = name_prefix(name.as_ref()).map_err(|_| ElectionError::EmptyName)?;
-        Ok(Self {
-            client: client.clone(),
-            name: String::from_utf8_lossy(name.as_ref()).into_owned(),
-            key: Vec::new(),
-            prefix,
-            lease: 0,
-            loss: Session::attach(client, 0).loss().clone(),
-            withdrawals: PendingWithdrawals::default(),
-        })
+        let session = Session::attach(client, 0);
+        let mut line = Contender::new(&session, name.as_ref()).map_err(|_| ElectionError::EmptyName)?;
+        // An observer has no key in the line.
+        line.key = Vec::new();
+        Ok(Self { line })
     }
 
     /// The election's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.line.name
     }
 
     /// Waits until this session leads, proclaiming `value`. If the session already campaigns (its key exists),
@@ -81,24 +52,34 @@ impl Election {
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership, ElectionError> {
         let value = value.into();
         // An earlier abandoned campaign of this election may still be withdrawing the same key.
-        self.withdrawals.settle().await;
-        let mut cleanup = CleanupOnDrop::new(&self.client, &self.key, &self.withdrawals);
-        let queued = guarded(&self.loss, enqueue(&self.client, &self.key, &value, self.lease)).await?;
+        self.line.withdrawals.settle().await;
+        let mut cleanup = CleanupOnDrop::new(&self.line.client, &self.line.key, &self.line.withdrawals);
+        let queued = guarded(
+            &self.line.loss,
+            enqueue(&self.line.client, &self.line.key, &value, self.line.lease),
+        )
+        .await?;
         cleanup.queued_at(queued.revision);
         let leadership = Leadership {
-            client: self.client.clone(),
-            name: self.name.clone(),
-            key: self.key.clone(),
+            client: self.line.client.clone(),
+            name: self.line.name.clone(),
+            key: self.line.key.clone(),
             revision: queued.revision,
-            lease: self.lease,
-            loss: self.loss.clone(),
+            lease: self.line.lease,
+            loss: self.line.loss.clone(),
             resigned: AtomicBool::new(false),
         };
         if queued.existed && queued.value != value {
             leadership.proclaim(value).await?;
         }
-        wait_for_turn(&self.client, &self.prefix, queued.revision, &self.loss).await?;
-        let mine = get(&self.client, &self.key, GetOptions::new()).await?;
+        wait_for_turn(
+            &self.line.client,
+            &self.line.prefix,
+            queued.revision,
+            &self.line.loss,
+        )
+        .await?;
+        let mine = get(&self.line.client, &self.line.key, GetOptions::new()).await?;
         if mine
             .kvs()
             .first()
@@ -106,12 +87,12 @@ impl Election {
         {
             leadership.resigned.store(true, Ordering::SeqCst);
             return Err(ElectionError::NotLeader {
-                name: self.name.clone(),
+                name: self.line.name.clone(),
                 key: leadership.key_display(),
             });
         }
         cleanup.disarm();
-        debug!(election = %self.name, revision = queued.revision, "elected");
+        debug!(election = %self.line.name, revision = queued.revision, "elected");
         Ok(leadership)
     }
 
@@ -125,7 +106,7 @@ impl Election {
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let response = get(&self.client, &self.prefix, options).await?;
+        let response = get(&self.line.client, &self.line.prefix, options).await?;
         let revision = header_revision(response.header())?;
         Ok((response.kvs().first().map(LeaderRecord::from_kv), revision))
     }
@@ -168,14 +149,14 @@ impl Election {
                 }
                 (leader.key.clone(), false)
             }
-            None => (self.prefix.clone(), true),
+            None => (self.line.prefix.clone(), true),
         };
         let mut options = WatchOptions::new().with_start_revision(revision + 1);
         if prefix {
             options = options.with_prefix();
         }
         let mut stream = retry_transient(|| {
-            let mut client = self.client.clone();
+            let mut client = self.line.client.clone();
             let options = options.clone();
             let key = watched_key.clone();
             async move { client.watch(key, Some(options)).await }

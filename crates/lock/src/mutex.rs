@@ -2,13 +2,11 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse};
+use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse};
 use tokio::time::Instant;
 
-use crate::held::{CleanupOnDrop, HeldKey, PendingWithdrawals};
-use crate::queue::{
-    contender_key, enqueue, get, guarded, header_revision, name_prefix, retry_transient, wait_for_turn,
-};
+use crate::held::{CleanupOnDrop, HeldKey};
+use crate::queue::{Contender, enqueue, get, guarded, header_revision, retry_transient, wait_for_turn};
 use crate::{FencingToken, LockError, LossSignal, Session};
 
 /// A named distributed lock. The lock is the line of keys under `name/`: each contender puts
@@ -18,50 +16,27 @@ use crate::{FencingToken, LockError, LossSignal, Session};
 ///
 /// One session contends once per name: a second `lock()` through the same session and name finds the same key
 /// and returns at once, as in etcd (the lock is not counted; one unlock releases it).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Mutex {
-    client: Client,
-    name: String,
-    prefix: Vec<u8>,
-    key: Vec<u8>,
-    lease: i64,
-    loss: LossSignal,
-    withdrawals: PendingWithdrawals,
-}
-
-impl std::fmt::Debug for Mutex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mutex")
-            .field("name", &self.name)
-            .field("key", &String::from_utf8_lossy(&self.key))
-            .field("lease", &self.lease)
-            .finish_non_exhaustive()
-    }
+    line: Contender,
 }
 
 impl Mutex {
     /// A mutex named `name` (any non-empty bytes; a `/`-separated path is usual) through `session`.
     pub fn new(session: &Session, name: impl AsRef<[u8]>) -> Result<Self, LockError> {
-        let prefix = name_prefix(name.as_ref())?;
         Ok(Self {
-            client: session.client().clone(),
-            name: String::from_utf8_lossy(name.as_ref()).into_owned(),
-            key: contender_key(&prefix, session.lease()),
-            prefix,
-            lease: session.lease(),
-            loss: session.loss().clone(),
-            withdrawals: PendingWithdrawals::default(),
+            line: Contender::new(session, name.as_ref())?,
         })
     }
 
     /// The lock's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.line.name
     }
 
     /// The key this session puts in the line.
     pub fn key(&self) -> &[u8] {
-        &self.key
+        &self.line.key
     }
 
     /// Waits until this session holds the lock. Cancel-safe: dropping the future removes the key it put (in the
@@ -69,12 +44,22 @@ impl Mutex {
     /// session ends while waiting.
     pub async fn lock(&self) -> Result<LockGuard, LockError> {
         // An earlier abandoned attempt of this mutex may still be removing the same key: let it finish first.
-        self.withdrawals.settle().await;
-        let mut cleanup = CleanupOnDrop::new(&self.client, &self.key, &self.withdrawals);
+        self.line.withdrawals.settle().await;
+        let mut cleanup = CleanupOnDrop::new(&self.line.client, &self.line.key, &self.line.withdrawals);
         loop {
-            let queued = guarded(&self.loss, enqueue(&self.client, &self.key, b"", self.lease)).await?;
+            let queued = guarded(
+                &self.line.loss,
+                enqueue(&self.line.client, &self.line.key, b"", self.line.lease),
+            )
+            .await?;
             cleanup.queued_at(queued.revision);
-            wait_for_turn(&self.client, &self.prefix, queued.revision, &self.loss).await?;
+            wait_for_turn(
+                &self.line.client,
+                &self.line.prefix,
+                queued.revision,
+                &self.line.loss,
+            )
+            .await?;
             match self.confirm(queued.revision).await? {
                 Some(guard) => {
                     cleanup.disarm();
@@ -82,8 +67,8 @@ impl Mutex {
                 }
                 // The key was deleted while we waited, the session still lives (an operator, or the cleanup of
                 // an earlier abandoned attempt by this session): queue again.
-                None if !self.loss.is_lost() => continue,
-                None => return Err(self.loss.error()),
+                None if !self.line.loss.is_lost() => continue,
+                None => return Err(self.line.loss.error()),
             }
         }
     }
@@ -94,7 +79,7 @@ impl Mutex {
         match tokio::time::timeout(timeout, self.lock()).await {
             Ok(result) => result,
             Err(_) => Err(LockError::Timeout {
-                name: self.name.clone(),
+                name: self.line.name.clone(),
                 waited: started.elapsed(),
             }),
         }
@@ -103,22 +88,30 @@ impl Mutex {
     /// Takes the lock if nobody holds it, else fails at once with [`LockError::WouldBlock`] (removing the key
     /// it put).
     pub async fn try_lock(&self) -> Result<LockGuard, LockError> {
-        self.withdrawals.settle().await;
-        let mut cleanup = CleanupOnDrop::new(&self.client, &self.key, &self.withdrawals);
-        let queued = guarded(&self.loss, enqueue(&self.client, &self.key, b"", self.lease)).await?;
+        self.line.withdrawals.settle().await;
+        let mut cleanup = CleanupOnDrop::new(&self.line.client, &self.line.key, &self.line.withdrawals);
+        let queued = guarded(
+            &self.line.loss,
+            enqueue(&self.line.client, &self.line.key, b"", self.line.lease),
+        )
+        .await?;
         cleanup.queued_at(queued.revision);
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1)
             .with_keys_only();
-        let owner = guarded(&self.loss, get(&self.client, &self.prefix, options)).await?;
+        let owner = guarded(
+            &self.line.loss,
+            get(&self.line.client, &self.line.prefix, options),
+        )
+        .await?;
         match owner.kvs().first() {
             Some(kv) if kv.create_revision() == queued.revision => {
                 let guard = self
                     .confirm(queued.revision)
                     .await?
-                    .ok_or_else(|| self.loss.error())?;
+                    .ok_or_else(|| self.line.loss.error())?;
                 cleanup.disarm();
                 Ok(guard)
             }
@@ -130,20 +123,20 @@ impl Mutex {
                 // with the removal of the same key. Only our own key: compared on its create revision.
                 let withdraw = Txn::new()
                     .when([Compare::create_revision(
-                        self.key.clone(),
+                        self.line.key.clone(),
                         CompareOp::Equal,
                         queued.revision,
                     )])
-                    .and_then([TxnOp::delete(self.key.clone(), None)]);
+                    .and_then([TxnOp::delete(self.line.key.clone(), None)]);
                 retry_transient(|| {
-                    let mut client = self.client.clone();
+                    let mut client = self.line.client.clone();
                     let txn = withdraw.clone();
                     async move { client.txn(txn).await }
                 })
                 .await?;
                 cleanup.disarm();
                 Err(LockError::WouldBlock {
-                    name: self.name.clone(),
+                    name: self.line.name.clone(),
                     holder,
                 })
             }
@@ -153,16 +146,16 @@ impl Mutex {
     /// Our turn came: make sure the key is still there (the lease may have ended while we waited). `None`: it is
     /// gone.
     async fn confirm(&self, revision: i64) -> Result<Option<LockGuard>, LockError> {
-        let mine = get(&self.client, &self.key, GetOptions::new()).await?;
+        let mine = get(&self.line.client, &self.line.key, GetOptions::new()).await?;
         header_revision(mine.header())?;
         match mine.kvs().first() {
             Some(kv) if kv.create_revision() == revision => Ok(Some(LockGuard {
-                name: self.name.clone(),
+                name: self.line.name.clone(),
                 held: HeldKey {
-                    client: self.client.clone(),
-                    key: self.key.clone(),
+                    client: self.line.client.clone(),
+                    key: self.line.key.clone(),
                     revision,
-                    loss: self.loss.clone(),
+                    loss: self.line.loss.clone(),
                     released: false,
                 },
             })),

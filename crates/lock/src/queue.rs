@@ -74,6 +74,51 @@ pub fn contender_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     key
 }
 
+/// One session's place in the line of a name: everything a mutex or an election candidate needs to queue.
+#[derive(Clone)]
+pub struct Contender {
+    /// The client the session talks through.
+    pub client: Client,
+    /// The name, for messages.
+    pub name: String,
+    /// `name/`: the line.
+    pub prefix: Vec<u8>,
+    /// `name/<lease hex>`: this session's key in the line.
+    pub key: Vec<u8>,
+    /// The session's lease.
+    pub lease: i64,
+    /// The session's loss signal.
+    pub loss: LossSignal,
+    /// Withdrawals of this contender's abandoned attempts, awaited before the next one.
+    pub withdrawals: PendingWithdrawals,
+}
+
+impl std::fmt::Debug for Contender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contender")
+            .field("name", &self.name)
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Contender {
+    /// `session`'s place in the line of `name` ([`LockError::EmptyName`] for an empty name).
+    pub fn new(session: &crate::Session, name: &[u8]) -> Result<Self, LockError> {
+        let prefix = name_prefix(name)?;
+        Ok(Self {
+            client: session.client().clone(),
+            name: String::from_utf8_lossy(name).into_owned(),
+            key: contender_key(&prefix, session.lease()),
+            prefix,
+            lease: session.lease(),
+            loss: session.loss().clone(),
+            withdrawals: PendingWithdrawals::default(),
+        })
+    }
+}
+
 /// Result of putting (or finding) a contender's key.
 #[derive(Clone, Debug)]
 pub struct Enqueued {

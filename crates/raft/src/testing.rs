@@ -57,6 +57,27 @@ pub struct WaitTimedOut {
     pub timeout: Duration,
 }
 
+/// A founding member on 127.0.0.1 with the given ports, no metrics listener and the documented defaults otherwise:
+/// the configuration every loopback test cluster starts from.
+pub fn loopback_node_config(
+    name: &str,
+    data_dir: &std::path::Path,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: Vec<(String, String)>,
+) -> NodeConfig {
+    let mut config = NodeConfig::new(data_dir);
+    config.name = name.to_owned();
+    config.listen_client = ([127, 0, 0, 1], client_port).into();
+    config.advertise_client_urls = vec![format!("http://127.0.0.1:{client_port}")];
+    config.listen_peer = ([127, 0, 0, 1], peer_port).into();
+    config.advertise_peer_url = format!("http://127.0.0.1:{peer_port}");
+    config.listen_metrics = None;
+    config.cluster_state = ClusterState::New;
+    config.initial_cluster = initial_cluster;
+    config
+}
+
 /// One member of a [`LocalCluster`].
 #[derive(Debug)]
 struct LocalMember {
@@ -111,20 +132,12 @@ impl LocalCluster {
 
     fn config(&self, i: usize) -> NodeConfig {
         let m = &self.members[i];
-        let mut config = NodeConfig::new(&m.dir);
-        config.name = m.name.clone();
-        config.listen_client = ([127, 0, 0, 1], m.client_port).into();
-        config.advertise_client_urls = vec![m.client_url()];
-        config.listen_peer = ([127, 0, 0, 1], m.peer_port).into();
-        config.advertise_peer_url = m.peer_url();
-        config.listen_metrics = None;
-        config.cluster_state = ClusterState::New;
-        config.initial_cluster = self
+        let founders = self
             .members
             .iter()
             .map(|m| (m.name.clone(), m.peer_url()))
             .collect();
-        config
+        loopback_node_config(&m.name, &m.dir, m.client_port, m.peer_port, founders)
     }
 
     /// Every member's client URL, running or not (clients fail over between them).

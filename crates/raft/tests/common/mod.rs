@@ -42,23 +42,16 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`. Never a fixed sleep: the
-/// wait ends as soon as the condition holds.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout` (see
+/// [`trestle_raft::testing::wait_for`]).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match trestle_raft::testing::wait_for(what, timeout, check).await {
+        Ok(value) => value,
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -94,19 +87,14 @@ impl TestCluster {
 
     pub fn config(&self, i: usize, state: ClusterState) -> NodeConfig {
         let m = &self.members[i];
-        let mut config = NodeConfig::new(&m.dir);
-        config.name = m.name.clone();
-        config.listen_client = ([127, 0, 0, 1], m.client).into();
-        config.advertise_client_urls = vec![m.client_url()];
-        config.listen_peer = ([127, 0, 0, 1], m.peer).into();
-        config.advertise_peer_url = m.peer_url();
-        config.listen_metrics = None;
-        config.cluster_state = state;
-        config.initial_cluster = self
+        let founders = self
             .members
             .iter()
             .map(|m| (m.name.clone(), m.peer_url()))
             .collect();
+        let mut config =
+            trestle_raft::testing::loopback_node_config(&m.name, &m.dir, m.client, m.peer, founders);
+        config.cluster_state = state;
         (self.tune)(&mut config);
         config
     }
