@@ -19,6 +19,7 @@ mod results;
 mod runner;
 mod schedule;
 mod set;
+pub mod sim;
 mod stats;
 mod timeline;
 mod value;

@@ -26,6 +26,21 @@ pub struct ForwardError {
     pub code: i32,
     /// The message.
     pub message: String,
+    /// Set when the receiving node did nothing with the request (it does not lead, or does not host the
+    /// group): the sender may safely send it elsewhere. Unset, a failed write may or may not have been
+    /// proposed, and retrying it could apply it twice.
+    #[serde(default)]
+    pub unexecuted: bool,
+}
+
+impl ForwardError {
+    /// An error saying the request was not acted upon, so it is safe to retry (see [`ForwardError::unexecuted`]).
+    pub fn unexecuted(status: Status) -> Self {
+        Self {
+            unexecuted: true,
+            ..Self::from(status)
+        }
+    }
 }
 
 impl From<Status> for ForwardError {
@@ -33,6 +48,7 @@ impl From<Status> for ForwardError {
         Self {
             code: status.code() as i32,
             message: status.message().to_string(),
+            unexecuted: false,
         }
     }
 }

@@ -48,7 +48,7 @@ pub use mvcc::{
     RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnRequest,
     TxnResponse, in_range,
 };
-pub use network::{NetworkFactory, PeerChannels, PeerClient, PeerService};
+pub use network::{ConnectFn, NetworkFactory, PeerChannels, PeerClient, PeerService};
 pub use node::{ClusterState, ConfigError, Node, NodeConfig, NodeError, RaftSettings};
 pub use state_machine::{GroupApp, GroupStateMachine};
 pub use store::{
@@ -57,6 +57,6 @@ pub use store::{
 };
 pub use tls::{TlsError, TlsFiles};
 pub use types::{
-    Entry, GroupId, LogId, NodeId, PeerNode, Raft, STORE_GROUP, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig, Vote, node_id_for,
+    CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, STORE_GROUP, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig, Vote, node_id_for,
 };

@@ -38,17 +38,23 @@ pub mod pb {
 use pb::raft_peer_client::RaftPeerClient;
 use pb::{RaftReply, RaftRequest};
 
+/// Turns a configured endpoint into a channel. The default connects lazily over TCP; a simulation supplies its
+/// own connector (e.g. turmoil's simulated network) through [`PeerChannels::with_connect`].
+pub type ConnectFn = Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>;
+
 /// One lazily connected channel per peer URL, shared by every group and every clone.
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<ClientTlsConfig>,
+    connect: Option<ConnectFn>,
 }
 
 impl std::fmt::Debug for PeerChannels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerChannels")
             .field("tls", &self.tls.is_some())
+            .field("custom_connect", &self.connect.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -59,6 +65,18 @@ impl PeerChannels {
         Self {
             channels: Arc::default(),
             tls,
+            connect: None,
+        }
+    }
+
+    /// Channels built by `connect` from each peer's endpoint instead of plain TCP: the seam a deterministic
+    /// simulation uses to run the real peer protocol over a simulated network. `connect` must not block and
+    /// should connect lazily (as [`Endpoint::connect_with_connector_lazy`] does).
+    pub fn with_connect(connect: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls: None,
+            connect: Some(Arc::new(connect)),
         }
     }
 
@@ -76,7 +94,10 @@ impl PeerChannels {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.connect {
+            Some(connect) => connect(endpoint),
+            None => endpoint.connect_lazy(),
+        };
         self.channels.lock().insert(url.to_string(), channel.clone());
         Ok(channel)
     }
@@ -214,6 +235,49 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// Whether a forwarded request that failed may have been acted upon by the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// The peer never acted on it: it was never sent (no connection), or the peer said it did nothing (it does
+    /// not lead or does not host the group). Safe to send again.
+    Unexecuted,
+    /// The peer answered with a definite error.
+    Answered,
+    /// Unknown: the connection broke or the deadline passed while the peer had the request. A write may have
+    /// been proposed and may still commit.
+    Unknown,
+}
+
+/// A failed forward, and what the failure says about whether the peer acted on it.
+#[derive(Debug)]
+pub(crate) struct ForwardFailure {
+    pub(crate) status: Status,
+    pub(crate) delivery: Delivery,
+}
+
+impl ForwardFailure {
+    fn new(status: Status, delivery: Delivery) -> Self {
+        Self { status, delivery }
+    }
+
+    /// A definite error answered by the peer (or found in its answer).
+    pub(crate) fn answered(status: Status) -> Self {
+        Self::new(status, Delivery::Answered)
+    }
+}
+
+/// True when `status` came from failing to connect: the request never left this node.
+fn is_connect_failure(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// Sends a forwarded request to the peer at `url` for `group`: used by followers to reach the leader.
 pub(crate) async fn forward(
     channels: &PeerChannels,
@@ -221,18 +285,40 @@ pub(crate) async fn forward(
     group: GroupId,
     payload: Vec<u8>,
     timeout: Duration,
-) -> Result<Vec<u8>, Status> {
-    let channel = channels
-        .get(url)
-        .map_err(|e| Status::unavailable(format!("bad peer url {url}: {e}")))?;
+) -> Result<Vec<u8>, ForwardFailure> {
+    let channel = channels.get(url).map_err(|e| {
+        ForwardFailure::new(
+            Status::unavailable(format!("bad peer url {url}: {e}")),
+            Delivery::Unexecuted,
+        )
+    })?;
     let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
     let mut request = Request::new(RaftRequest { group, payload });
     request.set_timeout(timeout);
-    let reply = client.forward(request).await?.into_inner();
+    let reply = match client.forward(request).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            let delivery = if is_connect_failure(&status) {
+                Delivery::Unexecuted
+            } else {
+                Delivery::Unknown
+            };
+            return Err(ForwardFailure::new(status, delivery));
+        }
+    };
     if !reply.error.is_empty() {
-        let status: crate::group::ForwardError = serde_json::from_slice(&reply.error)
-            .map_err(|e| Status::internal(format!("bad forward reply: {e}")))?;
-        return Err(status.into());
+        let err: crate::group::ForwardError = serde_json::from_slice(&reply.error).map_err(|e| {
+            ForwardFailure::new(
+                Status::internal(format!("bad forward reply: {e}")),
+                Delivery::Answered,
+            )
+        })?;
+        let delivery = if err.unexecuted {
+            Delivery::Unexecuted
+        } else {
+            Delivery::Answered
+        };
+        return Err(ForwardFailure::new(err.into(), delivery));
     }
     Ok(reply.payload)
 }
@@ -296,7 +382,11 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let RaftRequest { group, payload } = request.into_inner();
-        let handler = self.groups.forward_handler(group)?;
+        let handler = match self.groups.forward_handler(group) {
+            Ok(handler) => handler,
+            // Not hosted (or not yet, or no longer): nothing was done, the sender may look elsewhere.
+            Err(status) => return reply::<(), _>(Err(crate::group::ForwardError::unexecuted(status))),
+        };
         // The handler's reply is already encoded by the group's application.
         match handler.forward(payload).await {
             Ok(payload) => Ok(Response::new(RaftReply {

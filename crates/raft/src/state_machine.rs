@@ -197,7 +197,7 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
             applied.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => results.push(Vec::new()),
-                EntryPayload::Normal(command) => results.push(app.apply(entry.log_id.index, &command)),
+                EntryPayload::Normal(command) => results.push(app.apply(entry.log_id.index, &command.0)),
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     results.push(Vec::new());

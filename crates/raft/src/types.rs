@@ -49,10 +49,30 @@ pub fn node_id_for(peer_url: &str) -> NodeId {
     (hash >> 1).max(1)
 }
 
+/// One command in a group's log: opaque bytes that the group's [`GroupApp`](crate::GroupApp) encoded and will
+/// decode. Serialized as bytes, not as a sequence of numbers: entries are encoded on every append and every
+/// replication, and element-wise encoding cost a tenth of a busy node's CPU. (The encoding is the same as a
+/// `Vec<u8>`'s in postcard, so logs written before this type existed read unchanged.)
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CommandBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl fmt::Debug for CommandBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommandBytes({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for CommandBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
 openraft::declare_raft_types!(
     /// The openraft type configuration of every Trestle Raft group.
     pub TypeConfig:
-        D = Vec<u8>,
+        D = CommandBytes,
         R = Vec<u8>,
         NodeId = NodeId,
         Node = PeerNode,
@@ -72,3 +92,48 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, PeerNode>;
 /// Membership as stored with an entry's log id.
 pub type StoredMembership = openraft::StoredMembership<NodeId, PeerNode>;
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+    use crate::log_store::{decode, encode};
+
+    #[test]
+    fn bytes_encode_as_a_plain_vec_did_so_old_logs_still_read() {
+        let raw: Vec<u8> = (0..=255).collect();
+        let old = encode(&raw).expect("encodes");
+        assert_eq!(encode(&CommandBytes(raw.clone())).expect("encodes"), old);
+        assert_eq!(
+            decode::<CommandBytes>(&old).expect("decodes"),
+            CommandBytes(raw.clone())
+        );
+
+        // The MVCC requests' byte fields likewise: the shape they had before, element-wise.
+        #[derive(Serialize)]
+        struct OldPut {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            lease: i64,
+            prev_kv: bool,
+            ignore_value: bool,
+            ignore_lease: bool,
+        }
+        let put = crate::PutRequest {
+            key: b"key".to_vec(),
+            value: raw.clone(),
+            lease: 7,
+            ..Default::default()
+        };
+        let old = OldPut {
+            key: put.key.clone(),
+            value: put.value.clone(),
+            lease: put.lease,
+            prev_kv: put.prev_kv,
+            ignore_value: put.ignore_value,
+            ignore_lease: put.ignore_lease,
+        };
+        let old = encode(&old).expect("encodes");
+        assert_eq!(encode(&put).expect("encodes"), old);
+        assert_eq!(decode::<crate::PutRequest>(&old).expect("decodes"), put);
+    }
+}

@@ -428,18 +428,32 @@ async fn every_founder_publishes_its_client_url() {
     )
     .await;
     assert_eq!(published.len(), 3);
-    // Every node's own membership agrees, not only the leader's.
+    // Every node's own membership comes to agree, not only the leader's (a follower learns the last change
+    // with the next replication, so it may lag the linearizable list for a moment).
     for (i, node) in cluster.running() {
-        let membership = node
-            .store()
-            .raft()
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let urls: Vec<_> = membership.nodes().map(|(_, n)| n.client_urls.clone()).collect();
-        assert!(urls.iter().all(|u| u.len() == 1), "node {i} sees {urls:?}");
+        let urls = || {
+            let membership = node
+                .store()
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .clone();
+            membership
+                .nodes()
+                .map(|(_, n)| n.client_urls.clone())
+                .collect::<Vec<_>>()
+        };
+        wait_for(
+            &format!("node {i}'s membership to hold every client URL"),
+            Duration::from_secs(5),
+            || {
+                let urls = urls();
+                async move { urls.iter().all(|u| u.len() == 1).then_some(()) }
+            },
+        )
+        .await;
     }
     let _ = &mut client;
     cluster.shutdown().await;

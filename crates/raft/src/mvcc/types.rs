@@ -13,6 +13,7 @@ pub type LeaseId = i64;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The revision of the put that created this generation of the key.
     pub create_revision: Revision,
@@ -21,6 +22,7 @@ pub struct KeyValue {
     /// How many puts this generation has seen (1 on creation; a delete resets it).
     pub version: i64,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease the key is attached to, or 0.
     pub lease: LeaseId,
@@ -78,8 +80,10 @@ pub enum SortTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// The first key (or the only key when `range_end` is empty).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The end of the range, exclusive; empty for one key; `[0]` for "every key from `key` on".
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// At most this many keys; 0 for no limit.
     pub limit: i64,
@@ -120,8 +124,10 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Attach the key to this lease (0: none).
     pub lease: LeaseId,
@@ -144,8 +150,10 @@ pub struct PutResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
     /// The first key (or the only key when `range_end` is empty).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The end of the range, exclusive, with the same conventions as [`RangeRequest::range_end`].
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Return the deleted key-values.
     pub prev_kv: bool,
@@ -183,7 +191,7 @@ pub enum CompareTarget {
     /// The key's mod revision (0 when the key does not exist).
     Mod(Revision),
     /// The key's value (a missing key fails every value compare).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The key's lease (0 when the key does not exist or has none).
     Lease(LeaseId),
 }
@@ -196,8 +204,10 @@ pub struct Compare {
     /// The field and the operand.
     pub target: CompareTarget,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// When set, the compare must hold for every key in `[key, range_end)`.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 

@@ -31,6 +31,10 @@ pub enum StoreCommand {
         /// The lease id.
         id: LeaseId,
     },
+    /// Several commands in one Raft entry (the leader's group commit): applied in order, each exactly as if
+    /// proposed alone, with its own revision and its own result ([`StoreOutcome::Batch`]). One entry costs one
+    /// synced log write per replica however many commands it carries.
+    Batch(Vec<StoreCommand>),
 }
 
 /// What applying a [`StoreCommand`] produced.
@@ -49,6 +53,8 @@ pub enum StoreOutcome {
     LeaseGranted(Lease),
     /// `LeaseRevoke` done.
     LeaseRevoked,
+    /// The results of a [`StoreCommand::Batch`], one per command, in order.
+    Batch(Vec<StoreResult>),
 }
 
 /// The result of one applied command, with the store revision right after it (etcd's response header).

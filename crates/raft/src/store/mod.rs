@@ -5,8 +5,10 @@
 mod app;
 mod command;
 mod lessor;
+mod proposer;
+mod reads;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -20,12 +22,14 @@ use tracing::{debug, info, warn};
 pub use app::{RevisionEvents, StoreApp};
 pub use command::{StoreCommand, StoreOutcome, StoreResult};
 pub use lessor::Lessor;
+use proposer::{BatchLimits, Proposer, SubmitBatch};
+use reads::{Joined, ReadRounds};
 
 use crate::group::{ForwardError, ForwardHandler};
 use crate::log_store::{decode, encode};
 use crate::mvcc::{LeaseId, MvccError};
-use crate::network::{PeerChannels, forward};
-use crate::types::{GroupId, NodeId, PeerNode, Raft};
+use crate::network::{Delivery, ForwardFailure, PeerChannels, forward};
+use crate::types::{CommandBytes, GroupId, NodeId, PeerNode, Raft};
 
 /// etcd's answer when no leader can be reached in time.
 pub(crate) fn no_leader() -> Status {
@@ -52,6 +56,13 @@ pub struct StoreSettings {
     pub min_lease_ttl: i64,
     /// How often the leader looks for expired leases. Default 250 ms.
     pub lease_check_interval: Duration,
+    /// Group commit: how many Raft entries of writes the leader keeps in flight; writes arriving meanwhile wait
+    /// and leave together as the next entry. Default 2 (one entry syncing on the leader while the previous one
+    /// replicates); 1 gives the largest batches.
+    pub proposal_pipeline: usize,
+    /// Group commit: the most encoded bytes of writes in one entry (a single larger write still goes, alone).
+    /// Default 1 MiB.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for StoreSettings {
@@ -60,9 +71,14 @@ impl Default for StoreSettings {
             request_timeout: Duration::from_secs(5),
             min_lease_ttl: 2,
             lease_check_interval: Duration::from_millis(250),
+            proposal_pipeline: 2,
+            max_batch_bytes: 1 << 20,
         }
     }
 }
+
+/// The most writes in one entry: bounds the time one apply holds the store.
+const MAX_BATCH_COMMANDS: usize = 4096;
 
 /// A change to the group's membership (etcd's Cluster API).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +109,54 @@ enum ForwardOp {
     Member(MemberChange),
 }
 
+impl ForwardOp {
+    /// Whether doing it twice is the same as doing it once. Writes and membership changes are not: a retried
+    /// compare-and-swap would fail against its own first, successful, attempt.
+    fn is_idempotent(&self) -> bool {
+        match self {
+            ForwardOp::ReadIndex | ForwardOp::KeepAlive(_) | ForwardOp::TimeToLive(_) => true,
+            ForwardOp::Write(_) | ForwardOp::Member(_) => false,
+        }
+    }
+}
+
+/// etcd's answer when a proposal's fate is unknown because the leader went away while it had it.
+pub(crate) fn leader_lost() -> Status {
+    Status::unavailable("etcdserver: request timed out, possibly due to previous leader failure")
+}
+
+/// Decides, after forwarding to the leader failed, whether to look for the leader and send again (`Ok`) or to
+/// give the client an error. Requests the leader never acted on are always retried; idempotent ones are also
+/// retried after transport failures; a write whose fate is unknown is never sent twice: the client gets etcd's
+/// ambiguous `request timed out` and decides (as etcd's own clients do).
+fn retry_decision(idempotent: bool, failure: ForwardFailure) -> Result<(), Status> {
+    let ForwardFailure { status, delivery } = failure;
+    let transient = matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    );
+    match delivery {
+        Delivery::Unexecuted => {
+            debug!(%status, "the leader did not take the request; retrying");
+            Ok(())
+        }
+        Delivery::Answered if transient && idempotent => Ok(()),
+        Delivery::Answered => Err(status),
+        Delivery::Unknown if idempotent => {
+            debug!(%status, "forward to the leader failed; retrying");
+            Ok(())
+        }
+        Delivery::Unknown => {
+            warn!(%status, "the leader went away holding a write; its outcome is unknown");
+            Err(if status.code() == tonic::Code::DeadlineExceeded {
+                timed_out()
+            } else {
+                leader_lost()
+            })
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 enum ForwardReply {
     Written(StoreResult),
@@ -111,6 +175,8 @@ struct Inner {
     raft: Raft,
     app: Arc<RwLock<StoreApp>>,
     lessor: Mutex<Lessor>,
+    proposer: Proposer,
+    reads: ReadRounds,
     channels: PeerChannels,
     settings: StoreSettings,
 }
@@ -137,7 +203,8 @@ enum Target {
 }
 
 impl Store {
-    /// Wraps a started group running `app`. Call [`Store::spawn_lessor`] to run the lease clock.
+    /// Wraps a started group running `app` and starts its proposer task (so it must be called within a tokio
+    /// runtime). Call [`Store::spawn_lessor`] to run the lease clock.
     pub fn new(
         node_id: NodeId,
         group: GroupId,
@@ -146,17 +213,34 @@ impl Store {
         channels: PeerChannels,
         settings: StoreSettings,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
+        let limits = BatchLimits {
+            pipeline: settings.proposal_pipeline,
+            max_commands: MAX_BATCH_COMMANDS,
+            max_bytes: settings.max_batch_bytes,
+        };
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            // Weak: the task must not keep the store alive; it ends when the last handle goes.
+            let weak = weak.clone();
+            let submit: SubmitBatch = Arc::new(move |commands| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let inner = weak.upgrade().ok_or_else(proposer::stopped)?;
+                    Store { inner }.write_batch(commands).await
+                })
+            });
+            Inner {
                 node_id,
                 group,
                 raft,
                 app,
                 lessor: Mutex::new(Lessor::new()),
+                proposer: Proposer::spawn(submit, limits),
+                reads: ReadRounds::default(),
                 channels,
                 settings,
-            }),
-        }
+            }
+        });
+        Self { inner }
     }
 
     /// The group's Raft handle.
@@ -201,8 +285,8 @@ impl Store {
         leader: &PeerNode,
         op: &ForwardOp,
         deadline: Instant,
-    ) -> Result<ForwardReply, Status> {
-        let payload = encode(op).map_err(|e| Status::internal(e.to_string()))?;
+    ) -> Result<ForwardReply, ForwardFailure> {
+        let payload = encode(op).map_err(|e| ForwardFailure::answered(Status::internal(e.to_string())))?;
         let left = deadline.saturating_duration_since(Instant::now());
         let reply = forward(
             &self.inner.channels,
@@ -212,11 +296,14 @@ impl Store {
             left,
         )
         .await?;
-        decode(&reply).map_err(|e| Status::internal(format!("undecodable forward reply: {e}")))
+        decode(&reply).map_err(|e| {
+            ForwardFailure::answered(Status::internal(format!("undecodable forward reply: {e}")))
+        })
     }
 
     /// Runs `op` on the leader — here, or forwarded to it — until it answers or the request timeout passes.
-    /// Retries, with jittered backoff, while the leader is unknown, changing or unreachable.
+    /// Retries, with jittered backoff, while the leader is unknown, changing or unreachable — but a write is
+    /// sent again only when the previous attempt is known to have done nothing (see [`retry_decision`]).
     async fn with_leader(&self, op: ForwardOp) -> Result<ForwardReply, Status> {
         use backon::BackoffBuilder;
         let deadline = Instant::now() + self.inner.settings.request_timeout;
@@ -230,20 +317,20 @@ impl Store {
         loop {
             let leader_before = self.inner.raft.metrics().borrow().current_leader;
             let outcome = match self.target() {
-                Target::Local => self.execute_local(&op).await?,
+                // Bounded: openraft 0.9 never answers a proposal whose entry a snapshot replaced on a deposed
+                // leader (its waiters are dropped only on apply or on a log conflict), so without the deadline
+                // such a write — and every write batched behind it — would wait forever. Its fate is unknown,
+                // as etcd's `request timed out` says.
+                Target::Local => match tokio::time::timeout_at(deadline, self.execute_local(&op)).await {
+                    Ok(outcome) => outcome?,
+                    Err(_elapsed) => return Err(timed_out()),
+                },
                 Target::Leader(leader) => match self.forward_op(&leader, &op, deadline).await {
                     Ok(reply) => Some(reply),
-                    // The leader moved, stepped down or is unreachable: look again.
-                    Err(status)
-                        if matches!(
-                            status.code(),
-                            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                        ) =>
-                    {
-                        debug!(%status, "forward to leader failed; retrying");
+                    Err(failure) => {
+                        retry_decision(op.is_idempotent(), failure)?;
                         None
                     }
-                    Err(status) => return Err(status),
                 },
                 Target::Unknown => None,
             };
@@ -295,21 +382,42 @@ impl Store {
     }
 
     /// Proposes a command through Raft and returns its result once applied. Forwards to the leader when this
-    /// node is a follower.
+    /// node is a follower. Commands proposed concurrently on this node travel together (group commit).
     pub async fn propose(&self, command: StoreCommand) -> Result<StoreResult, Status> {
         let started = std::time::Instant::now();
-        let reply = self.with_leader(ForwardOp::Write(command)).await;
+        let result = self.inner.proposer.propose(command).await;
         metrics::histogram!("trestle_store_proposal_seconds").record(started.elapsed().as_secs_f64());
-        match reply? {
-            ForwardReply::Written(result) => Ok(result),
-            other => Err(unexpected_reply(&other)),
+        result
+    }
+
+    /// Runs a batch of commands as one entry, through the leader; their results in order.
+    async fn write_batch(&self, mut commands: Vec<StoreCommand>) -> Result<Vec<StoreResult>, Status> {
+        let count = commands.len();
+        let command = if count == 1 {
+            commands.pop().ok_or_else(|| Status::internal("empty batch"))?
+        } else {
+            StoreCommand::Batch(commands)
+        };
+        let result = match self.with_leader(ForwardOp::Write(command)).await? {
+            ForwardReply::Written(result) => result,
+            other => return Err(unexpected_reply(&other)),
+        };
+        if count == 1 {
+            return Ok(vec![result]);
+        }
+        match result.outcome {
+            Ok(StoreOutcome::Batch(results)) if results.len() == count => Ok(results),
+            other => Err(Status::internal(format!(
+                "a batch of {count} commands applied as {other:?}"
+            ))),
         }
     }
 
-    /// Proposes on this node. `Ok(None)`: not the leader (any more); the caller looks for the leader again.
+    /// Proposes on this node (no batching: the entry is already what should be proposed). `Ok(None)`: not the
+    /// leader (any more) and nothing was proposed; the caller looks for the leader again.
     async fn propose_local(&self, command: &StoreCommand) -> Result<Option<StoreResult>, Status> {
         let bytes = encode(command).map_err(|e| Status::internal(e.to_string()))?;
-        match self.inner.raft.client_write(bytes).await {
+        match self.inner.raft.client_write(CommandBytes(bytes)).await {
             Ok(response) => {
                 let result: StoreResult = decode(&response.data)
                     .map_err(|e| Status::internal(format!("undecodable result: {e}")))?;
@@ -326,18 +434,37 @@ impl Store {
 
     /// Keeps the leader's lessor in step with what its own proposals did.
     fn after_applied(&self, result: &StoreResult) {
-        if let Ok(StoreOutcome::LeaseGranted(lease)) = &result.outcome {
-            self.inner.lessor.lock().granted(lease, Instant::now());
+        match &result.outcome {
+            Ok(StoreOutcome::LeaseGranted(lease)) => self.inner.lessor.lock().granted(lease, Instant::now()),
+            Ok(StoreOutcome::Batch(results)) => results.iter().for_each(|r| self.after_applied(r)),
+            _ => {}
         }
     }
 
     /// Waits until this node's state machine reflects every write acknowledged before the call (a read index
     /// from the leader, then the local apply catching up to it).
+    /// Concurrent reads share read-index rounds (see the `reads` module).
     pub async fn read_barrier(&self) -> Result<(), Status> {
-        let index = match self.with_leader(ForwardOp::ReadIndex).await? {
-            ForwardReply::ReadIndex(index) => index,
-            other => return Err(unexpected_reply(&other)),
+        let answer = match self.inner.reads.join() {
+            Joined::Wait(answer) => answer,
+            Joined::RunRounds(answer) => {
+                // This read runs rounds until nobody waits; in a task of its own, so that the rounds go on
+                // for the others if this caller gives up.
+                let store = self.clone();
+                tokio::spawn(async move {
+                    while let Some(round) = store.inner.reads.take_next() {
+                        let result = match store.with_leader(ForwardOp::ReadIndex).await {
+                            Ok(ForwardReply::ReadIndex(index)) => Ok(index),
+                            Ok(other) => Err(unexpected_reply(&other)),
+                            Err(status) => Err(status),
+                        };
+                        reads::answer(round, &result);
+                    }
+                });
+                answer
+            }
         };
+        let index = answer.await.map_err(|_| proposer::stopped())??;
         self.inner
             .raft
             .wait(Some(self.inner.settings.request_timeout))
@@ -557,10 +684,51 @@ impl ForwardHandler for Store {
         let op: ForwardOp =
             decode(&payload).map_err(|e| ForwardError::from(Status::invalid_argument(e.to_string())))?;
         // A follower forwarded this because it believed we lead; if we do not, say so and it will look again.
-        let reply = self
-            .execute_local(&op)
-            .await?
-            .ok_or_else(|| ForwardError::from(no_leader()))?;
+        // Bounded for the reason given in `with_leader`; the follower's own deadline is usually shorter.
+        let timeout = self.inner.settings.request_timeout;
+        let reply = tokio::time::timeout(timeout, self.execute_local(&op))
+            .await
+            .map_err(|_elapsed| ForwardError::from(timed_out()))??
+            .ok_or_else(|| ForwardError::unexecuted(no_leader()))?;
         encode(&reply).map_err(|e| ForwardError::from(Status::internal(e.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: tonic::Code, delivery: Delivery) -> ForwardFailure {
+        ForwardFailure {
+            status: Status::new(code, "x"),
+            delivery,
+        }
+    }
+
+    #[test]
+    fn a_write_is_sent_again_only_when_the_leader_surely_did_nothing() {
+        use tonic::Code::{DeadlineExceeded, InvalidArgument, Unavailable, Unknown};
+        // Never reached the leader, or the leader said it did nothing: retry, write or not.
+        for idempotent in [true, false] {
+            assert!(retry_decision(idempotent, failure(Unavailable, Delivery::Unexecuted)).is_ok());
+        }
+        // The connection broke while the leader had it: a read index is asked again…
+        assert!(retry_decision(true, failure(Unknown, Delivery::Unknown)).is_ok());
+        assert!(retry_decision(true, failure(DeadlineExceeded, Delivery::Unknown)).is_ok());
+        // …a write is not: its fate is unknown, and the client is told so in etcd's words.
+        let lost = retry_decision(false, failure(Unknown, Delivery::Unknown)).unwrap_err();
+        assert_eq!(lost.code(), Unavailable);
+        assert!(lost.message().contains("possibly due to previous leader failure"));
+        let late = retry_decision(false, failure(DeadlineExceeded, Delivery::Unknown)).unwrap_err();
+        assert_eq!(late.message(), "etcdserver: request timed out");
+        // A definite answer is the answer; only idempotent requests retry a transient one.
+        assert_eq!(
+            retry_decision(false, failure(InvalidArgument, Delivery::Answered))
+                .unwrap_err()
+                .code(),
+            InvalidArgument
+        );
+        assert!(retry_decision(false, failure(Unavailable, Delivery::Answered)).is_err());
+        assert!(retry_decision(true, failure(Unavailable, Delivery::Answered)).is_ok());
     }
 }
