@@ -27,6 +27,7 @@
 //!
 //! Running a node: see [`Node::start`] and the `trestle` binary (`trestle serve`, `trestle local-cluster`).
 
+mod client;
 mod etcd;
 mod group;
 mod log_store;
@@ -39,6 +40,7 @@ pub mod testing;
 mod tls;
 mod types;
 
+pub use client::{ClientError, RetryPolicy, RetryingClient};
 pub use etcd::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
 pub use log_store::{LogStore, open_db};

@@ -128,10 +128,17 @@ impl LogStore {
         let bytes = encode(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let db = self.db.clone();
         let key = meta_key(self.group, tag);
+        if !sync {
+            // An unsynced write only reaches the memtable and the OS page cache: too short to be worth a hop to
+            // the blocking pool (openraft saves the committed index this way on every commit).
+            let cf = self.cf(CF_META)?;
+            return db
+                .put_cf_opt(&cf, key, bytes, &WriteOptions::default())
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e));
+        }
         spawn_write(move || {
             let cf = db.cf_handle(CF_META).ok_or_else(|| rocksdb_missing_cf(CF_META))?;
-            let opts = if sync { synced() } else { WriteOptions::default() };
-            db.put_cf_opt(&cf, key, bytes, &opts)
+            db.put_cf_opt(&cf, key, bytes, &synced())
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .await

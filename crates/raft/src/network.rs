@@ -203,10 +203,23 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
-        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+        // openraft 0.9 allows every AppendEntries only the heartbeat interval, however much it carries: a follower
+        // catching up on large entries would time out on the same oversized batch forever. Send a prefix within
+        // a byte budget and report how far it got; openraft sends the rest next.
+        let sent = entries_within(&rpc.entries, APPEND_BYTES_BUDGET);
+        let trimmed = sent < rpc.entries.len();
+        if trimmed {
+            rpc.entries.truncate(sent);
+        }
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id);
+        let response = self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await?;
+        Ok(match response {
+            AppendEntriesResponse::Success if trimmed => AppendEntriesResponse::PartialSuccess(last_sent),
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -233,6 +246,26 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // peer is found again quickly and a dead one costs little.
         Backoff::new((0..).map(|n: u32| Duration::from_millis((50u64 << n.min(5)).min(1000))))
     }
+}
+
+/// The most entry bytes one AppendEntries carries (a single larger entry still goes, alone). Small enough to be
+/// sent, decoded and synced by the follower within openraft's per-request timeout (the heartbeat interval).
+const APPEND_BYTES_BUDGET: usize = 1024 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` bytes: at least one.
+fn entries_within(entries: &[crate::types::Entry], budget: usize) -> usize {
+    let mut total = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        let size = match &entry.payload {
+            openraft::EntryPayload::Normal(command) => command.0.len(),
+            _ => 0,
+        } + 64;
+        total = total.saturating_add(size);
+        if total > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
 }
 
 /// Whether a forwarded request that failed may have been acted upon by the peer.
@@ -267,7 +300,7 @@ impl ForwardFailure {
 }
 
 /// True when `status` came from failing to connect: the request never left this node.
-fn is_connect_failure(status: &Status) -> bool {
+pub(crate) fn is_connect_failure(status: &Status) -> bool {
     let mut source = status.source();
     while let Some(err) = source {
         if err.downcast_ref::<tonic::ConnectError>().is_some() {
@@ -395,5 +428,39 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
             })),
             Err(err) => reply::<(), _>(Err(err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{EntryPayload, LeaderId};
+
+    use super::*;
+    use crate::types::{CommandBytes, Entry, LogId};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(LeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(CommandBytes(vec![0; bytes])),
+        }
+    }
+
+    #[test]
+    fn append_entries_carry_a_budget_of_bytes_but_always_at_least_one_entry() {
+        let small: Vec<Entry> = (1..=10).map(|i| entry(i, 100)).collect();
+        assert_eq!(entries_within(&small, 1 << 20), 10);
+        let large: Vec<Entry> = (1..=10).map(|i| entry(i, 400 << 10)).collect();
+        assert_eq!(
+            entries_within(&large, 1 << 20),
+            2,
+            "two 400 KiB entries fit in 1 MiB, three do not"
+        );
+        let huge = vec![entry(1, 3 << 20), entry(2, 10)];
+        assert_eq!(
+            entries_within(&huge, 1 << 20),
+            1,
+            "an entry over the budget goes alone"
+        );
+        assert_eq!(entries_within(&[], 1 << 20), 0);
     }
 }

@@ -57,8 +57,9 @@ pub struct RaftSettings {
     /// Time allowed for one snapshot chunk. Default 10 s (openraft's 200 ms is too short for MB-sized chunks).
     pub snapshot_chunk_timeout: Duration,
     /// Most entries in one AppendEntries. Default 64 (openraft's 300). openraft 0.9 gives every AppendEntries
-    /// the heartbeat interval as its timeout, including the follower's synced write; smaller batches keep a
-    /// follower catching up with large values inside it instead of timing out and retrying the same batch.
+    /// the heartbeat interval as its timeout, including the follower's synced write, so the transport also caps
+    /// each one at 1 MiB of entries (sending the rest next): a follower catching up on large values makes
+    /// progress instead of timing out on the same batch forever.
     pub max_payload_entries: u64,
 }
 
@@ -182,6 +183,16 @@ impl NodeConfig {
                 seconds: self.store.min_lease_ttl,
             });
         }
+        if self.store.proposal_pipeline == 0 {
+            return Err(ConfigError::ZeroBatchSetting {
+                setting: "proposal_pipeline",
+            });
+        }
+        if self.store.max_batch_bytes == 0 {
+            return Err(ConfigError::ZeroBatchSetting {
+                setting: "max_batch_bytes",
+            });
+        }
         Ok(())
     }
 
@@ -244,6 +255,12 @@ pub enum ConfigError {
     MinLeaseTtl {
         /// The value given.
         seconds: i64,
+    },
+    /// A group-commit setting of zero (no batch could ever be in flight, or no write fit in one).
+    #[error("{setting} must be at least 1 (got 0)")]
+    ZeroBatchSetting {
+        /// The setting: `proposal_pipeline` or `max_batch_bytes`.
+        setting: &'static str,
     },
 }
 

@@ -162,6 +162,66 @@ async fn a_full_restart_keeps_every_acknowledged_write() {
     cluster.shutdown().await;
 }
 
+/// openraft 0.9 gives every AppendEntries the heartbeat interval (50 ms) as a hard timeout, whatever it carries.
+/// A follower that missed many large entries must still catch up from the log (the default keeps 1 000 entries
+/// after a snapshot, so no snapshot is involved here), not retry the same oversized batch forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_large_values_catches_up_from_the_log() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let laggard = (leader + 1) % 3;
+    cluster.stop(laggard).await;
+    let mut client = cluster.client(leader).await;
+    let value = vec![b'x'; 1024 * 1024];
+    for i in 0..40 {
+        client
+            .put(format!("big/{i:02}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let target = cluster
+        .node(leader)
+        .store()
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |id| id.index);
+    cluster.restart(laggard).await;
+    let node = cluster.node(laggard);
+    wait_for(
+        "the follower to apply every large entry",
+        Duration::from_secs(30),
+        || async {
+            let applied = node
+                .store()
+                .raft()
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |id| id.index);
+            (applied >= target).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        node.store().raft().metrics().borrow().snapshot.is_none(),
+        "caught up from the log, not from a snapshot"
+    );
+    let count = node.store().read(|app| {
+        app.store()
+            .range(&trestle_raft::RangeRequest {
+                key: b"big/".to_vec(),
+                range_end: b"big0".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .map(|r| r.count)
+    });
+    assert_eq!(count.unwrap(), 40);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_catches_up_by_snapshot() {
     let mut cluster = TestCluster::start_tuned(3, |c| {

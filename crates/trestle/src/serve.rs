@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// heartbeats before campaigning (etcd's flag) [default: 100].
     #[arg(long, env = "TRESTLE_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
+    /// Group commit: how many batches of writes this node keeps in flight; writes arriving meanwhile wait and
+    /// leave together as the next batch (one Raft entry). 1 gives the largest batches [default: 1].
+    #[arg(long, env = "TRESTLE_PROPOSAL_PIPELINE", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub proposal_pipeline: Option<u64>,
     /// Client TLS certificate (PEM); with --key-file, clients must use https://.
     #[arg(long, env = "TRESTLE_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -61,7 +65,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRESTLE_TRUSTED_CA_FILE")]
     pub trusted_ca_file: Option<PathBuf>,
     /// Require client certificates signed by --trusted-ca-file.
-    #[arg(long, env = "TRESTLE_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "TRESTLE_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<bool>,
     /// Peer TLS certificate (PEM), presented to clients of the peer port and to other members.
     #[arg(long, env = "TRESTLE_PEER_CERT_FILE")]
@@ -73,7 +77,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRESTLE_PEER_TRUSTED_CA_FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
     /// Require members to present certificates signed by --peer-trusted-ca-file (mutual TLS).
-    #[arg(long, env = "TRESTLE_PEER_CLIENT_CERT_AUTH")]
+    #[arg(long, env = "TRESTLE_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: Option<bool>,
 }
 
@@ -228,6 +232,10 @@ impl ServeArgs {
                 std::time::Duration::from_millis(ms),
                 std::time::Duration::from_millis(ms.saturating_mul(2)),
             );
+        }
+        if let Some(n) = merge(self.proposal_pipeline, file.proposal_pipeline) {
+            // Bounded to 1..=64 by the parser; a config file's value is checked by `NodeConfig::validate`.
+            config.store.proposal_pipeline = usize::try_from(n).unwrap_or(usize::MAX);
         }
         config.client_tls = tls_files(
             "",

@@ -56,9 +56,9 @@ pub struct StoreSettings {
     pub min_lease_ttl: i64,
     /// How often the leader looks for expired leases. Default 250 ms.
     pub lease_check_interval: Duration,
-    /// Group commit: how many Raft entries of writes the leader keeps in flight; writes arriving meanwhile wait
-    /// and leave together as the next entry. Default 2 (one entry syncing on the leader while the previous one
-    /// replicates); 1 gives the largest batches.
+    /// Group commit: how many batches of writes this node keeps in flight (each one Raft entry, proposed here or
+    /// forwarded to the leader); writes arriving meanwhile wait and leave together as the next batch. Default 1:
+    /// the largest batches, and on a 2-core machine the best throughput at 16 and 256 clients of 1, 2 and 4.
     pub proposal_pipeline: usize,
     /// Group commit: the most encoded bytes of writes in one entry (a single larger write still goes, alone).
     /// Default 1 MiB.
@@ -71,7 +71,7 @@ impl Default for StoreSettings {
             request_timeout: Duration::from_secs(5),
             min_lease_ttl: 2,
             lease_check_interval: Duration::from_millis(250),
-            proposal_pipeline: 2,
+            proposal_pipeline: 1,
             max_batch_bytes: 1 << 20,
         }
     }
@@ -686,7 +686,20 @@ impl ForwardHandler for Store {
         // A follower forwarded this because it believed we lead; if we do not, say so and it will look again.
         // Bounded for the reason given in `with_leader`; the follower's own deadline is usually shorter.
         let timeout = self.inner.settings.request_timeout;
-        let reply = tokio::time::timeout(timeout, self.execute_local(&op))
+        let work = async {
+            match op {
+                ForwardOp::Write(command) if matches!(self.target(), Target::Local) => {
+                    // Into this leader's own queue: the followers' batches and the local writes that arrive
+                    // while an entry is in flight leave together as the next entry, one fsync per replica
+                    // rather than one per follower batch.
+                    let result = self.inner.proposer.propose(command).await?;
+                    Ok(Some(ForwardReply::Written(result)))
+                }
+                ForwardOp::Write(_) => Ok(None),
+                other => self.execute_local(&other).await,
+            }
+        };
+        let reply = tokio::time::timeout(timeout, work)
             .await
             .map_err(|_elapsed| ForwardError::from(timed_out()))??
             .ok_or_else(|| ForwardError::unexecuted(no_leader()))?;

@@ -20,16 +20,29 @@ pub struct ProcessCluster {
     pub root: tempfile::TempDir,
     pub ports: Vec<(u16, u16)>,
     pub children: Vec<Option<Child>>,
+    /// A directory with `ca.pem`, `node.pem` and `node-key.pem`: when set, client and peer traffic use mutual TLS.
+    pub tls: Option<PathBuf>,
 }
 
 impl ProcessCluster {
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, None)
+    }
+
+    /// Every node serves clients and peers over TLS with the certificates in `pki`, and requires client
+    /// certificates on both ports (etcd's `--client-cert-auth`, `--peer-client-cert-auth`).
+    pub fn start_tls(n: usize, pki: &Path) -> Self {
+        Self::start_with(n, Some(pki.to_path_buf()))
+    }
+
+    fn start_with(n: usize, tls: Option<PathBuf>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let ports = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut cluster = Self {
             root,
             ports,
             children: Vec::new(),
+            tls,
         };
         for i in 0..n {
             let child = cluster.spawn(i);
@@ -48,26 +61,42 @@ impl ProcessCluster {
 
     fn spawn(&self, i: usize) -> Child {
         let (client, peer) = self.ports[i];
+        let scheme = self.scheme();
         let cluster: Vec<String> = self
             .ports
             .iter()
             .enumerate()
-            .map(|(j, (_, p))| format!("node{j}=http://127.0.0.1:{p}"))
+            .map(|(j, (_, p))| format!("node{j}={scheme}://127.0.0.1:{p}"))
             .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(i))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_trestle"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trestle"));
+        command
             .arg("serve")
             .args(["--name", &format!("node{i}")])
             .arg("--data-dir")
             .arg(self.data_dir(i))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--listen-client-urls", &format!("{scheme}://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("{scheme}://127.0.0.1:{peer}")])
             .args(["--listen-metrics-urls", "none"])
-            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster", &cluster.join(",")]);
+        if let Some(pki) = &self.tls {
+            for prefix in ["", "peer-"] {
+                command
+                    .arg(format!("--{prefix}cert-file"))
+                    .arg(pki.join("node.pem"))
+                    .arg(format!("--{prefix}key-file"))
+                    .arg(pki.join("node-key.pem"))
+                    .arg(format!("--{prefix}trusted-ca-file"))
+                    .arg(pki.join("ca.pem"))
+                    // etcd's spelling: a bare flag means true.
+                    .arg(format!("--{prefix}client-cert-auth"));
+            }
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -88,15 +117,16 @@ impl ProcessCluster {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
-            .collect()
+        (0..self.ports.len()).map(|i| self.endpoint(i)).collect()
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i].0)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.ports[i].0)
     }
 
     /// Waits until some node reports a leader through etcd's Status call.
