@@ -4,7 +4,8 @@
 //! not do is retry. [`RetryingClient`] wraps it with one rule, the one etcd's own Go client follows: a call that
 //! cannot change anything (a read, a lease's time to live, the member list) is retried on any transient failure;
 //! a call that changes something (put, delete, txn, lease grant and revoke) is retried only when it surely never
-//! reached a server's state machine — the connection could not be made, or the server said it has no leader.
+//! reached a server's state machine — the connection could not be made, hyper gave the request back unsent, or
+//! the server said it has no leader.
 //! When a write fails after it may have been applied, the caller gets [`ClientError::Indeterminate`] and decides
 //! (read back, or make the write conditional): retrying blindly could apply it twice, and a compare-and-swap
 //! would then report failure against its own success.
@@ -135,12 +136,12 @@ fn is_transient(error: &etcd_client::Error) -> bool {
     }
 }
 
-/// A failure that proves the request changed nothing: no connection was made, or the server answered that it
-/// has no leader (etcd and Trestle both say so before proposing anything).
+/// A failure that proves the request changed nothing: it never left this process (no connection, or hyper
+/// gave it back unsent), or the server answered that it has no leader (etcd and Trestle both say so before proposing anything).
 fn never_applied(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
-            status.message() == "etcdserver: no leader" || crate::network::is_connect_failure(status)
+            status.message() == "etcdserver: no leader" || crate::network::never_sent(status)
         }
         _ => false,
     }

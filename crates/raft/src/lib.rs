@@ -51,7 +51,9 @@ pub use mvcc::{
     TxnResponse, in_range,
 };
 pub use network::{ConnectFn, NetworkFactory, PeerChannels, PeerClient, PeerService};
-pub use node::{ClusterState, ConfigError, Node, NodeConfig, NodeError, RaftSettings};
+pub use node::{
+    ClusterState, ConfigError, Node, NodeConfig, NodeError, RaftSettings, staggered_snapshot_interval,
+};
 pub use state_machine::{GroupApp, GroupStateMachine};
 pub use store::{
     Lessor, MemberChange, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult,

@@ -299,11 +299,19 @@ impl ForwardFailure {
     }
 }
 
-/// True when `status` came from failing to connect: the request never left this node.
-pub(crate) fn is_connect_failure(status: &Status) -> bool {
+/// True when `status` proves the request never left this node, so sending it again cannot apply it twice:
+/// - the connection could not be made (tonic's `ConnectError`), or
+/// - hyper handed the request back unsent. hyper's client reports `Canceled` only for a request its connection
+///   task never took (the connection closed first, or was not ready); a request lost after it was written
+///   fails with an HTTP/2 error instead. A pooled connection to a node that just stopped fails this way.
+pub(crate) fn never_sent(status: &Status) -> bool {
     let mut source = status.source();
     while let Some(err) = source {
-        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+        if err.downcast_ref::<tonic::ConnectError>().is_some()
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+        {
             return true;
         }
         source = err.source();
@@ -331,7 +339,7 @@ pub(crate) async fn forward(
     let reply = match client.forward(request).await {
         Ok(reply) => reply.into_inner(),
         Err(status) => {
-            let delivery = if is_connect_failure(&status) {
+            let delivery = if never_sent(&status) {
                 Delivery::Unexecuted
             } else {
                 Delivery::Unknown

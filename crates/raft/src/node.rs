@@ -48,7 +48,8 @@ pub struct RaftSettings {
     /// followers that saw a committed leader, so they campaign after 300–400 ms without heartbeats (6–8 missed
     /// heartbeats): the measured kill -9 failover median is about 0.4 s.
     pub election_timeout: (Duration, Duration),
-    /// Take a snapshot after this many applied entries since the last one. Default 10 000.
+    /// Take a snapshot after this many applied entries since the last one, plus a fixed per-node offset of up to
+    /// half of it (see [`staggered_snapshot_interval`]). Default 10 000.
     pub snapshot_every: u64,
     /// Entries kept after a snapshot so slow followers catch up from the log, not a snapshot. Default 1 000.
     pub keep_after_snapshot: u64,
@@ -61,6 +62,25 @@ pub struct RaftSettings {
     /// each one at 1 MiB of entries (sending the rest next): a follower catching up on large values makes
     /// progress instead of timing out on the same batch forever.
     pub max_payload_entries: u64,
+}
+
+/// One node's snapshot interval: `every` plus an offset in `[0, every / 2)` fixed by the node id.
+///
+/// Members of a group apply the same entries, so with one interval they all serialize and write their whole
+/// state at the same moment. Measured on 3 nodes sharing 2 cores and a disk: three 160 MB snapshots at once
+/// stalled the Raft log for long enough that a follower campaigned and deposed the leader. Staggered, a snapshot
+/// costs one member at a time while the others keep the quorum.
+pub fn staggered_snapshot_interval(every: u64, node_id: NodeId) -> u64 {
+    let spread = every / 2;
+    if spread == 0 {
+        return every;
+    }
+    // splitmix64's finalizer: ids that differ in a few bits (as in tests) still land far apart.
+    let mut x = node_id;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    every + x % spread
 }
 
 impl Default for RaftSettings {
@@ -385,7 +405,10 @@ impl Node {
                     election_timeout_max: config.raft.election_timeout.1.as_millis() as u64,
                     install_snapshot_timeout: config.raft.snapshot_chunk_timeout.as_millis() as u64,
                     snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
-                    snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every),
+                    snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(staggered_snapshot_interval(
+                        config.raft.snapshot_every,
+                        node_id,
+                    )),
                     max_in_snapshot_log_to_keep: config.raft.keep_after_snapshot,
                     max_payload_entries: config.raft.max_payload_entries,
                     ..Default::default()
@@ -801,4 +824,31 @@ fn spawn_publish_attributes(store: Store, config: NodeConfig, token: Cancellatio
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staggered_snapshot_interval;
+
+    #[test]
+    fn snapshot_intervals_stay_in_range_and_differ_between_nodes() {
+        let every = 10_000;
+        let intervals: Vec<u64> = (1..=5).map(|id| staggered_snapshot_interval(every, id)).collect();
+        assert!(
+            intervals.iter().all(|i| (every..every + every / 2).contains(i)),
+            "{intervals:?}"
+        );
+        let mut distinct = intervals.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            intervals.len(),
+            "nodes 1..=5 share an interval: {intervals:?}"
+        );
+        // Deterministic: a restarted node keeps its interval.
+        assert_eq!(staggered_snapshot_interval(every, 3), intervals[2]);
+        // Too small to spread: unchanged.
+        assert_eq!(staggered_snapshot_interval(1, 7), 1);
+    }
 }

@@ -1,23 +1,32 @@
 //! The bridge between openraft and a group's application: applies committed entries to a [`GroupApp`], builds
-//! and installs snapshots, and keeps them in RocksDB.
+//! and installs snapshots, and keeps them on disk.
 //!
 //! The application's state lives in memory. It is made durable by the Raft log (fsync'd before any entry
-//! commits) and by snapshots (written with a synced RocksDB write before openraft may purge the log they
+//! commits) and by snapshots (a file, fsync'd and renamed into place before openraft may purge the log they
 //! replace). On restart the state machine restores the last snapshot and openraft re-applies the committed log
 //! after it, so a restarted node holds exactly what it acknowledged.
+//!
+//! Snapshots are files in a `snapshots` directory inside the RocksDB directory, one per group, not RocksDB
+//! values: a snapshot is the whole state (tens of MiB once history grows), and as one synced RocksDB write it
+//! queued every Raft log append of the node behind it in the shared WAL. Heartbeats then timed out and the
+//! cluster held elections under load. The file is written in slices, each synced, so the disk never holds much
+//! unsynced snapshot data for a log fsync to wait behind. Snapshots that older versions kept in the
+//! `raft_snapshot` column family are still read, and dropped once a newer file is written.
 
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its StorageError by value"
 )]
 
-use std::io::Cursor;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use parking_lot::{Mutex, RwLock};
-use rocksdb::{DB, WriteOptions};
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::{CF_SNAPSHOT, decode, encode, meta_key};
@@ -113,7 +122,21 @@ impl<A: GroupApp> GroupStateMachine<A> {
         &self.app
     }
 
+    /// The file holding this group's last snapshot.
+    fn snapshot_path(&self) -> PathBuf {
+        snapshot_dir(&self.db).join(format!("group-{}.snap", self.group))
+    }
+
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let path = self.snapshot_path();
+        let unreadable =
+            |e: &dyn std::fmt::Display| snapshot_err(ErrorVerb::Read, format!("{}: {e}", path.display()));
+        match std::fs::read(&path) {
+            Ok(bytes) => return decode(&bytes).map(Some).map_err(|e| unreadable(&e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unreadable(&e)),
+        }
+        // A data directory from before snapshots were files.
         let cf = self
             .db
             .cf_handle(CF_SNAPSHOT)
@@ -126,18 +149,19 @@ impl<A: GroupApp> GroupStateMachine<A> {
             .transpose()
     }
 
-    async fn save_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
-        let bytes = encode(snapshot).map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+    /// Persists `snapshot` durably (openraft purges the log it replaces as soon as we return) and hands it back.
+    async fn save_snapshot(&self, snapshot: StoredSnapshot) -> Result<StoredSnapshot, StorageError> {
         let db = self.db.clone();
+        let path = self.snapshot_path();
         let key = meta_key(self.group, b"snapshot");
         tokio::task::spawn_blocking(move || {
-            let cf = db
-                .cf_handle(CF_SNAPSHOT)
-                .ok_or_else(|| "column family missing".to_string())?;
-            let mut opts = WriteOptions::default();
-            // Synced: openraft purges the log this snapshot replaces as soon as we return.
-            opts.set_sync(true);
-            db.put_cf_opt(&cf, key, bytes, &opts).map_err(|e| e.to_string())
+            let bytes = encode(&snapshot).map_err(|e| e.to_string())?;
+            write_durably(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            // The file now takes precedence; an old copy in RocksDB is only dead weight.
+            if let Some(cf) = db.cf_handle(CF_SNAPSHOT) {
+                db.delete_cf(&cf, key).map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(snapshot)
         })
         .await
         .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
@@ -145,33 +169,73 @@ impl<A: GroupApp> GroupStateMachine<A> {
     }
 }
 
+/// The directory of a node's snapshot files: inside RocksDB's directory, which RocksDB leaves alone (it only
+/// touches files whose names it knows), so a node's data stays in one place.
+fn snapshot_dir(db: &DB) -> PathBuf {
+    db.path().join("snapshots")
+}
+
+/// Bytes written between syncs of a snapshot file.
+const SNAPSHOT_SYNC_SLICE: usize = 4 << 20;
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one: a temporary file,
+/// synced slice by slice, renamed over `path`, and the directory synced.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("snapshot path has no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let temporary = path.with_extension("snap.partial");
+    let mut file = std::fs::File::create(&temporary)?;
+    for slice in bytes.chunks(SNAPSHOT_SYNC_SLICE) {
+        file.write_all(slice)?;
+        file.sync_data()?;
+    }
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Serialize under the read lock so the data and `last_applied` describe the same state.
-        let (data, meta) = {
-            let app = self.app.read();
-            let mut applied = self.applied.lock();
+        let started = Instant::now();
+        let (app, applied) = (self.app.clone(), self.applied.clone());
+        // Serializing the whole state takes long enough to stall a runtime worker: do it on the blocking pool,
+        // under the read lock so the data and `last_applied` describe the same state.
+        let stored = tokio::task::spawn_blocking(move || {
+            let app = app.read();
+            let mut applied = applied.lock();
             applied.snapshot_seq += 1;
             let snapshot_id = match &applied.last_applied {
                 Some(id) => format!("{}-{}-{}", id.leader_id, id.index, applied.snapshot_seq),
                 None => format!("none-{}", applied.snapshot_seq),
             };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.last_membership.clone(),
-                snapshot_id,
-            };
-            (app.snapshot(), meta)
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot(&stored).await?;
+            StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.last_membership.clone(),
+                    snapshot_id,
+                },
+                data: app.snapshot(),
+            }
+        })
+        .await
+        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        let serialized = started.elapsed();
+        let stored = self.save_snapshot(stored).await?;
+        tracing::info!(
+            group = self.group,
+            index = ?stored.meta.last_log_id.map(|id| id.index),
+            bytes = stored.data.len(),
+            serialize_ms = serialized.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         metrics::counter!("trestle_raft_snapshots_built_total", "group" => self.group.to_string())
             .increment(1);
         Ok(Snapshot {
-            meta,
+            meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         })
     }
@@ -225,7 +289,7 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
             data: snapshot.into_inner(),
         };
         // Persist first: if we crash after restoring but before persisting, the restart would lack the data.
-        self.save_snapshot(&stored).await?;
+        let stored = self.save_snapshot(stored).await?;
         {
             let mut app = self.app.write();
             app.restore(&stored.data)
@@ -244,5 +308,78 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_store::open_db;
+
+    /// A state that is one number, enough to tell snapshots apart.
+    struct Number(u64);
+
+    impl GroupApp for Number {
+        fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+            self.0 += command.len() as u64;
+            Vec::new()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.0.to_be_bytes().to_vec()
+        }
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+            let bytes: [u8; 8] = snapshot.try_into().map_err(|_| "not 8 bytes".to_string())?;
+            self.0 = u64::from_be_bytes(bytes);
+            Ok(())
+        }
+    }
+
+    fn open(db: &Arc<DB>) -> GroupStateMachine<Number> {
+        GroupStateMachine::open(db.clone(), 7, Arc::new(RwLock::new(Number(0)))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_an_older_version_kept_in_rocksdb_is_restored_then_replaced_by_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let legacy = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: "legacy".into(),
+            },
+            data: 42u64.to_be_bytes().to_vec(),
+        };
+        let cf = db.cf_handle(CF_SNAPSHOT).unwrap();
+        db.put_cf(&cf, meta_key(7, b"snapshot"), encode(&legacy).unwrap())
+            .unwrap();
+
+        let mut sm = open(&db);
+        assert_eq!(sm.app().read().0, 42, "the legacy snapshot was not restored");
+        sm.app().write().0 = 50;
+        sm.build_snapshot().await.unwrap();
+        assert!(sm.snapshot_path().is_file());
+        assert!(
+            db.get_cf(&cf, meta_key(7, b"snapshot")).unwrap().is_none(),
+            "the legacy copy outlived the file"
+        );
+
+        // A leftover from a write that crashed before its rename is ignored.
+        std::fs::write(sm.snapshot_path().with_extension("snap.partial"), b"torn").unwrap();
+        drop(sm);
+        assert_eq!(open(&db).app().read().0, 50);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_snapshot_file_stops_the_group_instead_of_starting_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let path = open(&db).snapshot_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"\xff\xff\xff").unwrap();
+        let err = GroupStateMachine::open(db.clone(), 7, Arc::new(RwLock::new(Number(0))))
+            .err()
+            .expect("a corrupt snapshot must not open");
+        assert!(err.to_string().contains("group-7.snap"), "{err}");
     }
 }

@@ -52,6 +52,9 @@ async fn acknowledged_writes_survive_kill_9_of_every_node() {
         cluster.restart(i);
     }
     cluster.wait_for_leader(Duration::from_secs(20)).await;
+    cluster
+        .wait_until_every_node_answers(Duration::from_secs(20))
+        .await;
     let mut client = Client::connect(cluster.endpoints(), None).await.unwrap();
     let stored = client
         .get("k/", Some(GetOptions::new().with_prefix().with_keys_only()))

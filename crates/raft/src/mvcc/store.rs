@@ -472,23 +472,40 @@ impl MvccStore {
     }
 
     fn do_put(&mut self, txn: &mut WriteTxn, req: &PutRequest) -> PutResponse {
-        let prev = self.live(&req.key).cloned();
-        let value = match (&prev, req.ignore_value) {
-            (Some(prev), true) => prev.value.clone(),
-            _ => req.value.clone(),
-        };
-        let lease = match (&prev, req.ignore_lease) {
-            (Some(prev), true) => prev.lease,
-            _ => req.lease,
-        };
-        let kv = KeyValue {
+        let revision = txn.revision;
+        let next = |prev: Option<&KeyValue>| KeyValue {
             key: req.key.clone(),
-            create_revision: prev.as_ref().map_or(txn.revision, |p| p.create_revision),
-            mod_revision: txn.revision,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            value,
-            lease,
+            create_revision: prev.map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.map_or(1, |p| p.version + 1),
+            value: match (prev, req.ignore_value) {
+                (Some(prev), true) => prev.value.clone(),
+                _ => req.value.clone(),
+            },
+            lease: match (prev, req.ignore_lease) {
+                (Some(prev), true) => prev.lease,
+                _ => req.lease,
+            },
         };
+        // One search of the key index, and no copy of the key for one that exists: puts are the hot path of
+        // the state machine (perf showed the second search and the key copy in every put).
+        let (kv, prev) = match self.keys.get_mut(req.key.as_slice()) {
+            Some(history) => {
+                let prev = match history.last() {
+                    Some(Version::Live(kv)) => Some(kv.clone()),
+                    _ => None,
+                };
+                let kv = next(prev.as_ref());
+                history.push(Version::Live(kv.clone()));
+                (kv, prev)
+            }
+            None => {
+                let kv = next(None);
+                self.keys.insert(req.key.clone(), vec![Version::Live(kv.clone())]);
+                (kv, None)
+            }
+        };
+        let lease = kv.lease;
         if let Some(old_lease) = prev.as_ref().map(|p| p.lease).filter(|l| *l != 0 && *l != lease) {
             if let Some(entry) = self.leases.get_mut(&old_lease) {
                 entry.keys.remove(&req.key);
@@ -499,14 +516,14 @@ impl MvccStore {
                 entry.keys.insert(req.key.clone());
             }
         }
-        self.push_version(Version::Live(kv.clone()));
+        let response_prev = if req.prev_kv { prev.clone() } else { None };
         txn.events.push(Event {
             kind: EventKind::Put,
             kv,
-            prev_kv: prev.clone(),
+            prev_kv: prev,
         });
         PutResponse {
-            prev_kv: if req.prev_kv { prev } else { None },
+            prev_kv: response_prev,
         }
     }
 
@@ -541,14 +558,6 @@ impl MvccStore {
             deleted: victims.len() as i64,
             prev_kvs: if req.prev_kv { victims } else { Vec::new() },
         }
-    }
-
-    fn push_version(&mut self, version: Version) {
-        let Version::Live(kv) = &version else { return };
-        let history = self.keys.entry(kv.key.clone()).or_default();
-        // A put after a put of the same key in the same transaction is rejected up front (duplicate key), so
-        // the newest version never shares this revision.
-        history.push(version);
     }
 
     /// Checks limits and duplicate writes across the whole transaction tree, before anything runs.

@@ -91,7 +91,8 @@ impl StoreApp {
             }
         };
         let after = self.store.revision();
-        if after != before {
+        // Copying the events for the feed costs as much as the put itself; skip it when nobody watches.
+        if after != before && self.feed.receiver_count() > 0 {
             let events = Arc::new(self.store.events_at(after).to_vec());
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(RevisionEvents {

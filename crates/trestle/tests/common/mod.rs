@@ -156,6 +156,40 @@ impl ProcessCluster {
         }
     }
 
+    /// Waits until every node answers a status call: after a restart, a leader needs only a quorum, and a
+    /// client given every endpoint may otherwise pick one that is still starting.
+    pub async fn wait_until_every_node_answers(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for endpoint in self.endpoints() {
+            loop {
+                let answered = match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    etcd_client::Client::connect([endpoint.clone()], None),
+                )
+                .await
+                {
+                    Ok(Ok(mut client)) => {
+                        matches!(
+                            tokio::time::timeout(Duration::from_millis(500), client.status()).await,
+                            Ok(Ok(_))
+                        )
+                    }
+                    _ => false,
+                };
+                if answered {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    panic!(
+                        "{endpoint} did not answer within {timeout:?}; logs:\n{}",
+                        self.logs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     pub fn logs(&self) -> String {
         (0..self.ports.len())
             .map(|i| {
