@@ -204,19 +204,24 @@ impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
         // Serializing the whole state takes long enough to stall a runtime worker: do it on the blocking pool,
         // under the read lock so the data and `last_applied` describe the same state.
         let stored = tokio::task::spawn_blocking(move || {
+            // The read lock alone keeps `last_applied` still (applying takes the write lock first), so the
+            // bookkeeping lock is held only to read it.
             let app = app.read();
-            let mut applied = applied.lock();
-            applied.snapshot_seq += 1;
-            let snapshot_id = match &applied.last_applied {
-                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, applied.snapshot_seq),
-                None => format!("none-{}", applied.snapshot_seq),
-            };
-            StoredSnapshot {
-                meta: SnapshotMeta {
+            let meta = {
+                let mut applied = applied.lock();
+                applied.snapshot_seq += 1;
+                let snapshot_id = match &applied.last_applied {
+                    Some(id) => format!("{}-{}-{}", id.leader_id, id.index, applied.snapshot_seq),
+                    None => format!("none-{}", applied.snapshot_seq),
+                };
+                SnapshotMeta {
                     last_log_id: applied.last_applied,
                     last_membership: applied.last_membership.clone(),
                     snapshot_id,
-                },
+                }
+            };
+            StoredSnapshot {
+                meta,
                 data: app.snapshot(),
             }
         })

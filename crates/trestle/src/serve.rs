@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// leave together as the next batch (one Raft entry). 1 gives the largest batches [default: 1].
     #[arg(long, env = "TRESTLE_PROPOSAL_PIPELINE", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub proposal_pipeline: Option<u64>,
+    /// Take a Raft snapshot, and compact the log behind it, after this many applied entries, plus a fixed
+    /// per-node offset of up to half of it so members take turns (etcd's flag; an entry here may carry a batch
+    /// of writes) [default: 10000].
+    #[arg(long, env = "TRESTLE_SNAPSHOT_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_count: Option<u64>,
     /// Client TLS certificate (PEM); with --key-file, clients must use https://.
     #[arg(long, env = "TRESTLE_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -237,6 +242,14 @@ impl ServeArgs {
             // Bounded to 1..=64 by the parser; a config file's value is checked by `NodeConfig::validate`.
             config.store.proposal_pipeline = usize::try_from(n).unwrap_or(usize::MAX);
         }
+        if let Some(n) = merge(self.snapshot_count, file.snapshot_count) {
+            if n == 0 {
+                return Err(ServeError::Option(
+                    "snapshot_count must be at least 1 (the number of entries between snapshots)".into(),
+                ));
+            }
+            config.raft.snapshot_every = n;
+        }
         config.client_tls = tls_files(
             "",
             merge(self.cert_file, file.cert_file),
@@ -335,6 +348,25 @@ mod tests {
         let config = args.into_config().unwrap();
         assert_eq!(config.initial_cluster.len(), 2);
         assert_eq!(config.advertise_peer_url, "http://127.0.0.1:3380");
+        assert_eq!(config.raft.snapshot_every, 10_000);
+        let snapshots = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            snapshot_count: Some(250),
+            ..Default::default()
+        };
+        assert_eq!(snapshots.into_config().unwrap().raft.snapshot_every, 250);
+        let never = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            snapshot_count: Some(0),
+            ..Default::default()
+        };
+        assert!(
+            never
+                .into_config()
+                .unwrap_err()
+                .to_string()
+                .contains("snapshot_count")
+        );
 
         let missing = ServeArgs::default().into_config().unwrap_err().to_string();
         assert!(missing.contains("--data-dir"), "{missing}");
