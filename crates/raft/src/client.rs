@@ -5,7 +5,7 @@
 //! cannot change anything (a read, a lease's time to live, the member list) is retried on any transient failure;
 //! a call that changes something (put, delete, txn, lease grant and revoke) is retried only when it surely never
 //! reached a server's state machine — the connection could not be made, hyper gave the request back unsent, or
-//! the server said it has no leader.
+//! the server said it has no leader or is stopping.
 //! When a write fails after it may have been applied, the caller gets [`ClientError::Indeterminate`] and decides
 //! (read back, or make the write conditional): retrying blindly could apply it twice, and a compare-and-swap
 //! would then report failure against its own success.
@@ -31,8 +31,9 @@ pub struct RetryPolicy {
     pub min_delay: Duration,
     /// The longest delay between attempts. Default 500 ms.
     pub max_delay: Duration,
-    /// How long one call may keep retrying, from its first attempt. Default 10 s (two Trestle request timeouts:
-    /// a leader election and a retry fit).
+    /// How long one call may take, retries included, from its first attempt. An attempt still running then is
+    /// abandoned: a read gives up, a write is reported indeterminate (it may have reached a server). Default
+    /// 10 s (two Trestle request timeouts: a leader election and a retry fit).
     pub give_up_after: Duration,
 }
 
@@ -141,7 +142,10 @@ fn is_transient(error: &etcd_client::Error) -> bool {
 fn never_applied(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::GRpcStatus(status) => {
-            status.message() == "etcdserver: no leader" || crate::network::never_sent(status)
+            matches!(
+                status.message(),
+                "etcdserver: no leader" | "etcdserver: server stopped"
+            ) || crate::network::never_sent(status)
         }
         _ => false,
     }
@@ -199,11 +203,28 @@ impl RetryingClient {
             .without_max_times()
             .build();
         let mut attempts = 0u32;
+        let deadline = started + self.policy.give_up_after;
         loop {
             attempts += 1;
-            let error = match attempt(self.inner.clone()).await {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
+            // A server that has stopped may still hold a connection open and answer only at its own deadline;
+            // the caller's budget bounds the attempt, not only the retries.
+            let error = match tokio::time::timeout_at(deadline, attempt(self.inner.clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    let last = etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+                        "no answer within the retry policy's give_up_after ({:?})",
+                        self.policy.give_up_after
+                    )));
+                    return Err(match kind {
+                        CallKind::ReadOnly => ClientError::GaveUp {
+                            attempts,
+                            elapsed: started.elapsed(),
+                            last,
+                        },
+                        CallKind::Write => ClientError::Indeterminate { source: last },
+                    });
+                }
             };
             match judge(kind, &error) {
                 Verdict::Final => return Err(ClientError::Etcd(error)),
@@ -338,10 +359,12 @@ mod tests {
             "etcdserver: request timed out, possibly due to previous leader failure",
         );
         let no_leader = status(Unavailable, "etcdserver: no leader");
-        for error in [&broken, &late, &lost, &no_leader] {
+        let stopping = status(Unavailable, "etcdserver: server stopped");
+        for error in [&broken, &late, &lost, &no_leader, &stopping] {
             assert_eq!(judge(CallKind::ReadOnly, error), Verdict::Retry, "{error}");
         }
         assert_eq!(judge(CallKind::Write, &no_leader), Verdict::Retry);
+        assert_eq!(judge(CallKind::Write, &stopping), Verdict::Retry);
         for error in [&broken, &late, &lost] {
             assert_eq!(judge(CallKind::Write, error), Verdict::Indeterminate, "{error}");
         }

@@ -41,6 +41,11 @@ fn unexpected_reply(reply: &ForwardReply) -> Status {
 }
 
 /// etcd's answer when a request could not finish in time.
+/// etcd's `ErrStopped`: this member is shutting down and did not take the request.
+pub(crate) fn server_stopped() -> Status {
+    Status::unavailable("etcdserver: server stopped")
+}
+
 pub(crate) fn timed_out() -> Status {
     Status::unavailable("etcdserver: request timed out")
 }
@@ -200,6 +205,8 @@ enum Target {
     Local,
     Leader(PeerNode),
     Unknown,
+    /// This node's Raft has stopped (the node is shutting down): nothing will be proposed here.
+    Stopped,
 }
 
 impl Store {
@@ -269,7 +276,11 @@ impl Store {
     }
 
     fn target(&self) -> Target {
-        let metrics = self.inner.raft.metrics().borrow().clone();
+        let receiver = self.inner.raft.metrics();
+        let metrics = receiver.borrow();
+        if metrics.running_state.is_err() {
+            return Target::Stopped;
+        }
         match metrics.current_leader {
             Some(id) if id == self.inner.node_id && metrics.state == ServerState::Leader => Target::Local,
             Some(id) => match metrics.membership_config.membership().get_node(&id) {
@@ -333,6 +344,9 @@ impl Store {
                     }
                 },
                 Target::Unknown => None,
+                // A stopped node may still hold client connections for a moment: answer them now rather than
+                // at the request deadline. Nothing was proposed, so clients may send it elsewhere.
+                Target::Stopped => return Err(server_stopped()),
             };
             if let Some(reply) = outcome {
                 return Ok(reply);
