@@ -31,7 +31,8 @@ for round in $(seq "$rounds"); do
     done
 done
 
-# The median of one field over the rounds of a row; durations print as 875.00µs, 14.42ms or 1.20s.
+# The median of one field over the rounds of a row (the lower of the two middle values for an even count);
+# durations print as 875.00µs, 14.42ms or 1.20s.
 median() {
     sed -n "s/.* $1=\([^ ]*\).*/\1/p" | awk '
         { v = $0; n = v + 0
@@ -47,12 +48,13 @@ for op in put range; do
         tt=$(echo "$t" | median throughput | tr -d '/s'); et=$(echo "$e" | median throughput | tr -d '/s')
         ratio=$(awk -v a="$tt" -v b="$et" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
         # Per-round ratios: Trestle's and etcd's runs of one round ran back to back.
-        spread=$(join <(echo "$t" | awk '{ print $4, $0 }' | sed -n 's/^\([0-9]*\) .* throughput=\([0-9.]*\).*/\1 \2/p' | sort) \
-                      <(echo "$e" | awk '{ print $4, $0 }' | sed -n 's/^\([0-9]*\) .* throughput=\([0-9.]*\).*/\1 \2/p' | sort) |
-            awk '$3 > 0 { r = $2 / $3; if (NR == 1 || r < lo) lo = r; if (NR == 1 || r > hi) hi = r }
-                 END { printf "%.2f–%.2f", lo, hi }')
+        spread=$(LC_ALL=C join \
+                <(echo "$t" | awk '{ print $4, $0 }' | sed -n 's/^\([0-9]*\) .* throughput=\([0-9.]*\).*/\1 \2/p' | LC_ALL=C sort -k1,1) \
+                <(echo "$e" | awk '{ print $4, $0 }' | sed -n 's/^\([0-9]*\) .* throughput=\([0-9.]*\).*/\1 \2/p' | LC_ALL=C sort -k1,1) |
+            awk '$3 > 0 { r = $2 / $3; if (k++ == 0) lo = hi = r; if (r < lo) lo = r; if (r > hi) hi = r }
+                 END { if (k) printf "%.2f–%.2f", lo, hi; else print "n/a" }')
         echo "| $op | $clients | $tt | $et | $ratio | $spread | $(echo "$t" | median p50) / $(echo "$t" | median p99) / $(echo "$t" | median p999) | $(echo "$e" | median p50) / $(echo "$e" | median p99) / $(echo "$e" | median p999) |"
     done
 done
 echo
-echo "Medians over $rounds round(s); ratio = Trestle's median throughput / etcd's; ratio range = lowest and highest per-round ratio."
+echo "Medians over $rounds round(s) (the lower middle value for an even count); ratio = Trestle's median throughput / etcd's; ratio range = lowest and highest per-round ratio."

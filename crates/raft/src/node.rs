@@ -80,7 +80,7 @@ pub fn staggered_snapshot_interval(every: u64, node_id: NodeId) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^= x >> 31;
-    every + x % spread
+    every.saturating_add(x % spread)
 }
 
 impl Default for RaftSettings {
@@ -848,6 +848,8 @@ mod tests {
         );
         // Deterministic: a restarted node keeps its interval.
         assert_eq!(staggered_snapshot_interval(every, 3), intervals[2]);
+        // Huge intervals ("never" in etcd terms) do not wrap around to tiny ones.
+        assert!(staggered_snapshot_interval(u64::MAX - 1, 7) >= u64::MAX - 1);
         // Too small to spread: unchanged.
         assert_eq!(staggered_snapshot_interval(1, 7), 1);
     }

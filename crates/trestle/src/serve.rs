@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Take a Raft snapshot, and compact the log behind it, after this many applied entries, plus a fixed
     /// per-node offset of up to half of it so members take turns (etcd's flag; an entry here may carry a batch
     /// of writes) [default: 10000].
-    #[arg(long, env = "TRESTLE_SNAPSHOT_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TRESTLE_SNAPSHOT_COUNT", value_parser = clap::value_parser!(u64).range(1..=MAX_SNAPSHOT_COUNT))]
     pub snapshot_count: Option<u64>,
     /// Client TLS certificate (PEM); with --key-file, clients must use https://.
     #[arg(long, env = "TRESTLE_CERT_FILE")]
@@ -156,6 +156,10 @@ pub fn parse_url_addr(url: &str) -> Result<SocketAddr, ServeError> {
         })
 }
 
+/// The largest `--snapshot-count`: beyond it openraft's index arithmetic could overflow, and 10^12 entries is
+/// "never" in practice.
+const MAX_SNAPSHOT_COUNT: u64 = 1_000_000_000_000;
+
 fn merge<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
     flag.or(file)
 }
@@ -243,10 +247,10 @@ impl ServeArgs {
             config.store.proposal_pipeline = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = merge(self.snapshot_count, file.snapshot_count) {
-            if n == 0 {
-                return Err(ServeError::Option(
-                    "snapshot_count must be at least 1 (the number of entries between snapshots)".into(),
-                ));
+            if !(1..=MAX_SNAPSHOT_COUNT).contains(&n) {
+                return Err(ServeError::Option(format!(
+                    "snapshot_count {n} must be between 1 and {MAX_SNAPSHOT_COUNT} (entries between snapshots)"
+                )));
             }
             config.raft.snapshot_every = n;
         }
