@@ -367,6 +367,18 @@ mod tests {
         }
     }
 
+    /// A snapshot of a [`Number`] taken at `last_log_id`.
+    fn stored(last_log_id: Option<LogId>, value: u64) -> StoredSnapshot {
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership: StoredMembership::default(),
+                snapshot_id: format!("{last_log_id:?}"),
+            },
+            data: value.to_be_bytes().to_vec(),
+        }
+    }
+
     fn open(db: &Arc<DB>) -> GroupStateMachine<Number> {
         GroupStateMachine::open(db.clone(), 7, Arc::new(RwLock::new(Number(0)))).unwrap()
     }
@@ -375,14 +387,7 @@ mod tests {
     async fn a_snapshot_an_older_version_kept_in_rocksdb_is_restored_then_replaced_by_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
-        let legacy = StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: None,
-                last_membership: StoredMembership::default(),
-                snapshot_id: "legacy".into(),
-            },
-            data: 42u64.to_be_bytes().to_vec(),
-        };
+        let legacy = stored(None, 42);
         let cf = db.cf_handle(CF_SNAPSHOT).unwrap();
         db.put_cf(&cf, meta_key(7, b"snapshot"), encode(&legacy).unwrap())
             .unwrap();
@@ -407,13 +412,11 @@ mod tests {
     async fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
-        let at = |index: u64, value: u64| StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
-                last_membership: StoredMembership::default(),
-                snapshot_id: format!("s{index}"),
-            },
-            data: value.to_be_bytes().to_vec(),
+        let at = |index: u64, value: u64| {
+            stored(
+                Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+                value,
+            )
         };
         let sm = open(&db);
         // An installed snapshot at 20, then a build of 10 that finishes late.

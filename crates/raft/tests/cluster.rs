@@ -179,29 +179,13 @@ async fn a_follower_behind_by_large_values_catches_up_from_the_log() {
             .await
             .unwrap();
     }
-    let target = cluster
-        .node(leader)
-        .store()
-        .raft()
-        .metrics()
-        .borrow()
-        .last_applied
-        .map_or(0, |id| id.index);
+    let target = applied_index(cluster.node(leader));
     cluster.restart(laggard).await;
     let node = cluster.node(laggard);
     wait_for(
         "the follower to apply every large entry",
         Duration::from_secs(30),
-        || async {
-            let applied = node
-                .store()
-                .raft()
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |id| id.index);
-            (applied >= target).then_some(())
-        },
+        || async { (applied_index(node) >= target).then_some(()) },
     )
     .await;
     assert!(
@@ -530,4 +514,14 @@ async fn status_reports_leader_term_and_index() {
     assert!(status.raft_term() >= 1);
     assert!(status.raft_index() >= 2);
     cluster.shutdown().await;
+}
+
+/// The index of the last entry `node` applied to its store.
+fn applied_index(node: &trestle_raft::Node) -> u64 {
+    node.store()
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |id| id.index)
 }

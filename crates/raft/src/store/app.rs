@@ -1,22 +1,20 @@
-//! The coordination store as a Raft group application: the MVCC store, plus the feed of applied events that
+//! The coordination store as a Raft group application: the MVCC store, plus the feed of applied revisions that
 //! watchers follow.
-
-use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
 use super::command::{StoreCommand, StoreOutcome, StoreResult};
 use crate::log_store::{decode, encode};
-use crate::mvcc::{Event, MvccError, MvccStore, Revision};
+use crate::mvcc::{MvccError, MvccStore, Revision};
 use crate::state_machine::GroupApp;
 
-/// The events one applied revision produced, as published to watchers.
+/// A notice that a revision was applied. The events themselves stay in the store's history
+/// ([`MvccStore::events_since`], [`MvccStore::events_at`]), where watchers read them under the app's lock: a
+/// notice carries no copy of them.
 #[derive(Clone, Debug)]
 pub struct RevisionEvents {
     /// The revision.
     pub revision: Revision,
-    /// Its events, in the order they happened.
-    pub events: Arc<Vec<Event>>,
     /// Set when the store was replaced by a snapshot: watchers must catch up from the store's history, because
     /// the revisions in between were never published one by one.
     pub resync: bool,
@@ -56,7 +54,7 @@ impl StoreApp {
         &self.store
     }
 
-    /// Subscribes to the events of revisions applied from now on. Subscribe while holding the app's lock after
+    /// Subscribes to notices of the revisions applied from now on. Subscribe while holding the app's lock after
     /// reading history, and no revision is missed or seen twice.
     pub fn subscribe(&self) -> broadcast::Receiver<RevisionEvents> {
         self.feed.subscribe()
@@ -91,13 +89,10 @@ impl StoreApp {
             }
         };
         let after = self.store.revision();
-        // Copying the events for the feed costs as much as the put itself; skip it when nobody watches.
-        if after != before && self.feed.receiver_count() > 0 {
-            let events = Arc::new(self.store.events_at(after).to_vec());
+        if after != before {
             // No receivers is fine: nobody is watching.
             let _ = self.feed.send(RevisionEvents {
                 revision: after,
-                events,
                 resync: false,
             });
         }
@@ -132,7 +127,6 @@ impl GroupApp for StoreApp {
         self.store = decode(snapshot).map_err(|e| format!("undecodable store snapshot: {e}"))?;
         let _ = self.feed.send(RevisionEvents {
             revision: self.store.revision(),
-            events: Arc::new(Vec::new()),
             resync: true,
         });
         Ok(())
@@ -192,7 +186,11 @@ mod tests {
         loop {
             match (watch_one.try_recv(), watch_batched.try_recv()) {
                 (Ok(a), Ok(b)) => {
-                    assert_eq!((a.revision, &a.events), (b.revision, &b.events));
+                    assert_eq!(a.revision, b.revision);
+                    assert_eq!(
+                        batched.store().events_at(b.revision),
+                        one_by_one.store().events_at(a.revision)
+                    );
                 }
                 (Err(_), Err(_)) => break,
                 (a, b) => panic!("the feeds differ: {a:?} / {b:?}"),

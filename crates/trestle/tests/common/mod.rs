@@ -134,19 +134,8 @@ impl ProcessCluster {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             for endpoint in self.endpoints() {
-                if let Ok(Ok(mut client)) = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    etcd_client::Client::connect([endpoint], None),
-                )
-                .await
-                {
-                    if let Ok(Ok(status)) =
-                        tokio::time::timeout(Duration::from_millis(500), client.status()).await
-                    {
-                        if status.leader() != 0 {
-                            return status.leader();
-                        }
-                    }
+                if let Some(leader) = status_of(&endpoint).await.map(|s| s.leader()).filter(|l| *l != 0) {
+                    return leader;
                 }
             }
             if tokio::time::Instant::now() >= deadline {
@@ -162,21 +151,7 @@ impl ProcessCluster {
         let deadline = tokio::time::Instant::now() + timeout;
         for endpoint in self.endpoints() {
             loop {
-                let answered = match tokio::time::timeout(
-                    Duration::from_millis(500),
-                    etcd_client::Client::connect([endpoint.clone()], None),
-                )
-                .await
-                {
-                    Ok(Ok(mut client)) => {
-                        matches!(
-                            tokio::time::timeout(Duration::from_millis(500), client.status()).await,
-                            Ok(Ok(_))
-                        )
-                    }
-                    _ => false,
-                };
-                if answered {
+                if status_of(&endpoint).await.is_some() {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -220,4 +195,14 @@ pub fn etcdctl_path() -> &'static Path {
         "etcdctl is missing: run scripts/bootstrap.sh (Debian package etcd-client)"
     );
     path
+}
+
+/// One node's Maintenance status, or `None` if it does not answer within half a second.
+async fn status_of(endpoint: &str) -> Option<etcd_client::StatusResponse> {
+    let wait = Duration::from_millis(500);
+    let mut client = tokio::time::timeout(wait, etcd_client::Client::connect([endpoint], None))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::time::timeout(wait, client.status()).await.ok()?.ok()
 }
