@@ -9,8 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TRESTLE_ROOT"
 
 bash scripts/bootstrap.sh
-say "building the trestle binary (the first build compiles RocksDB: 20+ minutes on 2 cores)"
-cargo build --locked --release -p trestle --bin trestle
+rocksdb_notice release "about 15-20 minutes"
+step "build trestle (release)" cargo build --locked --release -p trestle --bin trestle
 exec "$CARGO_TARGET_DIR/release/trestle" local-cluster \
     --nodes "${TRESTLE_NODES:-3}" \
     --data-dir "${TRESTLE_DATA_DIR:-$TRESTLE_ROOT/.trestle/local-cluster}" \
