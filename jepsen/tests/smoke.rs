@@ -75,7 +75,10 @@ async fn smoke(run: Smoke) -> Option<trestle_jepsen::TestOutcome> {
         ..
     } = run;
     if let Some(reason) = cannot_run() {
-        eprintln!("skipped: {reason}");
+        // Under CI a run that cannot happen is a failure, never a silent pass.
+        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(!in_ci, "smoke {workload} cannot run under CI: {reason}");
+        eprintln!("skipped (not under CI): {reason}");
         return None;
     }
     let binary = find_trestle(None).unwrap_or_else(|e| panic!("{e}"));

@@ -5,7 +5,7 @@
 //!
 //! - **Groups.** A node runs any number of Raft groups over one peer port and one RocksDB instance; every peer
 //!   RPC names its group. Each group replicates opaque commands for a [`GroupApp`]. Group 0 is the coordination
-//!   store ([`StoreApp`]); later crates (the work queue) run their partitions as further groups.
+//!   store ([`StoreApp`]); other replicated services run as further groups.
 //! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
 //!   are on disk; snapshots are synced before the log they replace is purged ([`LogStore`],
 //!   [`GroupStateMachine`]).
@@ -13,6 +13,10 @@
 //!   create/mod revision and version, leases, transactions, compaction, watch history); [`Store`] proposes
 //!   writes through the leader, serves linearizable reads through a read index and runs the leader's lease
 //!   clock; [`EtcdServer`] serves KV, Watch, Lease, Cluster and Maintenance with etcd's wire format and errors.
+//! - **Process-wide things stay with the application.** Metrics go through the `metrics` facade and the crate
+//!   installs no recorder: give a node a [`MetricsRenderer`] for its `/metrics`. Test helpers (loopback
+//!   clusters, a real etcd process, free ports, deadline waits) are the `testing` module, behind the `testing`
+//!   feature, for dev-dependencies.
 //!
 //! ```
 //! use trestle_raft::{MvccStore, PutRequest, RangeRequest};
@@ -34,8 +38,10 @@ mod log_store;
 mod mvcc;
 mod network;
 mod node;
+mod replicated;
 mod state_machine;
 mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
 mod types;
@@ -52,12 +58,16 @@ pub use mvcc::{
 };
 pub use network::{ConnectFn, NetworkFactory, PeerChannels, PeerClient, PeerService};
 pub use node::{
-    ClusterState, ConfigError, Node, NodeConfig, NodeError, RaftSettings, staggered_snapshot_interval,
+    ClusterState, ConfigError, MetricsRenderer, Node, NodeConfig, NodeError, RaftSettings,
+    staggered_snapshot_interval,
+};
+pub use replicated::{
+    CommandOf, Failure, MemberChange, NoRequest, Replicated, ReplicatedSettings, ReplicatedSettingsError,
+    ResponseOf, Service, StateMachine,
 };
 pub use state_machine::{GroupApp, GroupStateMachine};
 pub use store::{
-    Lessor, MemberChange, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult,
-    StoreSettings,
+    Lessor, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult, StoreSettings,
 };
 pub use tls::{TlsError, TlsFiles};
 pub use types::{

@@ -2,12 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use openraft::ServerState;
 use parking_lot::RwLock;
 use rocksdb::DB;
@@ -23,8 +22,9 @@ use crate::etcd::{EtcdServer, EtcdSettings};
 use crate::group::{GroupRegistry, StartGroupError, start_group};
 use crate::log_store::open_db;
 use crate::network::{PeerChannels, PeerService};
+use crate::replicated::MemberChange;
 use crate::state_machine::GroupApp;
-use crate::store::{MemberChange, Store, StoreApp, StoreSettings};
+use crate::store::{Store, StoreApp, StoreSettings};
 use crate::tls::{TlsError, TlsFiles};
 use crate::types::{GroupId, NodeId, PeerNode, Raft, STORE_GROUP, node_id_for};
 
@@ -116,6 +116,10 @@ pub struct NodeConfig {
     pub advertise_peer_url: String,
     /// Address of `/health` and `/metrics`; `None` to serve none. Default 127.0.0.1:2381.
     pub listen_metrics: Option<SocketAddr>,
+    /// What `/metrics` answers with. The node records through the `metrics` facade and installs no recorder
+    /// itself (that is the application's choice, once per process); give the installed recorder's renderer
+    /// here, e.g. a `metrics-exporter-prometheus` handle's `render`. Default none: `/metrics` answers 404.
+    pub metrics: Option<MetricsRenderer>,
     /// The founding members, `(name, peer URL)`, when `cluster_state` is `New`. Default: this node alone.
     pub initial_cluster: Vec<(String, String)>,
     /// New or existing cluster.
@@ -146,6 +150,7 @@ impl NodeConfig {
             listen_peer,
             advertise_peer_url: format!("http://{listen_peer}"),
             listen_metrics: Some(([127, 0, 0, 1], 2381).into()),
+            metrics: None,
             initial_cluster: Vec::new(),
             cluster_state: ClusterState::New,
             raft: RaftSettings::default(),
@@ -310,18 +315,37 @@ pub enum NodeError {
     /// A Raft group failed to start.
     #[error(transparent)]
     Group(#[from] StartGroupError),
+    /// A service's settings are invalid.
+    #[error("invalid service settings for group {group}: {source}")]
+    ServiceSettings {
+        /// The group.
+        group: GroupId,
+        /// What is wrong.
+        source: crate::replicated::ReplicatedSettingsError,
+    },
 }
 
-/// The process-wide Prometheus recorder (one per process, shared by every node a test starts in it).
-fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        // Another recorder may be installed already (an embedding application's); then ours only renders.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
+/// Renders the process's metrics in the Prometheus text format for a node's `/metrics`
+/// ([`NodeConfig::metrics`]). Cheap to clone.
+#[derive(Clone)]
+pub struct MetricsRenderer(Arc<dyn Fn() -> String + Send + Sync>);
+
+impl MetricsRenderer {
+    /// A renderer calling `render` for each scrape.
+    pub fn new(render: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        Self(Arc::new(render))
+    }
+
+    /// The current metrics.
+    pub fn render(&self) -> String {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for MetricsRenderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsRenderer")
+    }
 }
 
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -543,7 +567,13 @@ impl Node {
             }));
 
             if let Some(listener) = metrics_listener {
-                tasks.push(spawn_http(listener, groups.clone(), node_id, shutdown.clone()));
+                tasks.push(spawn_http(
+                    listener,
+                    groups.clone(),
+                    config.metrics.clone(),
+                    node_id,
+                    shutdown.clone(),
+                ));
             }
             tasks.push(spawn_raft_gauges(groups.clone(), shutdown.clone()));
             tasks.push(spawn_publish_attributes(
@@ -626,6 +656,42 @@ impl Node {
         .await?;
         self.groups.insert(group, raft.clone(), forward);
         Ok(raft)
+    }
+
+    /// Starts (or restarts) a service of the replicated-service layer as Raft group `group` on this node, over
+    /// the same port and database, and registers it to answer what followers forward. The caller initializes a
+    /// new group's membership (`Raft::initialize`) on its founding nodes.
+    pub async fn start_service<S: crate::replicated::Service>(
+        &self,
+        group: GroupId,
+        app: S::Machine,
+        service: S,
+        settings: crate::replicated::ReplicatedSettings,
+    ) -> Result<crate::replicated::Replicated<S>, NodeError> {
+        settings
+            .validate()
+            .map_err(|source| NodeError::ServiceSettings { group, source })?;
+        let app = Arc::new(RwLock::new(app));
+        let raft = start_group(
+            self.node_id,
+            group,
+            self.db.clone(),
+            self.channels.clone(),
+            self.raft_config.clone(),
+            app.clone(),
+        )
+        .await?;
+        let replicated = crate::replicated::Replicated::new(
+            self.node_id,
+            group,
+            raft.clone(),
+            app,
+            self.channels.clone(),
+            service,
+            settings,
+        );
+        self.groups.insert(group, raft, Arc::new(replicated.clone()));
+        Ok(replicated)
     }
 
     /// Starts (or restarts) another coordination-store keyspace as Raft group `group` on this node: its own
@@ -715,17 +781,29 @@ impl Node {
     }
 }
 
-/// `/health` (etcd's JSON: healthy when the store group has a leader) and `/metrics` (Prometheus).
+/// `/health` (etcd's JSON: healthy when the store group has a leader) and `/metrics` (what `metrics` renders;
+/// 404 without a renderer).
 fn spawn_http(
     listener: TcpListener,
     groups: GroupRegistry,
+    metrics: Option<MetricsRenderer>,
     node_id: NodeId,
     token: CancellationToken,
 ) -> JoinHandle<()> {
-    let handle = prometheus().clone();
     let health_groups = groups.clone();
     let router = axum::Router::new()
-        .route("/metrics", get(move || async move { handle.render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                match &metrics {
+                    Some(renderer) => (StatusCode::OK, renderer.render()),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        "no metrics recorder: the application embedding this node did not give one\n".into(),
+                    ),
+                }
+            }),
+        )
         .route(
             "/health",
             get(move || async move {
@@ -754,7 +832,6 @@ fn spawn_http(
 
 /// Publishes each group's Raft state as Prometheus gauges.
 fn spawn_raft_gauges(groups: GroupRegistry, token: CancellationToken) -> JoinHandle<()> {
-    let _ = prometheus();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {

@@ -37,13 +37,14 @@ use crate::types::{Entry, GroupId, LogId, SnapshotMeta, StorageError, StoredMemb
 /// Implementors must guarantee:
 /// - `apply` is deterministic: the same commands in the same order give the same state and results on every
 ///   replica, whatever the time or the machine;
-/// - `restore(snapshot())` gives back an equal state;
+/// - `restore(snapshot()?)` gives back an equal state;
 /// - neither panics on any input (a command is data from the network; answer bad ones with an error result).
 pub trait GroupApp: Send + Sync + 'static {
     /// Applies one committed command and returns its result for the proposer.
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
-    /// Serializes the whole state.
-    fn snapshot(&self) -> Vec<u8>;
+    /// Serializes the whole state. An error fails the snapshot build: nothing is saved and the log it would have
+    /// replaced is kept (the group stops with a storage error rather than lose state).
+    fn snapshot(&self) -> Result<Vec<u8>, String>;
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
 }
@@ -243,13 +244,14 @@ impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
                     snapshot_id,
                 }
             };
-            StoredSnapshot {
-                meta,
-                data: app.snapshot(),
-            }
+            app.snapshot().map(|data| StoredSnapshot { meta, data })
         })
         .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        .map_err(|e| snapshot_err(ErrorVerb::Write, e))?
+        .map_err(|e| {
+            tracing::error!(group = self.group, error = %e, "snapshot serialization failed; nothing saved");
+            snapshot_err(ErrorVerb::Write, format!("serializing the state machine: {e}"))
+        })?;
         let serialized = started.elapsed();
         let stored = self.save_snapshot(stored).await?;
         tracing::info!(
@@ -349,16 +351,21 @@ mod tests {
     use super::*;
     use crate::log_store::open_db;
 
-    /// A state that is one number, enough to tell snapshots apart.
+    /// A state that is one number, enough to tell snapshots apart. `u64::MAX` cannot be serialized.
     struct Number(u64);
+
+    const UNSERIALIZABLE: u64 = u64::MAX;
 
     impl GroupApp for Number {
         fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
             self.0 += command.len() as u64;
             Vec::new()
         }
-        fn snapshot(&self) -> Vec<u8> {
-            self.0.to_be_bytes().to_vec()
+        fn snapshot(&self) -> Result<Vec<u8>, String> {
+            if self.0 == UNSERIALIZABLE {
+                return Err(format!("{} cannot be serialized", self.0));
+            }
+            Ok(self.0.to_be_bytes().to_vec())
         }
         fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
             let bytes: [u8; 8] = snapshot.try_into().map_err(|_| "not 8 bytes".to_string())?;
@@ -404,6 +411,27 @@ mod tests {
 
         // A leftover from a write that crashed before its rename is ignored.
         std::fs::write(sm.snapshot_path().with_extension("snap.partial"), b"torn").unwrap();
+        drop(sm);
+        assert_eq!(open(&db).app().read().0, 50);
+    }
+
+    #[tokio::test]
+    async fn a_failed_serialization_saves_nothing_and_keeps_the_last_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let mut sm = open(&db);
+        sm.app().write().0 = 50;
+        sm.build_snapshot().await.unwrap();
+        let saved = std::fs::read(sm.snapshot_path()).unwrap();
+
+        sm.app().write().0 = UNSERIALIZABLE;
+        let err = sm.build_snapshot().await.unwrap_err();
+        assert!(err.to_string().contains("cannot be serialized"), "{err}");
+        assert_eq!(
+            std::fs::read(sm.snapshot_path()).unwrap(),
+            saved,
+            "the snapshot file changed"
+        );
         drop(sm);
         assert_eq!(open(&db).app().read().0, 50);
     }

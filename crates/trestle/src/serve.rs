@@ -129,6 +129,9 @@ pub enum ServeError {
     /// The node failed to start.
     #[error(transparent)]
     Node(#[from] trestle_raft::NodeError),
+    /// The process's metrics recorder could not be installed (another one already is).
+    #[error("cannot install the Prometheus metrics recorder: {0}")]
+    Metrics(String),
     /// The node stopped on a fatal error (storage failed); it exits non-zero so a supervisor notices.
     #[error("the node stopped on a fatal error: {0}")]
     Fatal(String),
@@ -275,7 +278,10 @@ impl ServeArgs {
 
 /// Runs one node until SIGINT or SIGTERM, then shuts it down.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let config = args.into_config()?;
+    let mut config = args.into_config()?;
+    if config.listen_metrics.is_some() {
+        config.metrics = Some(install_prometheus_recorder()?);
+    }
     let node = Node::start_with_services(config.clone(), coordination_routes(&config)).await?;
     tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), "serving");
     let fatal = tokio::select! {
@@ -290,6 +296,15 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             Err(ServeError::Fatal(reason))
         }
     }
+}
+
+/// Installs the process's Prometheus recorder (this process is one node: the binary owns the process-global
+/// recorder, the library only records through the `metrics` facade) and returns what `/metrics` renders.
+fn install_prometheus_recorder() -> Result<trestle_raft::MetricsRenderer, ServeError> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| ServeError::Metrics(e.to_string()))?;
+    Ok(trestle_raft::MetricsRenderer::new(move || handle.render()))
 }
 
 /// etcd's lock and election services for a node with `config`, talking to the node's own client port.

@@ -10,7 +10,7 @@ use etcd_client::proto::{
 use tonic::{Request, Response, Status};
 
 use super::EtcdServer;
-use crate::store::MemberChange;
+use crate::replicated::MemberChange;
 use crate::types::{NodeId, PeerNode};
 
 impl EtcdServer {

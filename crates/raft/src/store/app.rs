@@ -6,7 +6,7 @@ use tokio::sync::broadcast;
 use super::command::{StoreCommand, StoreOutcome, StoreResult};
 use crate::log_store::{decode, encode};
 use crate::mvcc::{MvccError, MvccStore, Revision};
-use crate::state_machine::GroupApp;
+use crate::replicated::StateMachine;
 
 /// A notice that a revision was applied. The events themselves stay in the store's history
 /// ([`MvccStore::events_since`], [`MvccStore::events_at`]), where watchers read them under the app's lock: a
@@ -65,7 +65,7 @@ impl StoreApp {
         self.last_index
     }
 
-    /// Applies one command (the sans-IO core of [`GroupApp::apply`]).
+    /// Applies one command (the sans-IO core of [`StateMachine::apply`]).
     pub fn apply_command(&mut self, command: &StoreCommand) -> StoreResult {
         if let StoreCommand::Batch(commands) = command {
             let results = commands.iter().map(|c| self.apply_command(c)).collect();
@@ -103,24 +103,37 @@ impl StoreApp {
     }
 }
 
-impl GroupApp for StoreApp {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+impl StateMachine for StoreApp {
+    type Command = StoreCommand;
+    type Response = StoreResult;
+
+    fn apply(&mut self, index: u64, command: StoreCommand) -> StoreResult {
         self.last_index = index;
-        let result = match decode::<StoreCommand>(command) {
-            Ok(command) => self.apply_command(&command),
-            // A command this version cannot read changes nothing; the proposer gets an error, not a panic.
-            Err(e) => StoreResult {
-                revision: self.store.revision(),
-                outcome: Err(MvccError::UndecodableCommand {
-                    detail: e.to_string(),
-                }),
-            },
-        };
-        encode(&result).unwrap_or_default()
+        self.apply_command(&command)
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        encode(&self.store).unwrap_or_default()
+    fn undecodable(&mut self, index: u64, error: String) -> StoreResult {
+        // A command this version cannot read changes nothing; the proposer gets an error, not a panic.
+        self.last_index = index;
+        StoreResult {
+            revision: self.store.revision(),
+            outcome: Err(MvccError::UndecodableCommand { detail: error }),
+        }
+    }
+
+    fn batch(commands: Vec<StoreCommand>) -> StoreCommand {
+        StoreCommand::Batch(commands)
+    }
+
+    fn unbatch(response: StoreResult, count: usize) -> Option<Vec<StoreResult>> {
+        match response.outcome {
+            Ok(StoreOutcome::Batch(results)) if results.len() == count => Some(results),
+            _ => None,
+        }
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, String> {
+        encode(&self.store).map_err(|e| format!("encoding the store: {e}"))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
@@ -203,7 +216,8 @@ mod tests {
         // Batches are a new last variant: entries written before them keep their encoding.
         let mut app = StoreApp::default();
         let bytes = encode(&put("k", "v")).expect("encodes");
-        let result: StoreResult = decode(&app.apply(7, &bytes)).expect("decodes");
+        let result: StoreResult =
+            decode(&crate::state_machine::GroupApp::apply(&mut app, 7, &bytes)).expect("decodes");
         assert!(matches!(result.outcome, Ok(StoreOutcome::Put(_))));
         assert_eq!(app.last_index(), 7);
     }

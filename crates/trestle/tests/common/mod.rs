@@ -18,7 +18,8 @@ pub use trestle_raft::testing::free_loopback_port as free_port;
 
 pub struct ProcessCluster {
     pub root: tempfile::TempDir,
-    pub ports: Vec<(u16, u16)>,
+    /// Each node's (client, peer, metrics) ports.
+    pub ports: Vec<(u16, u16, u16)>,
     pub children: Vec<Option<Child>>,
     /// A directory with `ca.pem`, `node.pem` and `node-key.pem`: when set, client and peer traffic use mutual TLS.
     pub tls: Option<PathBuf>,
@@ -37,7 +38,7 @@ impl ProcessCluster {
 
     fn start_with(n: usize, tls: Option<PathBuf>) -> Self {
         let root = tempfile::tempdir().unwrap();
-        let ports = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let mut cluster = Self {
             root,
             ports,
@@ -60,13 +61,13 @@ impl ProcessCluster {
     }
 
     fn spawn(&self, i: usize) -> Child {
-        let (client, peer) = self.ports[i];
+        let (client, peer, metrics) = self.ports[i];
         let scheme = self.scheme();
         let cluster: Vec<String> = self
             .ports
             .iter()
             .enumerate()
-            .map(|(j, (_, p))| format!("node{j}={scheme}://127.0.0.1:{p}"))
+            .map(|(j, (_, p, _))| format!("node{j}={scheme}://127.0.0.1:{p}"))
             .collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -81,7 +82,7 @@ impl ProcessCluster {
             .arg(self.data_dir(i))
             .args(["--listen-client-urls", &format!("{scheme}://127.0.0.1:{client}")])
             .args(["--listen-peer-urls", &format!("{scheme}://127.0.0.1:{peer}")])
-            .args(["--listen-metrics-urls", "none"])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics}")])
             .args(["--initial-cluster", &cluster.join(",")]);
         if let Some(pki) = &self.tls {
             for prefix in ["", "peer-"] {
@@ -119,6 +120,11 @@ impl ProcessCluster {
 
     fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Node `i`'s `/health` and `/metrics` address.
+    pub fn http_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i].2)
     }
 
     pub fn endpoints(&self) -> Vec<String> {

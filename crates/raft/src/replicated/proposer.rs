@@ -4,8 +4,8 @@
 //! so a leader that proposed every request alone would pay one fsync per request on its own disk, and the
 //! followers one per entry on theirs; a follower forwarding every request alone would pay a peer round trip
 //! each. Each node's proposer keeps at most `pipeline` batches in flight; whatever queues behind them leaves as
-//! the next batch, a [`StoreCommand::Batch`] proposed as one entry (forwarded as one request when this node
-//! follows). Under light load a request goes alone and at once; under heavy load batches grow and the fsyncs
+//! the next batch, proposed as one entry (the state machine's [`StateMachine::batch`], forwarded as one request
+//! when this node follows). Under light load a request goes alone and at once; under heavy load batches grow and the fsyncs
 //! and round trips per request fall. Durability is unchanged: every entry is synced on a majority before any of
 //! its commands is acknowledged.
 //!
@@ -17,11 +17,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use super::command::{StoreCommand, StoreResult};
 use crate::log_store::encode;
+#[cfg(doc)]
+use crate::replicated::StateMachine;
 
 /// How big an entry may grow and how many may be in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,44 +102,64 @@ impl<T> ProposalQueue<T> {
 }
 
 /// Sends one batch of commands to be applied and returns their results, in order (the same number).
-pub(crate) type SubmitBatch =
-    Arc<dyn Fn(Vec<StoreCommand>) -> BoxFuture<'static, Result<Vec<StoreResult>, Status>> + Send + Sync>;
+pub(crate) type SubmitBatch<C, R> =
+    Arc<dyn Fn(Vec<C>) -> BoxFuture<'static, Result<Vec<R>, Status>> + Send + Sync>;
 
-struct Proposal {
-    command: StoreCommand,
-    reply: oneshot::Sender<Result<StoreResult, Status>>,
+struct Proposal<C, R> {
+    command: C,
+    reply: oneshot::Sender<Result<R, Status>>,
 }
 
 /// The handle of a node's proposer task. The task ends when every handle is dropped.
-#[derive(Clone, Debug)]
-pub(crate) struct Proposer {
-    queue: mpsc::UnboundedSender<Proposal>,
+pub(crate) struct Proposer<C, R> {
+    queue: mpsc::UnboundedSender<Proposal<C, R>>,
+    /// The answer once the task is gone (the node is stopping).
+    stopped: fn() -> Status,
 }
 
-impl Proposer {
-    /// Starts a proposer that hands its batches to `submit`. Must be called within a tokio runtime.
-    pub(crate) fn spawn(submit: SubmitBatch, limits: BatchLimits) -> Self {
+impl<C, R> Clone for Proposer<C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            stopped: self.stopped,
+        }
+    }
+}
+
+impl<C, R> std::fmt::Debug for Proposer<C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer").finish_non_exhaustive()
+    }
+}
+
+impl<C, R> Proposer<C, R>
+where
+    C: Serialize + Send + 'static,
+    R: Send + 'static,
+{
+    /// Starts a proposer that hands its batches to `submit`; `stopped` is the answer once it has gone. Must be
+    /// called within a tokio runtime.
+    pub(crate) fn spawn(submit: SubmitBatch<C, R>, limits: BatchLimits, stopped: fn() -> Status) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         tokio::spawn(run(submit, receiver, limits));
-        Self { queue }
+        Self { queue, stopped }
     }
 
     /// Proposes `command` (with others queued at the same time) and waits for its result.
-    pub(crate) async fn propose(&self, command: StoreCommand) -> Result<StoreResult, Status> {
+    pub(crate) async fn propose(&self, command: C) -> Result<R, Status> {
         let (reply, result) = oneshot::channel();
         self.queue
             .send(Proposal { command, reply })
-            .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+            .map_err(|_| (self.stopped)())?;
+        result.await.map_err(|_| (self.stopped)())?
     }
 }
 
-/// etcd's answer once the server is stopping.
-pub(crate) fn stopped() -> Status {
-    Status::unavailable("etcdserver: server stopped")
-}
-
-async fn run(submit: SubmitBatch, mut receiver: mpsc::UnboundedReceiver<Proposal>, limits: BatchLimits) {
+async fn run<C: Serialize, R>(
+    submit: SubmitBatch<C, R>,
+    mut receiver: mpsc::UnboundedReceiver<Proposal<C, R>>,
+    limits: BatchLimits,
+) {
     let mut queue = ProposalQueue::new(limits);
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
@@ -157,7 +179,7 @@ async fn run(submit: SubmitBatch, mut receiver: mpsc::UnboundedReceiver<Proposal
         }
         while let Some(mut batch) = queue.next_batch() {
             // A caller that gave up before its turn is not proposed at all.
-            batch.retain(|p: &Proposal| !p.reply.is_closed());
+            batch.retain(|p: &Proposal<C, R>| !p.reply.is_closed());
             if batch.is_empty() {
                 queue.completed();
                 continue;
@@ -170,16 +192,15 @@ async fn run(submit: SubmitBatch, mut receiver: mpsc::UnboundedReceiver<Proposal
     }
 }
 
-fn enqueue(queue: &mut ProposalQueue<Proposal>, proposal: Proposal) {
+fn enqueue<C: Serialize, R>(queue: &mut ProposalQueue<Proposal<C, R>>, proposal: Proposal<C, R>) {
     // The size only steers batching; a command that cannot be encoded fails when its batch is encoded.
     let size = encode(&proposal.command).map_or(0, |bytes| bytes.len());
     queue.push(proposal, size);
 }
 
-async fn submit_batch(submit: SubmitBatch, batch: Vec<Proposal>) {
+async fn submit_batch<C, R>(submit: SubmitBatch<C, R>, batch: Vec<Proposal<C, R>>) {
     let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = commands.len();
-    metrics::histogram!("trestle_store_batch_commands").record(count as f64);
     match submit(commands).await {
         Ok(results) if results.len() == count => {
             for (reply, result) in replies.into_iter().zip(results) {

@@ -61,7 +61,6 @@ impl ReadRounds {
 
 /// Answers a round's reads.
 pub(crate) fn answer(round: Vec<Waiter>, result: &Result<u64, Status>) {
-    metrics::histogram!("trestle_store_reads_per_round").record(round.len() as f64);
     for waiter in round {
         let _ = waiter.send(result.clone());
     }

@@ -1,4 +1,9 @@
-//! Helpers for tests that run real nodes on loopback (this crate's, and those of crates built on it).
+//! Helpers for tests that run real nodes on loopback (this crate's, and those of crates built on it), and the
+//! conformance suite for [`GroupApp`](crate::GroupApp) implementations ([`check_group_app`]).
+
+mod conformance;
+
+pub use conformance::check_group_app;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,0 +1,108 @@
+//! Membership changes of a group, run on its leader.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::ChangeMembers;
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use super::service::{Failure, Service};
+use crate::types::{NodeId, PeerNode, Raft};
+
+/// A change to a group's membership (etcd's Cluster API for the coordination store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MemberChange {
+    /// Add a member, as a learner or as a voter. Its id derives from its peer URL.
+    Add {
+        /// How to reach it (name and client URLs may be empty until it starts and publishes them).
+        node: PeerNode,
+        /// Add as a non-voting learner.
+        learner: bool,
+    },
+    /// Make a learner a voter.
+    Promote(NodeId),
+    /// Remove a member (voter or learner).
+    Remove(NodeId),
+    /// Record a member's name and client URLs (a starting node publishes its own).
+    SetAttributes(NodeId, PeerNode),
+}
+
+/// Runs `change` on this node, which believes it leads. `Ok(None)`: not the leader (any more), or another
+/// change is still committing; the caller tries again within its deadline.
+pub(crate) async fn change_member_local<S: Service>(
+    raft: &Raft,
+    change: &MemberChange,
+) -> Result<Option<NodeId>, Status> {
+    let membership = raft.metrics().borrow().membership_config.membership().clone();
+    let is_voter = |id: NodeId| membership.voter_ids().any(|v| v == id);
+    let is_learner = |id: NodeId| membership.learner_ids().any(|l| l == id);
+    let (id, result) = match change {
+        MemberChange::Add { node, learner } => {
+            let id = crate::types::node_id_for(&node.peer_url);
+            if membership.get_node(&id).is_some() {
+                return Err(S::status(Failure::MemberExists));
+            }
+            let added = raft.add_learner(id, node.clone(), false).await;
+            let result = match (added, learner) {
+                (Ok(r), true) => Ok(r),
+                (Ok(_), false) => {
+                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                        .await
+                }
+                (Err(e), _) => Err(e),
+            };
+            (id, result)
+        }
+        MemberChange::Promote(id) => {
+            if is_voter(*id) {
+                return Err(S::status(Failure::NotALearner));
+            }
+            if !is_learner(*id) {
+                return Err(S::status(Failure::MemberNotFound));
+            }
+            (
+                *id,
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), true)
+                    .await,
+            )
+        }
+        MemberChange::Remove(id) => {
+            let change = if is_voter(*id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
+            } else if is_learner(*id) {
+                ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
+            } else {
+                return Err(S::status(Failure::MemberNotFound));
+            };
+            (*id, raft.change_membership(change, false).await)
+        }
+        MemberChange::SetAttributes(id, node) => {
+            if membership.get_node(id).is_none() {
+                return Err(S::status(Failure::MemberNotFound));
+            }
+            (
+                *id,
+                raft.change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(*id, node.clone())])),
+                    true,
+                )
+                .await,
+            )
+        }
+    };
+    match result {
+        Ok(_) => Ok(Some(id)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+        // Another change (a member publishing its attributes, say) is still committing: try again shortly,
+        // within the request's deadline.
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        ))) => Ok(None),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(S::status(Failure::MembershipRefused(e.to_string())))
+        }
+        Err(RaftError::Fatal(e)) => Err(S::status(Failure::RaftStopped(e.to_string()))),
+    }
+}
