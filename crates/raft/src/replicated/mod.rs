@@ -159,10 +159,28 @@ enum Target {
     Stopped,
 }
 
+/// The layer's metrics for one group, registered once (a label lookup per request would cost on the hot path).
+struct GroupMetrics {
+    proposal_seconds: metrics::Histogram,
+    batch_commands: metrics::Histogram,
+    reads_per_round: metrics::Histogram,
+}
+
+impl GroupMetrics {
+    fn new(group: GroupId) -> Self {
+        let group = group.to_string();
+        Self {
+            proposal_seconds: metrics::histogram!("trestle_raft_proposal_seconds", "group" => group.clone()),
+            batch_commands: metrics::histogram!("trestle_raft_batch_commands", "group" => group.clone()),
+            reads_per_round: metrics::histogram!("trestle_raft_reads_per_round", "group" => group),
+        }
+    }
+}
+
 struct Inner<S: Service> {
     node_id: NodeId,
     group: GroupId,
-    group_label: String,
+    metrics: GroupMetrics,
     raft: Raft,
     app: Arc<RwLock<S::Machine>>,
     service: S,
@@ -224,7 +242,7 @@ impl<S: Service> Replicated<S> {
             Inner {
                 node_id,
                 group,
-                group_label: group.to_string(),
+                metrics: GroupMetrics::new(group),
                 raft,
                 app,
                 service,
@@ -298,7 +316,9 @@ impl<S: Service> Replicated<S> {
     pub async fn propose(&self, command: CommandOf<S>) -> Result<ResponseOf<S>, Status> {
         let started = std::time::Instant::now();
         let result = self.inner.proposer.propose(command).await;
-        metrics::histogram!("trestle_raft_proposal_seconds", "group" => self.inner.group_label.clone())
+        self.inner
+            .metrics
+            .proposal_seconds
             .record(started.elapsed().as_secs_f64());
         result
     }
@@ -325,8 +345,7 @@ impl<S: Service> Replicated<S> {
     /// Runs a batch of commands as one entry, through the leader; their responses in order.
     async fn write_batch(&self, mut commands: Vec<CommandOf<S>>) -> Result<Vec<ResponseOf<S>>, Status> {
         let count = commands.len();
-        metrics::histogram!("trestle_raft_batch_commands", "group" => self.inner.group_label.clone())
-            .record(count as f64);
+        self.inner.metrics.batch_commands.record(count as f64);
         let command = if count == 1 {
             commands.pop().ok_or_else(|| Status::internal("empty batch"))?
         } else {
@@ -354,11 +373,7 @@ impl<S: Service> Replicated<S> {
                 let this = self.clone();
                 tokio::spawn(async move {
                     while let Some(round) = this.inner.reads.take_next() {
-                        metrics::histogram!(
-                            "trestle_raft_reads_per_round",
-                            "group" => this.inner.group_label.clone()
-                        )
-                        .record(round.len() as f64);
+                        this.inner.metrics.reads_per_round.record(round.len() as f64);
                         let result = match this.with_leader(ForwardOp::ReadIndex).await {
                             Ok(ForwardReply::ReadIndex(index)) => Ok(index),
                             Ok(other) => Err(unexpected(&other)),
