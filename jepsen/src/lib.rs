@@ -1,51 +1,44 @@
 #![doc = include_str!("../README.md")]
 
-mod binary;
-mod check;
-mod cleanup;
-mod cluster;
-mod edn;
-mod election;
+// The map. Each folder is one part of a Jepsen-style test:
+// - `history`: what a run records (events, operations, values) and reads back (JSON lines, Jepsen's EDN);
+// - `workload`: the clients that generate operations (register, set, lock, election);
+// - `nemesis`: fault injection (the seeded schedule, kernel partitions, the TCP fault proxy, kills, pauses,
+//   membership changes) and the evidence it records;
+// - `checker`: judging a history (linearizability, set, lock fencing, election terms, nemesis evidence);
+// - `harness`: real clusters (processes, network namespaces, leftovers), the runner that ties the parts
+//   together, and the results it writes (stats, timeline, plots);
+// - `sim`: the deterministic-network simulation of the Raft layer.
+
+mod checker;
 mod error;
+mod harness;
 mod history;
-mod linear;
-mod lock;
 mod nemesis;
-mod netns;
-mod plot;
-mod proxy;
-mod recorder;
-mod results;
-mod runner;
-mod schedule;
-mod set;
 pub mod sim;
-mod stats;
-mod timeline;
-mod value;
-mod verdict;
 mod workload;
 
-pub use binary::find_trestle;
-pub use check::{CheckModel, Details, Report, UnknownModel, check};
-pub use cleanup::clean_leftovers;
-pub use cluster::NetMode;
-pub use election::{ElectionKeyReport, ElectionReport, ElectionViolation, check_election};
+pub use checker::election::{ElectionKeyReport, ElectionReport, ElectionViolation, check_election};
+pub use checker::linear::{Limits, LinearReport, ModelError, RegisterModel, Violation, check_linearizable};
+pub use checker::lock::{LockKeyReport, LockReport, LockViolation, check_lock};
+pub use checker::nemesis::{GroupFired, NemesisReport, check_nemesis};
+pub use checker::set::{SetKeyReport, SetReport, check_set};
+pub use checker::verdict::Verdict;
+pub use checker::{CheckModel, Details, Report, UnknownModel, check};
 pub use error::HarnessError;
+pub use harness::binary::find_trestle;
+pub use harness::cleanup::clean_leftovers;
+pub use harness::cluster::NetMode;
+pub use harness::runner::{TestConfig, TestOutcome, run_test};
+pub use harness::stats::{Counts, Stats};
+pub use history::value::Value;
 pub use history::{Event, EventType, Format, History, HistoryError, Op, Outcome, Process, ReadOptions};
-pub use linear::{Limits, LinearReport, ModelError, RegisterModel, Violation, check_linearizable};
-pub use lock::{LockKeyReport, LockReport, LockViolation, check_lock};
-pub use nemesis::{GroupFired, NEMESIS, NemesisReport, check_nemesis};
-pub use proxy::LinkFault;
-pub use runner::{TestConfig, TestOutcome, run_test};
-pub use schedule::{
+pub use nemesis::NEMESIS;
+pub use nemesis::proxy::LinkFault;
+pub use nemesis::schedule::{
     Fault, NemesisError, NemesisGroup, NemesisKind, ScheduleConfig, ScheduleError, Window, draw_fault,
     parse_nemeses, schedule,
 };
-pub use set::{SetKeyReport, SetReport, check_set};
-pub use stats::{Counts, Stats};
-pub use value::Value;
-pub use verdict::Verdict;
 pub use workload::{
     BoxFuture, Completion, ElectionWorkload, LockWorkload, OpRequest, RegisterWorkload, Session, SetWorkload,
     WORKLOADS, Workload, workload_by_name,

@@ -20,8 +20,8 @@ use trestle_raft::{
 };
 
 use super::{Plant, SimConfig};
+use crate::history::value::Value;
 use crate::history::{Event, EventType, Process};
-use crate::value::Value;
 
 /// Where the run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

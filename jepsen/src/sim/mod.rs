@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::checker::linear::{Limits, LinearReport, RegisterModel, check_linearizable};
+use crate::checker::verdict::Verdict;
+use crate::harness::stats::Stats;
 use crate::history::History;
-use crate::linear::{Limits, LinearReport, RegisterModel, check_linearizable};
-use crate::stats::Stats;
-use crate::verdict::Verdict;
 
 pub use invariants::SimViolation;
 pub use schedule::{FaultAction, FaultEvent, SimFault, fault_schedule};

@@ -14,7 +14,7 @@
 //! - `resign` with the term: `ok` when this candidate still led;
 //! - `read` (final): the log's elements in the order they landed (create revision).
 //!
-//! Checked by the election checker ([`check_election`](crate::check_election)).
+//! Checked by the election checker ([`check_election`](crate::checker::election::check_election)).
 
 use std::time::Duration;
 
@@ -25,8 +25,8 @@ use trestle_election::{Election, ElectionError, Leadership};
 use trestle_lock::{Session as LockSession, SessionOptions};
 
 use super::{BoxFuture, Completion, OpRequest, Session, Workload, failure};
-use crate::check::CheckModel;
-use crate::value::Value;
+use crate::checker::CheckModel;
+use crate::history::value::Value;
 
 const ELECTION: &str = "jepsen/election/leader";
 const LOG: &str = "jepsen/election/log/";

@@ -8,7 +8,7 @@
 //! its lease and keep writing, which is the case fencing exists for. A process that holds nothing `acquire`s (the
 //! result is the fencing token: the lock key's create revision); a holder `append`s `[token element]` one after
 //! another for `hold_for` (4 s, longer than the 2 s TTL), then `release`s. The final `read` returns the protected set in the order its elements landed. Checked by the
-//! lock checker ([`check_lock`](crate::check_lock)): tokens unique and increasing, no two holders at once, the set
+//! lock checker ([`check_lock`](crate::checker::lock::check_lock)): tokens unique and increasing, no two holders at once, the set
 //! in token order, no acknowledged append lost.
 //!
 //! - **`lock`** (fenced): each element is its own key, written in one transaction with the highest token, that
@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use trestle_lock::{LockError, LockGuard, Mutex, Session as LockSession, SessionOptions};
 
 use super::{BoxFuture, Completion, OpRequest, Session, Workload, failure};
-use crate::check::CheckModel;
-use crate::value::Value;
+use crate::checker::CheckModel;
+use crate::history::value::Value;
 
 /// Bounds connecting to the resource's node.
 const RESOURCE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -25,9 +25,9 @@ use std::sync::Arc;
 
 use rand::RngCore;
 
-use crate::check::CheckModel;
+use crate::checker::CheckModel;
 use crate::history::EventType;
-use crate::value::Value;
+use crate::history::value::Value;
 
 pub use election::ElectionWorkload;
 pub use lock::LockWorkload;

@@ -9,8 +9,8 @@
 use rand::{Rng, RngCore};
 
 use super::{BoxFuture, Completion, OpRequest, Session, Workload, failure};
-use crate::check::CheckModel;
-use crate::value::Value;
+use crate::checker::CheckModel;
+use crate::history::value::Value;
 
 /// Settings of the register workload.
 #[derive(Clone, Debug, PartialEq, Eq)]

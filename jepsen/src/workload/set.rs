@@ -6,8 +6,8 @@
 use rand::{Rng, RngCore};
 
 use super::{BoxFuture, Completion, OpRequest, Session, Workload, failure};
-use crate::check::CheckModel;
-use crate::value::Value;
+use crate::checker::CheckModel;
+use crate::history::value::Value;
 
 const PREFIX: &str = "jepsen/s/";
 

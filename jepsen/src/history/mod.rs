@@ -1,11 +1,14 @@
 //! Histories: the events clients record, read from JSON lines or Jepsen's EDN, and paired into operations.
 
+pub(crate) mod edn;
+pub(crate) mod recorder;
+pub(crate) mod value;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
-use crate::edn;
-use crate::value::Value;
+use crate::history::value::Value;
 
 /// What an event says about its operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,15 +1,22 @@
 //! One entry point for every checker, and the one-screen summary the CLI prints.
 
+pub(crate) mod election;
+pub(crate) mod linear;
+pub(crate) mod lock;
+pub(crate) mod nemesis;
+pub(crate) mod set;
+pub(crate) mod verdict;
+
 use std::fmt;
 use std::str::FromStr;
 
-use crate::election::{ElectionReport, check_election};
+use crate::checker::election::{ElectionReport, check_election};
+use crate::checker::linear::{Limits, LinearReport, ModelError, RegisterModel, check_linearizable};
+use crate::checker::lock::{LockReport, check_lock};
+use crate::checker::set::{SetReport, check_set};
+use crate::checker::verdict::Verdict;
+use crate::harness::stats::Stats;
 use crate::history::History;
-use crate::linear::{Limits, LinearReport, ModelError, RegisterModel, check_linearizable};
-use crate::lock::{LockReport, check_lock};
-use crate::set::{SetReport, check_set};
-use crate::stats::Stats;
-use crate::verdict::Verdict;
 
 /// The models `trestle-jepsen check --model` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! - `resign`: invoked with the term; `ok` means the candidate still led when the resignation took effect;
 //! - `read`: completes `ok` with the log's elements in the order they landed (the final read).
 //!
-//! An election is a lock whose token is the term, so this is the lock checker ([`check_lock`](crate::check_lock))
+//! An election is a lock whose token is the term, so this is the lock checker ([`check_lock`](crate::checker::lock::check_lock))
 //! under other names, with the findings said in an election's words:
 //!
 //! - **one leader per term**: no two successful campaigns got the same term;
@@ -19,11 +19,11 @@
 
 use std::fmt;
 
+use crate::checker::linear::ModelError;
+use crate::checker::lock::{LockViolation, Words, check_lock_shaped, write_findings};
+use crate::checker::verdict::Verdict;
+use crate::history::value::Value;
 use crate::history::{History, key_label};
-use crate::linear::ModelError;
-use crate::lock::{LockViolation, Words, check_lock_shaped, write_findings};
-use crate::value::Value;
-use crate::verdict::Verdict;
 
 const ELECTION_WORDS: Words = Words {
     acquire: "campaign",

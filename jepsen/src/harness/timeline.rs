@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::history::value::Value;
 use crate::history::{EventType, History, Outcome};
-use crate::value::Value;
 
 /// Fault intervals from the nemesis events: (start s, end s, label). A fault without a stop runs to `end`.
 pub(crate) fn nemesis_intervals(history: &History) -> Vec<(f64, f64, String)> {

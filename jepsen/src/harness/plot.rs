@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
+use crate::harness::timeline::nemesis_intervals;
 use crate::history::{History, Outcome};
-use crate::timeline::nemesis_intervals;
 
 const FONT_PATHS: [&str; 2] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

@@ -7,15 +7,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::check::Report;
-use crate::cluster::NetMode;
+use crate::checker::Report;
+use crate::checker::nemesis::NemesisReport;
+use crate::checker::verdict::Verdict;
 use crate::error::HarnessError;
+use crate::harness::cluster::NetMode;
+use crate::harness::runner::TestConfig;
+use crate::harness::{plot, timeline};
 use crate::history::{History, Outcome};
-use crate::nemesis::NemesisReport;
-use crate::runner::TestConfig;
-use crate::schedule::Window;
-use crate::verdict::Verdict;
-use crate::{plot, timeline};
+use crate::nemesis::schedule::Window;
 
 /// `2026-11-22T05:30:12.345Z` style, without separators that trouble shells: `20261122T053012.345Z`.
 pub(crate) fn timestamp(now: SystemTime) -> String {

@@ -27,10 +27,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::cleanup::Ledger;
 use crate::error::HarnessError;
-use crate::netns::{self, Netns, NsWorker, node_addr};
-use crate::proxy::{Counters, FaultTable, LinkFault, Proxy};
+use crate::harness::cleanup::Ledger;
+use crate::harness::netns::{self, Netns, NsWorker, node_addr};
+use crate::nemesis::proxy::{Counters, FaultTable, LinkFault, Proxy};
 
 /// How nodes are networked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

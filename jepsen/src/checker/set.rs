@@ -3,10 +3,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
+use crate::checker::linear::ModelError;
+use crate::checker::verdict::Verdict;
+use crate::history::value::Value;
 use crate::history::{History, Op, Outcome, key_label, short};
-use crate::linear::ModelError;
-use crate::value::Value;
-use crate::verdict::Verdict;
 
 /// What the set checker found for one key.
 #[derive(Clone, Debug)]

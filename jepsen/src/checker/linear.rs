@@ -20,9 +20,9 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use crate::checker::verdict::Verdict;
+use crate::history::value::Value;
 use crate::history::{History, Op, Outcome, key_label, short};
-use crate::value::Value;
-use crate::verdict::Verdict;
 
 /// Which register model to check against. Both start out holding `nil`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

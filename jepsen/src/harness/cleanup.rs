@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::netns;
+use crate::harness::netns;
 
 fn ledger_dir() -> PathBuf {
     std::env::temp_dir().join("trestle-jepsen-runs")

@@ -17,18 +17,19 @@ use rand_chacha::ChaCha8Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::binary::find_trestle;
-use crate::check::{Report, check};
-use crate::cleanup::{clean_leftovers, new_run_id};
-use crate::cluster::{Cluster, ClusterSpec, NetMode};
+use crate::checker::linear::Limits;
+use crate::checker::nemesis::{NemesisReport, check_nemesis};
+use crate::checker::verdict::Verdict;
+use crate::checker::{Report, check};
 use crate::error::HarnessError;
+use crate::harness::binary::find_trestle;
+use crate::harness::cleanup::{clean_leftovers, new_run_id};
+use crate::harness::cluster::{Cluster, ClusterSpec, NetMode};
+use crate::harness::results::{self, RunInfo};
+use crate::history::recorder::Recorder;
 use crate::history::{Event, EventType, History, Process};
-use crate::linear::Limits;
-use crate::nemesis::{Nemesis, NemesisReport, check_nemesis};
-use crate::recorder::Recorder;
-use crate::results::{self, RunInfo};
-use crate::schedule::{ScheduleConfig, parse_nemeses, schedule};
-use crate::verdict::Verdict;
+use crate::nemesis::Nemesis;
+use crate::nemesis::schedule::{ScheduleConfig, parse_nemeses, schedule};
 use crate::workload::{OpRequest, WORKLOADS, Workload, workload_by_name};
 
 /// Everything `trestle-jepsen test` takes.

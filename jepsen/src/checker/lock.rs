@@ -9,10 +9,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use crate::checker::linear::ModelError;
+use crate::checker::verdict::Verdict;
+use crate::history::value::Value;
 use crate::history::{History, Op, Outcome, key_label, short};
-use crate::linear::ModelError;
-use crate::value::Value;
-use crate::verdict::Verdict;
 
 /// One thing the lock checker found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]

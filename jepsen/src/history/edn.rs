@@ -5,7 +5,7 @@
 //! as its value with the tag dropped. It never panics: bad input is an [`EdnError`] with a line number, and nesting
 //! deeper than [`MAX_DEPTH`] is refused rather than overflowing the stack.
 
-use crate::value::Value;
+use crate::history::value::Value;
 
 /// How deeply collections may nest.
 pub(crate) const MAX_DEPTH: usize = 200;
