@@ -6,13 +6,16 @@
 //! - **Groups.** A node runs any number of Raft groups over one peer port and one RocksDB instance; every peer
 //!   RPC names its group. Each group replicates opaque commands for a [`GroupApp`]. Group 0 is the coordination
 //!   store ([`StoreApp`]); other replicated services run as further groups.
+//! - **Services.** The replicated-service layer ([`Replicated`]) gives any [`StateMachine`] group commit,
+//!   forwarding to the leader without duplicates, linearizable reads, membership changes and a leader clock;
+//!   [`Node::start_service`] runs one. The coordination store is one such service; the testing feature's
+//!   conformance suite checks any implementation.
 //! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
 //!   are on disk; snapshots are synced before the log they replace is purged ([`LogStore`],
 //!   [`GroupStateMachine`]).
 //! - **The store.** [`MvccStore`] is etcd's MVCC data model as a sans-IO state machine (revisions, per-key
-//!   create/mod revision and version, leases, transactions, compaction, watch history); [`Store`] proposes
-//!   writes through the leader, serves linearizable reads through a read index and runs the leader's lease
-//!   clock; [`EtcdServer`] serves KV, Watch, Lease, Cluster and Maintenance with etcd's wire format and errors.
+//!   create/mod revision and version, leases, transactions, compaction, watch history); [`Store`] is the store's
+//!   service (lease keep-alives answered by the leader, the leader's lease clock, etcd's error words); [`EtcdServer`] serves KV, Watch, Lease, Cluster and Maintenance with etcd's wire format and errors.
 //! - **Process-wide things stay with the application.** Metrics go through the `metrics` facade and the crate
 //!   installs no recorder: give a node a [`MetricsRenderer`] for its `/metrics`. Test helpers (loopback
 //!   clusters, a real etcd process, free ports, deadline waits) are the `testing` module, behind the `testing`
