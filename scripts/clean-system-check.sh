@@ -57,12 +57,23 @@ work=${CLEAN_CHECK_DIR:-/var/tmp/trestle-clean-check}
 root=$work/root
 logs=$work/logs
 
+# Prints the ids of the processes running inside the root whose command line matches the regex PATTERN (every
+# one when PATTERN is empty). Always succeeds.
+pids_in_root() {
+    local p
+    for p in /proc/[0-9]*; do
+        [[ $(readlink "$p/root" 2>/dev/null) == "$root" ]] || continue
+        if [[ -z $1 ]] || tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$1"; then
+            echo "${p#/proc/}"
+        fi
+    done
+    return 0
+}
+
 # Kills whatever still runs inside the root, then unmounts everything below it (deepest first).
 release_root() {
     local pid
-    for pid in /proc/[0-9]*; do
-        [[ $(readlink "$pid/root" 2>/dev/null) == "$root" ]] && kill -KILL "${pid#/proc/}" 2>/dev/null
-    done
+    for pid in $(pids_in_root ''); do kill -KILL "$pid" 2>/dev/null || true; done
     # Network namespaces the suite left behind would keep their mounts busy.
     if [[ -d $root/run/netns ]]; then
         for ns in "$root"/run/netns/*; do [[ -e $ns ]] && umount -l "$ns" 2>/dev/null; done
@@ -125,7 +136,7 @@ mount --bind "$cargo_bin" "$root/opt/host-cargo-bin" && mount -o remount,bind,ro
 say "copying the work tree into the root ($(git -C "$TRESTLE_ROOT" rev-parse --short HEAD)$(git -C "$TRESTLE_ROOT" diff --quiet HEAD || echo ', with uncommitted changes'))"
 mkdir -p "$root/root/trestle"
 git -C "$TRESTLE_ROOT" ls-files -z --cached --others --exclude-standard |
-    (cd "$TRESTLE_ROOT" && xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |
+    (cd "$TRESTLE_ROOT" && xargs -0 -r sh -c 'for f; do if [ -e "$f" ]; then printf "%s\0" "$f"; fi; done' sh) |
     tar -C "$TRESTLE_ROOT" --null -T - -cf - | tar -C "$root/root/trestle" -xf -
 
 # A newcomer's environment: HOME, a PATH with cargo's bin first, the CA file, proxies if the host uses them.
@@ -164,20 +175,22 @@ if ! in_root "export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=$endpoints
 fi
 record "README's etcdctl commands" ok $((SECONDS - start))
 
-# Ctrl-C: SIGINT to the cluster process (run.sh execs it), which must stop its nodes and exit 0.
+# Ctrl-C: SIGINT to the cluster process (run.sh execs it), which must stop its nodes and exit 0 within a minute.
 start=$SECONDS
-cluster_pid=$(for p in /proc/[0-9]*; do
-    [[ $(readlink "$p/root" 2>/dev/null) == "$root" ]] && tr '\0' ' ' <"$p/cmdline" 2>/dev/null |
-        grep -q '^[^ ]*/trestle local-cluster' && echo "${p#/proc/}"; done | head -1)
-[[ -n $cluster_pid ]] || fail "Ctrl-C stops the cluster" 0 "$run_log"
+cluster_pid=$(pids_in_root '^[^ ]*/trestle local-cluster' | head -n 1)
+[[ -n $cluster_pid ]] || fail "Ctrl-C stops the cluster (no local-cluster process found)" 0 "$run_log"
 kill -INT "$cluster_pid"
+deadline=$((SECONDS + 60))
+while kill -0 "$run_pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 1; done
+kill -0 "$run_pid" 2>/dev/null && fail "Ctrl-C stops the cluster (still running after 60 s)" 60 "$run_log"
 status=0
-timeout 60 tail --pid="$cluster_pid" -f /dev/null || status=$?
 wait "$run_pid" || status=$?
 if ((status != 0)); then
     echo "exit status after SIGINT: $status" >>"$run_log"
-    fail "Ctrl-C stops the cluster" $((SECONDS - start)) "$run_log"
+    fail "Ctrl-C stops the cluster (exit status $status)" $((SECONDS - start)) "$run_log"
 fi
+[[ -z $(pids_in_root 'trestle serve') ]] ||
+    fail "Ctrl-C stops the cluster (a node outlived it)" $((SECONDS - start)) "$run_log"
 record "Ctrl-C stops the cluster" ok $((SECONDS - start))
 
 if ((only_run == 0)); then
