@@ -22,9 +22,9 @@ use crate::etcd::{EtcdServer, EtcdSettings};
 use crate::group::{GroupRegistry, StartGroupError, start_group};
 use crate::log_store::open_db;
 use crate::network::{PeerChannels, PeerService};
-use crate::replicated::MemberChange;
+use crate::replicated::{MemberChange, Replicated, ReplicatedSettings, Service};
 use crate::state_machine::GroupApp;
-use crate::store::{Store, StoreApp, StoreSettings};
+use crate::store::{Store, StoreApp, StoreService, StoreSettings};
 use crate::tls::{TlsError, TlsFiles};
 use crate::types::{GroupId, NodeId, PeerNode, Raft, STORE_GROUP, node_id_for};
 
@@ -348,6 +348,51 @@ impl std::fmt::Debug for MetricsRenderer {
     }
 }
 
+/// What starting a group on this node needs: the node's database, peer channels, Raft settings and registry.
+struct GroupHost {
+    node_id: NodeId,
+    db: Arc<DB>,
+    channels: PeerChannels,
+    raft_config: Arc<openraft::Config>,
+    groups: GroupRegistry,
+}
+
+impl GroupHost {
+    /// Starts `service` as group `group` and registers it to answer what followers forward.
+    async fn start_service<S: Service>(
+        &self,
+        group: GroupId,
+        app: S::Machine,
+        service: S,
+        settings: ReplicatedSettings,
+    ) -> Result<Replicated<S>, NodeError> {
+        settings
+            .validate()
+            .map_err(|source| NodeError::ServiceSettings { group, source })?;
+        let app = Arc::new(RwLock::new(app));
+        let raft = start_group(
+            self.node_id,
+            group,
+            self.db.clone(),
+            self.channels.clone(),
+            self.raft_config.clone(),
+            app.clone(),
+        )
+        .await?;
+        let replicated = Replicated::new(
+            self.node_id,
+            group,
+            raft.clone(),
+            app,
+            self.channels.clone(),
+            service,
+            settings,
+        );
+        self.groups.insert(group, raft, Arc::new(replicated.clone()));
+        Ok(replicated)
+    }
+}
+
 /// A running node. Dropping it does not stop it: call [`Node::shutdown`].
 pub struct Node {
     config: NodeConfig,
@@ -489,25 +534,23 @@ impl Node {
                 }
             }));
 
-            let app = Arc::new(RwLock::new(StoreApp::default()));
-            let raft = start_group(
+            let host = GroupHost {
                 node_id,
-                STORE_GROUP,
-                db.clone(),
-                channels.clone(),
-                raft_config.clone(),
-                app.clone(),
-            )
-            .await?;
-            let store = Store::new(
-                node_id,
-                STORE_GROUP,
-                raft.clone(),
-                app,
-                channels.clone(),
-                config.store.clone(),
+                db: db.clone(),
+                channels: channels.clone(),
+                raft_config: raft_config.clone(),
+                groups: groups.clone(),
+            };
+            let store = Store::from_replicated(
+                host.start_service(
+                    STORE_GROUP,
+                    StoreApp::default(),
+                    StoreService::new(config.store.clone()),
+                    config.store.replicated(),
+                )
+                .await?,
             );
-            groups.insert(STORE_GROUP, raft.clone(), Arc::new(store.clone()));
+            let raft = store.raft().clone();
             tasks.push(store.spawn_lessor());
 
             if config.cluster_state == ClusterState::New
@@ -661,61 +704,25 @@ impl Node {
     /// Starts (or restarts) a service of the replicated-service layer as Raft group `group` on this node, over
     /// the same port and database, and registers it to answer what followers forward. The caller initializes a
     /// new group's membership (`Raft::initialize`) on its founding nodes.
-    pub async fn start_service<S: crate::replicated::Service>(
+    pub async fn start_service<S: Service>(
         &self,
         group: GroupId,
         app: S::Machine,
         service: S,
-        settings: crate::replicated::ReplicatedSettings,
-    ) -> Result<crate::replicated::Replicated<S>, NodeError> {
-        settings
-            .validate()
-            .map_err(|source| NodeError::ServiceSettings { group, source })?;
-        let app = Arc::new(RwLock::new(app));
-        let raft = start_group(
-            self.node_id,
-            group,
-            self.db.clone(),
-            self.channels.clone(),
-            self.raft_config.clone(),
-            app.clone(),
-        )
-        .await?;
-        let replicated = crate::replicated::Replicated::new(
-            self.node_id,
-            group,
-            raft.clone(),
-            app,
-            self.channels.clone(),
-            service,
-            settings,
-        );
-        self.groups.insert(group, raft, Arc::new(replicated.clone()));
-        Ok(replicated)
+        settings: ReplicatedSettings,
+    ) -> Result<Replicated<S>, NodeError> {
+        self.host().start_service(group, app, service, settings).await
     }
 
     /// Starts (or restarts) another coordination-store keyspace as Raft group `group` on this node: its own
     /// log, revisions, leases and leader, over the same port and database as group 0.
     pub async fn start_store_group(&self, group: GroupId) -> Result<Store, NodeError> {
-        let app = Arc::new(RwLock::new(StoreApp::default()));
-        let raft = start_group(
-            self.node_id,
-            group,
-            self.db.clone(),
-            self.channels.clone(),
-            self.raft_config.clone(),
-            app.clone(),
-        )
-        .await?;
-        let store = Store::new(
-            self.node_id,
-            group,
-            raft.clone(),
-            app,
-            self.channels.clone(),
-            self.config.store.clone(),
+        let settings = &self.config.store;
+        let service = StoreService::new(settings.clone());
+        let store = Store::from_replicated(
+            self.start_service(group, StoreApp::default(), service, settings.replicated())
+                .await?,
         );
-        self.groups.insert(group, raft, Arc::new(store.clone()));
         let lessor = store.spawn_lessor();
         let token = self.shutdown.clone();
         tokio::spawn(async move {
@@ -723,6 +730,16 @@ impl Node {
             lessor.abort();
         });
         Ok(store)
+    }
+
+    fn host(&self) -> GroupHost {
+        GroupHost {
+            node_id: self.node_id,
+            db: self.db.clone(),
+            channels: self.channels.clone(),
+            raft_config: self.raft_config.clone(),
+            groups: self.groups.clone(),
+        }
     }
 
     /// This node as a Raft member (what the membership records for it).

@@ -59,7 +59,7 @@ impl Default for StoreSettings {
 
 impl StoreSettings {
     /// The replicated-service layer's share of the settings.
-    fn replicated(&self) -> ReplicatedSettings {
+    pub(crate) fn replicated(&self) -> ReplicatedSettings {
         ReplicatedSettings {
             request_timeout: self.request_timeout,
             proposal_pipeline: self.proposal_pipeline,
@@ -88,6 +88,15 @@ pub(crate) enum LeaseReply {
 pub(crate) struct StoreService {
     lessor: Mutex<Lessor>,
     settings: StoreSettings,
+}
+
+impl StoreService {
+    pub(crate) fn new(settings: StoreSettings) -> Self {
+        Self {
+            lessor: Mutex::new(Lessor::new()),
+            settings,
+        }
+    }
 }
 
 impl Service for StoreService {
@@ -247,21 +256,16 @@ impl Store {
         channels: PeerChannels,
         settings: StoreSettings,
     ) -> Self {
-        let service = StoreService {
-            lessor: Mutex::new(Lessor::new()),
-            settings: settings.clone(),
-        };
-        Self {
-            replicated: Replicated::new(
-                node_id,
-                group,
-                raft,
-                app,
-                channels,
-                service,
-                settings.replicated(),
-            ),
-        }
+        let replicated = settings.replicated();
+        let service = StoreService::new(settings);
+        Self::from_replicated(Replicated::new(
+            node_id, group, raft, app, channels, service, replicated,
+        ))
+    }
+
+    /// The store around its started service.
+    pub(crate) fn from_replicated(replicated: Replicated<StoreService>) -> Self {
+        Self { replicated }
     }
 
     /// The group's Raft handle.
