@@ -120,6 +120,8 @@ record "debootstrap minbase bookworm" ok $((SECONDS - start))
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod +x "$root/usr/sbin/policy-rc.d"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# What Debian's installer writes on every machine; debootstrap leaves it out.
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 if [[ -n ${SSL_CERT_FILE:-} && -f $SSL_CERT_FILE ]]; then
     mkdir -p "$root$(dirname "$SSL_CERT_FILE")"
     cp "$SSL_CERT_FILE" "$root$SSL_CERT_FILE"

@@ -144,6 +144,10 @@ pub fn parse_url_addr(url: &str) -> Result<SocketAddr, ServeError> {
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| ServeError::Option(format!("URL {url:?} must start with http:// or https://")))?;
     let host_port = rest.trim_end_matches('/');
+    // `localhost` is the loopback address by definition (RFC 6761), also where no resolver or /etc/hosts says so.
+    if let Some(Ok(port)) = host_port.strip_prefix("localhost:").map(str::parse::<u16>) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
     host_port
         .to_socket_addrs()
         .ok()
