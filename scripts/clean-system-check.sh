@@ -11,7 +11,7 @@
 #   2. scripts/test.sh   the whole suite, exactly as CI runs it.
 #
 # It prints one line per step with its result and wall time, and the tail of the log of a step that failed.
-# Logs stay in $CLEAN_CHECK_DIR/logs. Needs root (debootstrap, chroot, mounts) and about an hour on 2 cores: the
+# Logs stay in $CLEAN_CHECK_DIR/logs. Needs root (debootstrap, chroot, mounts) and about half an hour on 2 cores: the
 # RocksDB C++ build runs twice from nothing (release for run.sh, dev for test.sh).
 #
 #   CLEAN_CHECK_DIR   where the root and logs go         (default: /var/tmp/trestle-clean-check)

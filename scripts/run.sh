@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TRESTLE_ROOT"
 
 bash scripts/bootstrap.sh
-rocksdb_notice release "about 15-20 minutes"
+rocksdb_notice release "about 12 minutes"
 step "build trestle (release)" cargo build --locked --release -p trestle --bin trestle
 exec "$CARGO_TARGET_DIR/release/trestle" local-cluster \
     --nodes "${TRESTLE_NODES:-3}" \

@@ -10,7 +10,7 @@ total=$SECONDS
 
 step bootstrap bash scripts/bootstrap.sh
 say "build directory: $CARGO_TARGET_DIR"
-rocksdb_notice debug "about 10 minutes"
+rocksdb_notice debug "about 7 minutes"
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step features env CARGO_BUILD_JOBS="$(nproc)" bash crates/breaker/scripts/check-features.sh
