@@ -9,8 +9,9 @@ use etcd_client::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::debug;
+use trestle_etcd::CallKind;
 use trestle_lock::queue::{
-    CleanupOnDrop, Contender, enqueue, get, guarded, header_revision, retry_transient, wait_for_turn,
+    CleanupOnDrop, Contender, call, enqueue, get, guarded, header_revision, wait_for_turn,
 };
 use trestle_lock::{FencingToken, LossSignal, Session};
 
@@ -155,8 +156,7 @@ impl Election {
         if prefix {
             options = options.with_prefix();
         }
-        let mut stream = retry_transient(|| {
-            let mut client = self.line.client.clone();
+        let mut stream = call(&self.line.client, CallKind::ReadOnly, |mut client| {
             let options = options.clone();
             let key = watched_key.clone();
             async move { client.watch(key, Some(options)).await }
@@ -282,8 +282,8 @@ impl Leadership {
             Some(PutOptions::new().with_lease(self.lease)),
         );
         let txn = Txn::new().when([self.leader_compare()]).and_then([put]);
-        let response = retry_transient(|| {
-            let mut client = self.client.clone();
+        // A put of our own key guarded by its create revision: applied twice, the same as once.
+        let response = call(&self.client, CallKind::Idempotent, |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
         })
@@ -310,8 +310,8 @@ impl Leadership {
         let txn = Txn::new()
             .when([self.leader_compare()])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let response = retry_transient(|| {
-            let mut client = self.client.clone();
+        // A delete of our own key guarded by its create revision (see trestle-lock's release).
+        let response = call(&self.client, CallKind::Idempotent, |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
         })

@@ -195,7 +195,7 @@ async fn elector_hands_over_on_shutdown(backend: Backend) {
         let (w, s) = (wa.clone(), stop_a.clone());
         async move { ea.run(w, s).await }
     });
-    trestle_raft::testing::wait_for("a leads", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("a leads", Duration::from_secs(10), || async {
         (wa.started.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await
@@ -207,7 +207,7 @@ async fn elector_hands_over_on_shutdown(backend: Backend) {
     });
     support::wait_until_keys(&client, "elector/", 2).await;
     assert_eq!(wb.started.load(Ordering::SeqCst), 0);
-    trestle_raft::testing::wait_for("b observed a as leader", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("b observed a as leader", Duration::from_secs(10), || async {
         let leaders = wb.leaders.lock().ok()?.clone();
         (leaders == [b"a".to_vec()]).then_some(())
     })
@@ -218,7 +218,7 @@ async fn elector_hands_over_on_shutdown(backend: Backend) {
     stop_a.cancel();
     run_a.await.expect("task").expect("a stops");
     assert_eq!(wa.stopped.load(Ordering::SeqCst), 1);
-    trestle_raft::testing::wait_for("b leads", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("b leads", Duration::from_secs(10), || async {
         (wb.started.load(Ordering::SeqCst) == 1).then_some(())
     })
     .await
@@ -232,7 +232,7 @@ async fn elector_hands_over_on_shutdown(backend: Backend) {
         1,
         "never two leaders running work at once"
     );
-    trestle_raft::testing::wait_for("b saw both leaders", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("b saw both leaders", Duration::from_secs(10), || async {
         let leaders = wb.leaders.lock().ok()?.clone();
         (leaders == [b"a".to_vec(), b"b".to_vec()]).then_some(())
     })

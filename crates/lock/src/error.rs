@@ -61,9 +61,22 @@ pub enum LockError {
         /// What was wrong.
         what: String,
     },
-    /// A request to the etcd API failed.
+    /// A request to the etcd API failed with a definite answer.
     #[error("etcd request failed: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// A request kept failing transiently until the retry policy's time ran out (or, for a write that is not
+    /// idempotent, failed after it may have been applied).
+    #[error("etcd request failed: {0}")]
+    Retry(trestle_etcd::ClientError),
+}
+
+impl From<trestle_etcd::ClientError> for LockError {
+    fn from(error: trestle_etcd::ClientError) -> Self {
+        match error {
+            trestle_etcd::ClientError::Etcd(error) => Self::Etcd(error),
+            other => Self::Retry(other),
+        }
+    }
 }
 
 impl LockError {
@@ -72,7 +85,7 @@ impl LockError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Etcd(_) | Self::Timeout { .. } | Self::WouldBlock { .. }
+            Self::Etcd(_) | Self::Retry(_) | Self::Timeout { .. } | Self::WouldBlock { .. }
         )
     }
 }

@@ -4,7 +4,9 @@
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnResponse};
 use tracing::{debug, warn};
 
-use crate::queue::retry_transient;
+use trestle_etcd::CallKind;
+
+use crate::queue::call;
 use crate::{FencingToken, LockError, LossSignal};
 
 /// The state shared by [`LockGuard`](crate::LockGuard) and [`Permit`](crate::Permit).
@@ -59,8 +61,9 @@ impl HeldKey {
         let txn = Txn::new()
             .when([self.ownership()])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let response = retry_transient(|| {
-            let mut client = self.client.clone();
+        // A delete of our own key guarded by its create revision: applied twice, the state is the same. After a
+        // first attempt whose answer was lost, the second finds the key gone and reports it not held.
+        let response = call(&self.client, CallKind::Idempotent, |mut client| {
             let txn = txn.clone();
             async move { client.txn(txn).await }
         })

@@ -6,7 +6,9 @@ use etcd_client::{Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, Tx
 use tokio::time::Instant;
 
 use crate::held::{CleanupOnDrop, HeldKey};
-use crate::queue::{Contender, enqueue, get, guarded, header_revision, retry_transient, wait_for_turn};
+use trestle_etcd::CallKind;
+
+use crate::queue::{Contender, call, enqueue, get, guarded, header_revision, wait_for_turn};
 use crate::{FencingToken, LockError, LossSignal, Session};
 
 /// A named distributed lock. The lock is the line of keys under `name/`: each contender puts
@@ -128,8 +130,7 @@ impl Mutex {
                         queued.revision,
                     )])
                     .and_then([TxnOp::delete(self.line.key.clone(), None)]);
-                retry_transient(|| {
-                    let mut client = self.line.client.clone();
+                call(&self.line.client, CallKind::Idempotent, |mut client| {
                     let txn = withdraw.clone();
                     async move { client.txn(txn).await }
                 })

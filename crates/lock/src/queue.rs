@@ -7,11 +7,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
+
+use trestle_etcd::{CallKind, RetryPolicy, RetryingClient};
 
 pub use crate::held::{CleanupOnDrop, PendingWithdrawals};
 use crate::{LockError, LossSignal};
@@ -138,8 +139,8 @@ pub async fn enqueue(client: &Client, key: &[u8], value: &[u8], lease: i64) -> R
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))])
         .or_else([TxnOp::get(key, None)]);
-    let response = retry_transient(|| {
-        let mut client = client.clone();
+    // Put-if-absent: a second attempt finds the key the first one made.
+    let response = call(client, CallKind::Idempotent, |mut client| {
         let txn = txn.clone();
         async move { client.txn(txn).await }
     })
@@ -249,8 +250,7 @@ pub async fn get(
     key: &[u8],
     options: GetOptions,
 ) -> Result<etcd_client::GetResponse, LockError> {
-    retry_transient(|| {
-        let mut client = client.clone();
+    call(client, CallKind::ReadOnly, |mut client| {
         let options = options.clone();
         async move { client.get(key, Some(options)).await }
     })
@@ -271,8 +271,7 @@ async fn wait_for_delete(
     if prefix {
         options = options.with_prefix().with_prev_key();
     }
-    let mut stream = retry_transient(|| {
-        let mut client = client.clone();
+    let mut stream = call(client, CallKind::ReadOnly, |mut client| {
         let options = options.clone();
         async move { client.watch(key, Some(options)).await }
     })
@@ -294,37 +293,25 @@ async fn wait_for_delete(
     }
 }
 
-/// Whether an etcd error is worth retrying: the server or the network, not the request.
-pub fn is_transient(error: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match error {
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            status.code(),
-            Code::Unavailable
-                | Code::Unknown
-                | Code::DeadlineExceeded
-                | Code::Aborted
-                | Code::Internal
-                // A connection closed under an in-flight call (a node stopped).
-                | Code::Cancelled
-        ),
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        _ => false,
-    }
+/// How the lock's calls are retried: trestle-etcd's rule, which every Trestle client follows (reads and
+/// idempotent writes on any transient failure; see [`CallKind`]), 50 ms doubling to 1 s between attempts, for
+/// up to 10 s.
+pub fn retry_policy() -> RetryPolicy {
+    let mut policy = RetryPolicy::default();
+    policy.min_delay = Duration::from_millis(50);
+    policy.max_delay = Duration::from_secs(1);
+    policy.give_up_after = Duration::from_secs(10);
+    policy
 }
 
-/// Retries `call` on transient errors with jittered exponential backoff (50 ms to 1 s, for up to ~10 s).
-pub async fn retry_transient<T, F, Fut>(call: F) -> Result<T, LockError>
+/// Runs `attempt` on `client` under trestle-etcd's retry rule for `kind` ([`retry_policy`]).
+pub async fn call<T, F, Fut>(client: &Client, kind: CallKind, attempt: F) -> Result<T, LockError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    let policy = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(1))
-        .with_max_times(16)
-        .with_jitter();
-    Ok(call.retry(policy).when(is_transient).await?)
+    let client = RetryingClient::new(client.clone(), retry_policy())?;
+    Ok(client.call(kind, attempt).await?)
 }
 
 /// The revision of a response header; a missing header is a protocol error.

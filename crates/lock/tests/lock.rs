@@ -213,13 +213,13 @@ async fn cancelled_lock_leaves_nothing(backend: Backend) {
 
     let b_lock = Mutex::new(&b, name).expect("mutex");
     let pending = tokio::spawn(async move { b_lock.lock().await.map(|_| ()) });
-    trestle_raft::testing::wait_for("b's key in line", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("b's key in line", Duration::from_secs(10), || async {
         (support::keys_under(&client, "cancelled/").await.len() == 2).then_some(())
     })
     .await
     .expect("b queued");
     pending.abort();
-    trestle_raft::testing::wait_for("b's key removed", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("b's key removed", Duration::from_secs(10), || async {
         (support::keys_under(&client, "cancelled/").await.len() == 1).then_some(())
     })
     .await
@@ -232,7 +232,7 @@ async fn cancelled_lock_leaves_nothing(backend: Backend) {
         matches!(timed_out, Err(LockError::Timeout { .. })),
         "{timed_out:?}"
     );
-    trestle_raft::testing::wait_for("c's key removed", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("c's key removed", Duration::from_secs(10), || async {
         (support::keys_under(&client, "cancelled/").await.len() == 1).then_some(())
     })
     .await
@@ -430,7 +430,7 @@ async fn contention_through_a_leader_failover() {
             results
         }));
     }
-    trestle_raft::testing::wait_for("some increments", Duration::from_secs(30), || async {
+    trestle_etcd::testing::wait_for("some increments", Duration::from_secs(30), || async {
         (done.load(Ordering::SeqCst) >= 4).then_some(())
     })
     .await

@@ -1,64 +1,83 @@
 //! # trestle-raft
 //!
-//! Raft consensus for Trestle — openraft, RocksDB and tonic — hosting many Raft groups per process, and a
-//! coordination store that speaks etcd's v3 gRPC API so real etcd clients work against it.
+//! The Raft host every Trestle service builds on — openraft, RocksDB and tonic — running many Raft groups per
+//! process, and the replicated-service layer that turns a state machine into a service.
 //!
-//! - **Groups.** A node runs any number of Raft groups over one peer port and one RocksDB instance; every peer
-//!   RPC names its group. Each group replicates opaque commands for a [`GroupApp`]. Group 0 is the coordination
-//!   store ([`StoreApp`]); other replicated services run as further groups.
+//! - **Nodes and groups.** A [`Node`] owns one RocksDB instance, one peer port, a client port and `/health` and
+//!   `/metrics`. It runs any number of Raft groups; every peer RPC names its group. A group replicates opaque
+//!   commands for a [`GroupApp`] ([`start_group`], [`GroupStateMachine`]).
 //! - **Services.** The replicated-service layer ([`Replicated`]) gives any [`StateMachine`] group commit,
-//!   forwarding to the leader without duplicates, linearizable reads, membership changes and a leader clock;
-//!   [`Node::start_service`] runs one. The coordination store is one such service; the testing feature's
-//!   conformance suite checks any implementation.
+//!   forwarding to the leader without duplicates, linearizable reads, membership changes, a leader clock and
+//!   per-group metrics; [`Node::start_service`] runs one as a group. The etcd-compatible store (the
+//!   `trestle-etcd` crate) is one such service. The `testing` feature's conformance suite
+//!   (`testing::check_group_app`) checks any state machine.
 //! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
-//!   are on disk; snapshots are synced before the log they replace is purged ([`LogStore`],
+//!   are on disk; snapshots are files, synced before the log they replace is purged ([`LogStore`],
 //!   [`GroupStateMachine`]).
-//! - **The store.** [`MvccStore`] is etcd's MVCC data model as a sans-IO state machine (revisions, per-key
-//!   create/mod revision and version, leases, transactions, compaction, watch history); [`Store`] is the store's
-//!   service (lease keep-alives answered by the leader, the leader's lease clock, etcd's error words); [`EtcdServer`] serves KV, Watch, Lease, Cluster and Maintenance with etcd's wire format and errors.
 //! - **Process-wide things stay with the application.** Metrics go through the `metrics` facade and the crate
-//!   installs no recorder: give a node a [`MetricsRenderer`] for its `/metrics`. Test helpers (loopback
-//!   clusters, a real etcd process, free ports, deadline waits) are the `testing` module, behind the `testing`
-//!   feature, for dev-dependencies.
+//!   installs no recorder: give a node a [`MetricsRenderer`] for its `/metrics`. Test helpers (free ports,
+//!   deadline waits, loopback configurations, the conformance suite) are the `testing` module, behind the
+//!   `testing` feature, for dev-dependencies.
 //!
+//! A service in full — a replicated register — and a node running it:
+//!
+//! ```no_run
+//! use trestle_raft::{Node, NodeConfig, NoRequest, Replicated, ReplicatedSettings, Service, StateMachine};
+//!
+//! #[derive(Default)]
+//! struct Register(Vec<u8>);
+//!
+//! impl StateMachine for Register {
+//!     type Command = Vec<Vec<u8>>; // one or more writes, applied in order
+//!     type Response = Vec<usize>; // the length of each value written
+//!     fn apply(&mut self, _index: u64, writes: Self::Command) -> Self::Response {
+//!         writes.into_iter().map(|value| { self.0 = value; self.0.len() }).collect()
+//!     }
+//!     fn undecodable(&mut self, _index: u64, _error: String) -> Self::Response { Vec::new() }
+//!     fn batch(commands: Vec<Self::Command>) -> Self::Command { commands.concat() }
+//!     fn unbatch(response: Self::Response, count: usize) -> Option<Vec<Self::Response>> {
+//!         (response.len() == count).then(|| response.into_iter().map(|n| vec![n]).collect())
+//!     }
+//!     fn snapshot(&self) -> Result<Vec<u8>, String> { Ok(self.0.clone()) }
+//!     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> { self.0 = snapshot.to_vec(); Ok(()) }
+//! }
+//!
+//! struct RegisterService;
+//!
+//! impl Service for RegisterService {
+//!     type Machine = Register;
+//!     type LeaderRequest = NoRequest;
+//!     type LeaderReply = NoRequest;
+//!     async fn on_leader(&self, _: &Replicated<Self>, r: &NoRequest) -> Result<Option<NoRequest>, tonic::Status> {
+//!         match *r {}
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = Node::start(NodeConfig::new("/var/lib/register")).await?;
+//! let register = node
+//!     .start_service(1, Register::default(), RegisterService, ReplicatedSettings::default())
+//!     .await?;
+//! node.found_group(register.raft()).await?;
+//! register.propose(vec![b"hello".to_vec()]).await?; // on any node: followers forward to the leader
+//! register.read_barrier().await?; // then read locally, linearizably
+//! assert_eq!(register.read(|r| r.0.clone()), b"hello");
+//! # Ok(()) }
 //! ```
-//! use trestle_raft::{MvccStore, PutRequest, RangeRequest};
-//!
-//! let mut store = MvccStore::default();
-//! store.put(&PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() })?;
-//! let read = store.range(&RangeRequest { key: b"greeting".to_vec(), ..Default::default() })?;
-//! assert_eq!(read.kvs[0].value, b"hello");
-//! assert_eq!(read.kvs[0].mod_revision, 2); // an empty store is at revision 1, as in etcd
-//! # Ok::<(), trestle_raft::MvccError>(())
-//! ```
-//!
-//! Running a node: see [`Node::start`] and the `trestle` binary (`trestle serve`, `trestle local-cluster`).
 
-mod client;
-mod etcd;
 mod group;
 mod log_store;
-mod mvcc;
 mod network;
 mod node;
 mod replicated;
 mod state_machine;
-mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
 mod types;
 
-pub use client::{ClientError, RetryPolicy, RetryingClient};
-pub use etcd::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
 pub use log_store::{LogStore, open_db};
-pub use mvcc::{
-    Compare, CompareResult, CompareTarget, DEFAULT_MAX_TXN_OPS, DeleteRangeRequest, DeleteRangeResponse,
-    Event, EventKind, KeyValue, Lease, LeaseId, MAX_LEASE_TTL, MvccError, MvccStore, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnRequest,
-    TxnResponse, in_range,
-};
 pub use network::{ConnectFn, NetworkFactory, PeerChannels, PeerClient, PeerService};
 pub use node::{
     ClusterState, ConfigError, MetricsRenderer, Node, NodeConfig, NodeError, RaftSettings,
@@ -69,11 +88,8 @@ pub use replicated::{
     ResponseOf, Service, StateMachine,
 };
 pub use state_machine::{GroupApp, GroupStateMachine};
-pub use store::{
-    Lessor, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult, StoreSettings,
-};
 pub use tls::{TlsError, TlsFiles};
 pub use types::{
-    CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, STORE_GROUP, SnapshotMeta, StorageError,
+    CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, Vote, node_id_for,
 };

@@ -1,4 +1,5 @@
-//! One Trestle node: its RocksDB, its Raft groups, and its three listeners (clients, peers, metrics).
+//! One node of the host: its RocksDB, its Raft groups, and its three listeners (clients, peers, health and
+//! metrics). Which services run on it, and what its client port serves, is the application's choice.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,20 +14,17 @@ use rocksdb::DB;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::etcd::{EtcdServer, EtcdSettings};
 use crate::group::{GroupRegistry, StartGroupError, start_group};
 use crate::log_store::open_db;
 use crate::network::{PeerChannels, PeerService};
 use crate::replicated::{MemberChange, Replicated, ReplicatedSettings, Service};
 use crate::state_machine::GroupApp;
-use crate::store::{Store, StoreApp, StoreService, StoreSettings};
 use crate::tls::{TlsError, TlsFiles};
-use crate::types::{GroupId, NodeId, PeerNode, Raft, STORE_GROUP, node_id_for};
+use crate::types::{GroupId, NodeId, PeerNode, Raft, node_id_for};
 
 /// Whether a node founds a new cluster or joins an existing one (etcd's `--initial-cluster-state`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,7 +104,8 @@ pub struct NodeConfig {
     pub name: String,
     /// Where the node keeps its data. Required.
     pub data_dir: PathBuf,
-    /// Address the etcd-compatible client API listens on. Default 127.0.0.1:2379.
+    /// Address the node's client-facing gRPC services listen on ([`Node::serve_clients`]). Default
+    /// 127.0.0.1:2379.
     pub listen_client: SocketAddr,
     /// Client URLs announced to the cluster. Default: `http://` + `listen_client`.
     pub advertise_client_urls: Vec<String>,
@@ -126,10 +125,6 @@ pub struct NodeConfig {
     pub cluster_state: ClusterState,
     /// Raft settings.
     pub raft: RaftSettings,
-    /// Store runtime settings.
-    pub store: StoreSettings,
-    /// etcd API settings (the cluster id is derived from `initial_cluster` when left at 0).
-    pub etcd: EtcdSettings,
     /// TLS for the client listener (etcd's `--cert-file`, ...). Default none: plain HTTP/2.
     pub client_tls: Option<TlsFiles>,
     /// TLS for the peer listener and for connections to peers (etcd's `--peer-cert-file`, ...); set
@@ -154,8 +149,6 @@ impl NodeConfig {
             initial_cluster: Vec::new(),
             cluster_state: ClusterState::New,
             raft: RaftSettings::default(),
-            store: StoreSettings::default(),
-            etcd: EtcdSettings::default(),
             client_tls: None,
             peer_tls: None,
         }
@@ -203,21 +196,6 @@ impl NodeConfig {
         for tls in self.client_tls.iter().chain(&self.peer_tls) {
             tls.validate()?;
         }
-        if self.store.min_lease_ttl < 1 {
-            return Err(ConfigError::MinLeaseTtl {
-                seconds: self.store.min_lease_ttl,
-            });
-        }
-        if self.store.proposal_pipeline == 0 {
-            return Err(ConfigError::ZeroBatchSetting {
-                setting: "proposal_pipeline",
-            });
-        }
-        if self.store.max_batch_bytes == 0 {
-            return Err(ConfigError::ZeroBatchSetting {
-                setting: "max_batch_bytes",
-            });
-        }
         Ok(())
     }
 
@@ -226,7 +204,8 @@ impl NodeConfig {
         node_id_for(&self.advertise_peer_url)
     }
 
-    fn founders(&self) -> Vec<(String, String)> {
+    /// The founding members, `(name, peer URL)`: `initial_cluster`, or this node alone when it is empty.
+    pub fn founders(&self) -> Vec<(String, String)> {
         if self.initial_cluster.is_empty() {
             vec![(self.name.clone(), self.advertise_peer_url.clone())]
         } else {
@@ -234,13 +213,22 @@ impl NodeConfig {
         }
     }
 
-    fn cluster_id(&self) -> u64 {
-        if self.etcd.cluster_id != 0 {
-            return self.etcd.cluster_id;
-        }
-        let mut urls: Vec<String> = self.founders().into_iter().map(|(_, url)| url).collect();
-        urls.sort_unstable();
-        node_id_for(&urls.join(","))
+    /// The founders' first membership, as every founder writes it alike: names and peer URLs only. Client URLs
+    /// differ in what each founder knows at start, so they are published afterwards, through Raft.
+    fn founding_membership(&self) -> std::collections::BTreeMap<NodeId, PeerNode> {
+        self.founders()
+            .into_iter()
+            .map(|(name, url)| {
+                (
+                    node_id_for(&url),
+                    PeerNode {
+                        name,
+                        peer_url: url,
+                        client_urls: Vec::new(),
+                    },
+                )
+            })
+            .collect()
     }
 }
 
@@ -275,18 +263,6 @@ pub enum ConfigError {
     /// A TLS setting cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// A minimum lease TTL below one second.
-    #[error("minimum lease TTL {seconds}s must be at least 1s")]
-    MinLeaseTtl {
-        /// The value given.
-        seconds: i64,
-    },
-    /// A group-commit setting of zero (no batch could ever be in flight, or no write fit in one).
-    #[error("{setting} must be at least 1 (got 0)")]
-    ZeroBatchSetting {
-        /// The setting: `proposal_pipeline` or `max_batch_bytes`.
-        setting: &'static str,
-    },
 }
 
 /// Why a node could not start.
@@ -323,6 +299,12 @@ pub enum NodeError {
         /// What is wrong.
         source: crate::replicated::ReplicatedSettingsError,
     },
+    /// [`Node::serve_clients`] was called a second time: the client port serves one set of routes.
+    #[error("the client port {addr} is already serving")]
+    ClientsAlreadyServed {
+        /// The client address.
+        addr: SocketAddr,
+    },
 }
 
 /// Renders the process's metrics in the Prometheus text format for a node's `/metrics`
@@ -348,52 +330,12 @@ impl std::fmt::Debug for MetricsRenderer {
     }
 }
 
-/// What starting a group on this node needs: the node's database, peer channels, Raft settings and registry.
-struct GroupHost {
-    node_id: NodeId,
-    db: Arc<DB>,
-    channels: PeerChannels,
-    raft_config: Arc<openraft::Config>,
-    groups: GroupRegistry,
-}
-
-impl GroupHost {
-    /// Starts `service` as group `group` and registers it to answer what followers forward.
-    async fn start_service<S: Service>(
-        &self,
-        group: GroupId,
-        app: S::Machine,
-        service: S,
-        settings: ReplicatedSettings,
-    ) -> Result<Replicated<S>, NodeError> {
-        settings
-            .validate()
-            .map_err(|source| NodeError::ServiceSettings { group, source })?;
-        let app = Arc::new(RwLock::new(app));
-        let raft = start_group(
-            self.node_id,
-            group,
-            self.db.clone(),
-            self.channels.clone(),
-            self.raft_config.clone(),
-            app.clone(),
-        )
-        .await?;
-        let replicated = Replicated::new(
-            self.node_id,
-            group,
-            raft.clone(),
-            app,
-            self.channels.clone(),
-            service,
-            settings,
-        );
-        self.groups.insert(group, raft, Arc::new(replicated.clone()));
-        Ok(replicated)
-    }
-}
-
-/// A running node. Dropping it does not stop it: call [`Node::shutdown`].
+/// A running node: the host of Raft groups. Dropping it does not stop it: call [`Node::shutdown`].
+///
+/// Starting one opens its database and serves the peer port (every group's Raft traffic) and `/health` and
+/// `/metrics`; it hosts no group yet. The application then starts its services ([`Node::start_service`]),
+/// founds their groups on a new cluster ([`Node::found_group`]) and serves its client API on the client port
+/// ([`Node::serve_clients`]).
 pub struct Node {
     config: NodeConfig,
     node_id: NodeId,
@@ -401,9 +343,10 @@ pub struct Node {
     channels: PeerChannels,
     raft_config: Arc<openraft::Config>,
     groups: GroupRegistry,
-    store: Store,
     shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+    client_listener: parking_lot::Mutex<Option<TcpListener>>,
+    client_server: parking_lot::Mutex<Option<Server>>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
@@ -438,16 +381,34 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
         .map_err(|source| NodeError::Bind { addr, source })
 }
 
-impl Node {
-    /// Opens the data directory, starts the store group and serves the client, peer and metrics APIs.
-    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
-        Self::start_with_services(config, RoutesBuilder::default()).await
+/// openraft's configuration for every group of a node.
+fn openraft_config(config: &NodeConfig, node_id: NodeId) -> Result<openraft::Config, StartGroupError> {
+    openraft::Config {
+        cluster_name: "trestle".into(),
+        heartbeat_interval: config.raft.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: config.raft.election_timeout.0.as_millis() as u64,
+        election_timeout_max: config.raft.election_timeout.1.as_millis() as u64,
+        install_snapshot_timeout: config.raft.snapshot_chunk_timeout.as_millis() as u64,
+        snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(staggered_snapshot_interval(
+            config.raft.snapshot_every,
+            node_id,
+        )),
+        max_in_snapshot_log_to_keep: config.raft.keep_after_snapshot,
+        max_payload_entries: config.raft.max_payload_entries,
+        ..Default::default()
     }
+    .validate()
+    .map_err(|e| StartGroupError::Raft {
+        group: 0,
+        message: e.to_string(),
+    })
+}
 
-    /// Like [`Node::start`], and also serves `extra` gRPC services on the client port, next to etcd's KV,
-    /// Watch, Lease, Cluster and Maintenance (the `trestle` binary adds etcd's lock and election services
-    /// this way).
-    pub async fn start_with_services(config: NodeConfig, extra: RoutesBuilder) -> Result<Self, NodeError> {
+impl Node {
+    /// Opens the data directory and serves the peer port and the health and metrics endpoints. The client port
+    /// is bound (so a taken port fails the start) and serves once [`Node::serve_clients`] is called.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
         let node_id = config.node_id();
         let span = info_span!("node", id = node_id, name = %config.name);
@@ -466,28 +427,7 @@ impl Node {
                 None => None,
             };
             let channels = PeerChannels::new(peer_client_tls);
-            let raft_config = Arc::new(
-                openraft::Config {
-                    cluster_name: "trestle".into(),
-                    heartbeat_interval: config.raft.heartbeat_interval.as_millis() as u64,
-                    election_timeout_min: config.raft.election_timeout.0.as_millis() as u64,
-                    election_timeout_max: config.raft.election_timeout.1.as_millis() as u64,
-                    install_snapshot_timeout: config.raft.snapshot_chunk_timeout.as_millis() as u64,
-                    snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
-                    snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(staggered_snapshot_interval(
-                        config.raft.snapshot_every,
-                        node_id,
-                    )),
-                    max_in_snapshot_log_to_keep: config.raft.keep_after_snapshot,
-                    max_payload_entries: config.raft.max_payload_entries,
-                    ..Default::default()
-                }
-                .validate()
-                .map_err(|e| StartGroupError::Raft {
-                    group: STORE_GROUP,
-                    message: e.to_string(),
-                })?,
-            );
+            let raft_config = Arc::new(openraft_config(&config, node_id)?);
 
             let peer_listener = bind(config.listen_peer).await?;
             let client_listener = bind(config.listen_client).await?;
@@ -513,17 +453,16 @@ impl Node {
                 Some(tls) => Some(tls.server_config().map_err(ConfigError::from)?),
                 None => None,
             })?;
-            let mut client_server = server_builder(match &config.client_tls {
+            let client_server = server_builder(match &config.client_tls {
                 Some(tls) => Some(tls.server_config().map_err(ConfigError::from)?),
                 None => None,
             })?;
 
-            // Peers first, so that other nodes can reach this one while the store group starts.
             let peer_service = PeerService::new(groups.clone()).into_server();
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or Nagle's
-                // algorithm and delayed ACKs add ~40 ms to small responses.
+                // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or
+                // Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
                 let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
                 if let Err(e) = peer_server
                     .add_service(peer_service)
@@ -533,82 +472,6 @@ impl Node {
                     warn!(error = %e, "peer server stopped");
                 }
             }));
-
-            let host = GroupHost {
-                node_id,
-                db: db.clone(),
-                channels: channels.clone(),
-                raft_config: raft_config.clone(),
-                groups: groups.clone(),
-            };
-            let store = Store::from_replicated(
-                host.start_service(
-                    STORE_GROUP,
-                    StoreApp::default(),
-                    StoreService::new(config.store.clone()),
-                    config.store.replicated(),
-                )
-                .await?,
-            );
-            let raft = store.raft().clone();
-            tasks.push(store.spawn_lessor());
-
-            if config.cluster_state == ClusterState::New
-                && !raft.is_initialized().await.map_err(|e| StartGroupError::Raft {
-                    group: STORE_GROUP,
-                    message: e.to_string(),
-                })?
-            {
-                let members: std::collections::BTreeMap<NodeId, PeerNode> = config
-                    .founders()
-                    .into_iter()
-                    // Only what every founder knows alike: each founder writes this first entry itself, so it must
-                    // be identical everywhere. Client URLs are published afterwards, through Raft.
-                    .map(|(name, url)| {
-                        (
-                            node_id_for(&url),
-                            PeerNode {
-                                name,
-                                peer_url: url,
-                                client_urls: Vec::new(),
-                            },
-                        )
-                    })
-                    .collect();
-                info!(members = members.len(), "founding a new cluster");
-                // Every founder initializes with the same membership; the identical first entry makes this safe.
-                if let Err(e) = raft.initialize(members).await {
-                    info!(error = %e, "initialize skipped");
-                }
-            }
-
-            let mut etcd_settings = config.etcd.clone();
-            etcd_settings.cluster_id = config.cluster_id();
-            let services = EtcdServer::new(store.clone(), etcd_settings)
-                .with_shutdown(shutdown.clone())
-                .into_services();
-            let mut routes = extra;
-            routes
-                .add_service(services.kv)
-                .add_service(services.watch)
-                .add_service(services.lease)
-                .add_service(services.cluster)
-                .add_service(services.maintenance);
-            let routes = routes.routes();
-            let token = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or Nagle's
-                // algorithm and delayed ACKs add ~40 ms to small responses.
-                let incoming = TcpIncoming::from(client_listener).with_nodelay(Some(true));
-                if let Err(e) = client_server
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, token.cancelled())
-                    .await
-                {
-                    warn!(error = %e, "client server stopped");
-                }
-            }));
-
             if let Some(listener) = metrics_listener {
                 tasks.push(spawn_http(
                     listener,
@@ -619,11 +482,6 @@ impl Node {
                 ));
             }
             tasks.push(spawn_raft_gauges(groups.clone(), shutdown.clone()));
-            tasks.push(spawn_publish_attributes(
-                store.clone(),
-                config.clone(),
-                shutdown.clone(),
-            ));
 
             info!(%client_addr, %peer_addr, ?metrics_addr, "node started");
             Ok(Self {
@@ -633,9 +491,10 @@ impl Node {
                 channels,
                 raft_config,
                 groups,
-                store,
                 shutdown,
-                tasks,
+                tasks: parking_lot::Mutex::new(tasks),
+                client_listener: parking_lot::Mutex::new(Some(client_listener)),
+                client_server: parking_lot::Mutex::new(Some(client_server)),
                 client_addr,
                 peer_addr,
                 metrics_addr,
@@ -643,6 +502,88 @@ impl Node {
         }
         .instrument(span)
         .await
+    }
+
+    /// Serves `routes` on the client port (with the client TLS when configured) until the node shuts down.
+    /// Called once, after the services behind the routes have started.
+    pub fn serve_clients(&self, routes: tonic::service::Routes) -> Result<(), NodeError> {
+        let (Some(listener), Some(mut server)) = (
+            self.client_listener.lock().take(),
+            self.client_server.lock().take(),
+        ) else {
+            return Err(NodeError::ClientsAlreadyServed {
+                addr: self.client_addr,
+            });
+        };
+        let token = self.shutdown.clone();
+        let span = info_span!("node", id = self.node_id, name = %self.config.name);
+        self.tasks.lock().push(tokio::spawn(
+            async move {
+                // As for the peer port: set TCP_NODELAY on the sockets we accept.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                if let Err(e) = server
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, token.cancelled())
+                    .await
+                {
+                    warn!(error = %e, "client server stopped");
+                }
+            }
+            .instrument(span),
+        ));
+        Ok(())
+    }
+
+    /// Founds `raft`'s group on a new cluster: when this node was started with [`ClusterState::New`] and the
+    /// group has no state yet, it initializes the group with the founding members ([`NodeConfig::founders`]).
+    /// Every founder does the same with the identical membership, which makes this safe. Returns whether this
+    /// node initialized the group.
+    pub async fn found_group(&self, raft: &Raft) -> Result<bool, NodeError> {
+        if self.config.cluster_state != ClusterState::New {
+            return Ok(false);
+        }
+        let initialized = raft.is_initialized().await.map_err(|e| StartGroupError::Raft {
+            group: 0,
+            message: e.to_string(),
+        })?;
+        if initialized {
+            return Ok(false);
+        }
+        let members = self.config.founding_membership();
+        info!(members = members.len(), "founding a new group");
+        match raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Another founder's first entry arrived first: the group exists.
+                info!(error = %e, "initialize skipped");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Keeps this node's name and client URLs in `service`'s membership: `MemberAdd` knows only a joining
+    /// node's peer URL, so once the group has a leader the node publishes the rest itself, as etcd members do.
+    /// Runs until published or until the node shuts down.
+    pub fn publish_attributes<S: Service>(&self, service: &Replicated<S>) {
+        let task = spawn_publish_attributes(service.clone(), self.peer_node(), self.shutdown.clone());
+        self.tasks.lock().push(task);
+    }
+
+    /// Runs `task` until the node shuts down (it is aborted then): a service's background work.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let token = self.shutdown.clone();
+        self.tasks.lock().push(tokio::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = token.cancelled() => {}
+            }
+        }));
+    }
+
+    /// A token cancelled when the node starts shutting down: long-lived work of its services (streams,
+    /// clocks) ends on it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// This node's id.
@@ -655,12 +596,7 @@ impl Node {
         &self.config
     }
 
-    /// The coordination store on this node.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// The bound client (etcd API) address.
+    /// The bound client address.
     pub fn client_addr(&self) -> SocketAddr {
         self.client_addr
     }
@@ -680,8 +616,8 @@ impl Node {
         &self.groups
     }
 
-    /// Starts (or restarts) another Raft group on this node, over the same port and database. The caller
-    /// initializes a new group's membership (`Raft::initialize`) on its founding nodes.
+    /// Starts (or restarts) a bare Raft group on this node, over the same port and database as the others.
+    /// The caller founds a new group ([`Node::found_group`]).
     pub async fn start_group<A: GroupApp>(
         &self,
         group: GroupId,
@@ -702,8 +638,8 @@ impl Node {
     }
 
     /// Starts (or restarts) a service of the replicated-service layer as Raft group `group` on this node, over
-    /// the same port and database, and registers it to answer what followers forward. The caller initializes a
-    /// new group's membership (`Raft::initialize`) on its founding nodes.
+    /// the same port and database as the others, and registers it to answer what followers forward. The caller
+    /// founds a new group ([`Node::found_group`]).
     pub async fn start_service<S: Service>(
         &self,
         group: GroupId,
@@ -711,35 +647,30 @@ impl Node {
         service: S,
         settings: ReplicatedSettings,
     ) -> Result<Replicated<S>, NodeError> {
-        self.host().start_service(group, app, service, settings).await
-    }
-
-    /// Starts (or restarts) another coordination-store keyspace as Raft group `group` on this node: its own
-    /// log, revisions, leases and leader, over the same port and database as group 0.
-    pub async fn start_store_group(&self, group: GroupId) -> Result<Store, NodeError> {
-        let settings = &self.config.store;
-        let service = StoreService::new(settings.clone());
-        let store = Store::from_replicated(
-            self.start_service(group, StoreApp::default(), service, settings.replicated())
-                .await?,
+        settings
+            .validate()
+            .map_err(|source| NodeError::ServiceSettings { group, source })?;
+        let app = Arc::new(RwLock::new(app));
+        let raft = start_group(
+            self.node_id,
+            group,
+            self.db.clone(),
+            self.channels.clone(),
+            self.raft_config.clone(),
+            app.clone(),
+        )
+        .await?;
+        let replicated = Replicated::new(
+            self.node_id,
+            group,
+            raft.clone(),
+            app,
+            self.channels.clone(),
+            service,
+            settings,
         );
-        let lessor = store.spawn_lessor();
-        let token = self.shutdown.clone();
-        tokio::spawn(async move {
-            token.cancelled().await;
-            lessor.abort();
-        });
-        Ok(store)
-    }
-
-    fn host(&self) -> GroupHost {
-        GroupHost {
-            node_id: self.node_id,
-            db: self.db.clone(),
-            channels: self.channels.clone(),
-            raft_config: self.raft_config.clone(),
-            groups: self.groups.clone(),
-        }
+        self.groups.insert(group, raft, Arc::new(replicated.clone()));
+        Ok(replicated)
     }
 
     /// This node as a Raft member (what the membership records for it).
@@ -751,19 +682,21 @@ impl Node {
         }
     }
 
-    /// Resolves when the store group stops on a fatal error — a RocksDB write failed, the disk is full — so the
-    /// node can no longer keep its promises and must stop (nothing it acknowledged is lost: acknowledgements
-    /// follow synced writes). Returns what went wrong.
+    /// Resolves when one of the groups this node hosts at the time of the call stops on a fatal error — a
+    /// RocksDB write failed, the disk is full — so the node can no longer keep its promises and must stop
+    /// (nothing it acknowledged is lost: acknowledgements follow synced writes). Returns what went wrong. Never
+    /// resolves for a node that hosts no group.
     pub async fn fatal_error(&self) -> String {
-        let mut metrics = self.store.raft().metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow().running_state {
-                return format!("raft group {STORE_GROUP} stopped: {fatal}");
-            }
-            if metrics.changed().await.is_err() {
-                return format!("raft group {STORE_GROUP} stopped");
-            }
+        let watches: Vec<_> = self
+            .groups
+            .all()
+            .into_iter()
+            .map(|(group, raft)| Box::pin(group_fatal_error(raft, group)))
+            .collect();
+        if watches.is_empty() {
+            return std::future::pending().await;
         }
+        futures::future::select_all(watches).await.0
     }
 
     /// Stops serving, stops every group and closes the database. openraft 0.9 cannot hand leadership over, so
@@ -777,7 +710,8 @@ impl Node {
             }
             self.groups.remove(group);
         }
-        for task in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }
@@ -798,8 +732,21 @@ impl Node {
     }
 }
 
-/// `/health` (etcd's JSON: healthy when the store group has a leader) and `/metrics` (what `metrics` renders;
-/// 404 without a renderer).
+/// Resolves when `raft`'s group stops: on a fatal error, or once it is shut down.
+async fn group_fatal_error(raft: Raft, group: GroupId) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return format!("raft group {group} stopped: {fatal}");
+        }
+        if metrics.changed().await.is_err() {
+            return format!("raft group {group} stopped");
+        }
+    }
+}
+
+/// `/health` (etcd's JSON: healthy when every group on the node has a leader) and `/metrics` (what `metrics`
+/// renders; 404 without a renderer).
 fn spawn_http(
     listener: TcpListener,
     groups: GroupRegistry,
@@ -824,16 +771,24 @@ fn spawn_http(
         .route(
             "/health",
             get(move || async move {
-                let leader = health_groups
-                    .raft(STORE_GROUP)
-                    .ok()
-                    .and_then(|raft| raft.metrics().borrow().current_leader);
-                match leader {
-                    Some(_) => (StatusCode::OK, r#"{"health":"true","reason":""}"#.to_string()),
-                    None => (
+                let groups = health_groups.all();
+                let leaderless: Vec<GroupId> = groups
+                    .iter()
+                    .filter(|(_, raft)| raft.metrics().borrow().current_leader.is_none())
+                    .map(|(group, _)| *group)
+                    .collect();
+                if groups.is_empty() {
+                    (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        r#"{"health":"false","reason":"RAFT NO LEADER"}"#.to_string(),
-                    ),
+                        r#"{"health":"false","reason":"NO RAFT GROUPS"}"#.to_string(),
+                    )
+                } else if leaderless.is_empty() {
+                    (StatusCode::OK, r#"{"health":"true","reason":""}"#.to_string())
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(r#"{{"health":"false","reason":"RAFT NO LEADER","groups":{leaderless:?}}}"#),
+                    )
                 }
             }),
         );
@@ -875,16 +830,14 @@ fn spawn_raft_gauges(groups: GroupRegistry, token: CancellationToken) -> JoinHan
     })
 }
 
-/// A node's name and client URLs enter the membership when it joins (MemberAdd knows only the peer URL): once
-/// a leader is known, the node publishes its own, as etcd members do.
-fn spawn_publish_attributes(store: Store, config: NodeConfig, token: CancellationToken) -> JoinHandle<()> {
+/// Publishes `me` into `service`'s membership once a leader is known (see [`Node::publish_attributes`]).
+fn spawn_publish_attributes<S: Service>(
+    service: Replicated<S>,
+    me: PeerNode,
+    token: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let me = PeerNode {
-            name: config.name.clone(),
-            peer_url: config.advertise_peer_url.clone(),
-            client_urls: config.advertise_client_urls.clone(),
-        };
-        let mut metrics = store.raft().metrics();
+        let mut metrics = service.raft().metrics();
         loop {
             let current = {
                 let m = metrics.borrow();
@@ -892,7 +845,7 @@ fn spawn_publish_attributes(store: Store, config: NodeConfig, token: Cancellatio
                     Some(
                         m.membership_config
                             .membership()
-                            .get_node(&store.node_id())
+                            .get_node(&service.node_id())
                             .cloned(),
                     )
                 } else {
@@ -901,8 +854,8 @@ fn spawn_publish_attributes(store: Store, config: NodeConfig, token: Cancellatio
             };
             match current {
                 Some(Some(node)) if node == me => return,
-                Some(Some(_)) => match store
-                    .change_member(MemberChange::SetAttributes(store.node_id(), me.clone()))
+                Some(Some(_)) => match service
+                    .change_member(MemberChange::SetAttributes(service.node_id(), me.clone()))
                     .await
                 {
                     Ok(_) => return,

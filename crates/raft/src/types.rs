@@ -2,7 +2,7 @@
 //!
 //! Every group replicates opaque commands (bytes) and answers with opaque results: the group's
 //! [`GroupApp`](crate::GroupApp) gives them meaning. So one log store, one transport and one node id space
-//! serve the coordination store and, later, the queue partitions alike.
+//! serve every service a node runs.
 
 use std::fmt;
 use std::io::Cursor;
@@ -12,11 +12,8 @@ use serde::{Deserialize, Serialize};
 /// A node's id, unique in the cluster and never reused.
 pub type NodeId = u64;
 
-/// A Raft group's id. Group 0 is the coordination store.
+/// A Raft group's id, unique among the groups of a cluster.
 pub type GroupId = u64;
-
-/// The coordination store's group.
-pub const STORE_GROUP: GroupId = 0;
 
 /// How peers and clients reach a node: what Raft membership records for each member.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +22,7 @@ pub struct PeerNode {
     pub name: String,
     /// The peer (Raft) URL, e.g. `http://127.0.0.1:2380`.
     pub peer_url: String,
-    /// The client (etcd API) URLs.
+    /// The URLs its client-facing services answer on.
     pub client_urls: Vec<String>,
 }
 
@@ -107,33 +104,5 @@ mod encoding_tests {
             decode::<CommandBytes>(&old).expect("decodes"),
             CommandBytes(raw.clone())
         );
-
-        // The MVCC requests' byte fields likewise: the shape they had before, element-wise.
-        #[derive(Serialize)]
-        struct OldPut {
-            key: Vec<u8>,
-            value: Vec<u8>,
-            lease: i64,
-            prev_kv: bool,
-            ignore_value: bool,
-            ignore_lease: bool,
-        }
-        let put = crate::PutRequest {
-            key: b"key".to_vec(),
-            value: raw.clone(),
-            lease: 7,
-            ..Default::default()
-        };
-        let old = OldPut {
-            key: put.key.clone(),
-            value: put.value.clone(),
-            lease: put.lease,
-            prev_kv: put.prev_kv,
-            ignore_value: put.ignore_value,
-            ignore_lease: put.ignore_lease,
-        };
-        let old = encode(&old).expect("encodes");
-        assert_eq!(encode(&put).expect("encodes"), old);
-        assert_eq!(decode::<crate::PutRequest>(&old).expect("decodes"), put);
     }
 }

@@ -3,21 +3,25 @@
 //! reopen.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/counters.rs"]
+mod counters;
+
 use std::sync::Arc;
 
+use counters::Counters;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite, blank_ent};
 use openraft::{RaftLogReader, Vote};
 use parking_lot::RwLock;
 use tempfile::TempDir;
-use trestle_raft::{GroupStateMachine, LogStore, StorageError, StoreApp, TypeConfig, open_db};
+use trestle_raft::{GroupStateMachine, LogStore, StorageError, TypeConfig, open_db};
 
 struct Builder {
     group: u64,
 }
 
-impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine<StoreApp>, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore, GroupStateMachine<StoreApp>), StorageError> {
+impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine<Counters>, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, GroupStateMachine<Counters>), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_db(dir.path()).expect("db opens");
         // Another group's data in the same database must not leak into the one under test.
@@ -26,7 +30,7 @@ impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine<StoreApp>, TempDir> fo
             other.save_vote(&Vote::new(9, 9)).await?;
         }
         let log = LogStore::new(db.clone(), self.group);
-        let sm = GroupStateMachine::open(db, self.group, Arc::new(RwLock::new(StoreApp::default())))?;
+        let sm = GroupStateMachine::open(db, self.group, Arc::new(RwLock::new(Counters::default())))?;
         Ok((dir, log, sm))
     }
 }
@@ -51,7 +55,7 @@ async fn log_vote_and_snapshot_survive_reopening_the_database() {
         let entries: Vec<_> = (1..=5).map(|i| blank_ent::<TypeConfig>(4, 1, i)).collect();
         // The suite checks the flushed callback; here only what reaches the disk matters.
         log.blocking_append(entries).await.unwrap();
-        let mut sm = GroupStateMachine::open(db, 3, Arc::new(RwLock::new(StoreApp::default()))).unwrap();
+        let mut sm = GroupStateMachine::open(db, 3, Arc::new(RwLock::new(Counters::default()))).unwrap();
         sm.apply((1..=3).map(|i| blank_ent::<TypeConfig>(4, 1, i)))
             .await
             .unwrap();
@@ -69,7 +73,7 @@ async fn log_vote_and_snapshot_survive_reopening_the_database() {
             .unwrap()
             .is_empty()
     );
-    let mut sm = GroupStateMachine::open(db, 3, Arc::new(RwLock::new(StoreApp::default()))).unwrap();
+    let mut sm = GroupStateMachine::open(db, 3, Arc::new(RwLock::new(Counters::default()))).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|id| id.index), Some(3));
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use trestle_etcd::{CallKind, RetryPolicy, RetryingClient};
 
 use crate::membership::Publisher;
 use crate::{Membership, MembershipEvent, Node, NodeId, ShardError, ShardMap, ShardMapConfig};
@@ -20,9 +21,13 @@ use crate::{Membership, MembershipEvent, Node, NodeId, ShardError, ShardMap, Sha
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MembershipError {
-    /// The etcd client failed.
+    /// The etcd client failed with a definite answer.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// A request kept failing transiently until the retry policy's time ran out, or a write failed after it may
+    /// have been applied (trestle-etcd's retry rule).
+    #[error("etcd: {0}")]
+    Retry(trestle_etcd::ClientError),
     /// The node set is not a valid map.
     #[error(transparent)]
     Shard(#[from] ShardError),
@@ -42,6 +47,21 @@ pub enum MembershipError {
         /// The compaction revision, when that was the cause.
         compact_revision: i64,
     },
+}
+
+impl From<trestle_etcd::ClientError> for MembershipError {
+    fn from(error: trestle_etcd::ClientError) -> Self {
+        match error {
+            trestle_etcd::ClientError::Etcd(error) => Self::Etcd(error),
+            other => Self::Retry(other),
+        }
+    }
+}
+
+/// Every etcd call here follows trestle-etcd's retry rule with its default policy (reads and idempotent writes
+/// retried on transient failures for up to 10 s; other writes only when they surely never arrived).
+fn retrying(client: &Client) -> Result<RetryingClient, MembershipError> {
+    Ok(RetryingClient::new(client.clone(), RetryPolicy::default())?)
 }
 
 /// Configuration of [`EtcdMembership`].
@@ -172,7 +192,7 @@ impl EtcdMembership {
     /// Connects to `endpoints` (such as `["http://127.0.0.1:2379"]`) and follows `prefix`.
     ///
     /// # Errors
-    /// [`MembershipError::Etcd`] if the endpoint cannot be reached or read, [`MembershipError::Shard`] for an
+    /// [`MembershipError::Etcd`] or [`MembershipError::Retry`] if the endpoint cannot be reached or read, [`MembershipError::Shard`] for an
     /// invalid configuration ([`EtcdMembershipConfig::validate`]).
     pub async fn connect<E: AsRef<str>, S: AsRef<[E]>>(
         endpoints: S,
@@ -227,7 +247,9 @@ fn node_id(prefix: &str, key: &[u8]) -> Option<NodeId> {
 
 /// Reads the whole prefix and replaces the node set; returns the revision read.
 async fn load(client: &mut Client, prefix: &str, publisher: &Publisher) -> Result<i64, MembershipError> {
-    let response = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
+    let response = retrying(client)?
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let mut set = BTreeMap::new();
     for kv in response.kvs() {
@@ -283,7 +305,12 @@ async fn follow(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(*revision + 1);
-    let mut stream = client.watch(prefix, Some(options)).await?;
+    let mut stream = retrying(client)?
+        .call(CallKind::ReadOnly, |mut client| {
+            let options = options.clone();
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await?;
     while let Some(response) = stream.message().await? {
         if response.canceled() {
             return Err(MembershipError::WatchCancelled {
@@ -358,7 +385,7 @@ impl Registration {
     /// of the TTL.
     ///
     /// # Errors
-    /// [`MembershipError::Etcd`] if the lease or the key cannot be written.
+    /// [`MembershipError::Etcd`] or [`MembershipError::Retry`] if the lease or the key cannot be written.
     pub async fn register(
         client: &Client,
         prefix: &str,
@@ -366,11 +393,23 @@ impl Registration {
         ttl: Duration,
     ) -> Result<Self, MembershipError> {
         let mut client = client.clone();
+        let retrying = retrying(&client)?;
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = client.lease_grant(ttl_secs, None).await?.id();
+        // A grant whose answer is lost is not retried (it could leave a second lease); such a lease has no key
+        // and expires on its own.
+        let lease = retrying.lease_grant(ttl_secs, None).await?.id();
         let key = format!("{prefix}{}", node.id());
-        client
-            .put(key, encode_node(node), Some(PutOptions::new().with_lease(lease)))
+        let record = encode_node(node);
+        // Our own key under our own new lease: writing it twice is writing it once.
+        retrying
+            .call(CallKind::Idempotent, |mut client| {
+                let (key, record) = (key.clone(), record.clone());
+                async move {
+                    client
+                        .put(key, record, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
             .await?;
         let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
         let interval = Duration::from_secs(ttl_secs.unsigned_abs()) / 3;
@@ -405,10 +444,11 @@ impl Registration {
     /// Revokes the lease, deleting the registration at once.
     ///
     /// # Errors
-    /// [`MembershipError::Etcd`] if the revoke fails (the lease then still expires on its own).
-    pub async fn revoke(mut self) -> Result<(), MembershipError> {
+    /// [`MembershipError::Etcd`] or [`MembershipError::Retry`] if the revoke fails (the lease then still expires
+    /// on its own).
+    pub async fn revoke(self) -> Result<(), MembershipError> {
         self.keeper.abort();
-        self.client.lease_revoke(self.lease).await?;
+        retrying(&self.client)?.lease_revoke(self.lease).await?;
         Ok(())
     }
 }

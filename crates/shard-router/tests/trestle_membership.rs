@@ -1,4 +1,4 @@
-//! Live membership against Trestle's own etcd-v3 store: a single in-process `trestle-raft` node on loopback.
+//! Live membership against Trestle's own etcd-v3 store: a single in-process `trestle-etcd` node on loopback.
 //! The same checks as against etcd (`etcd_membership.rs`): the conformance suite, and a node whose lease is no
 //! longer renewed disappearing by expiry.
 #![cfg(feature = "etcd")]
@@ -12,7 +12,7 @@ use etcd_client::Client;
 use support::{PREFIX, PrefixDriver, free_port};
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
-use trestle_raft::{Node as TrestleNode, NodeConfig};
+use trestle_etcd::{EtcdNode as TrestleNode, EtcdNodeConfig};
 use trestle_shard_router::conformance::check_membership;
 use trestle_shard_router::{
     EtcdMembership, EtcdMembershipConfig, Membership, MembershipEvent, Node, NodeId, Registration,
@@ -23,13 +23,14 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// A one-node Trestle cluster with a 1 s minimum lease TTL (the default is 2 s).
 async fn start_trestle() -> (TrestleNode, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::new(dir.path());
     let (client, peer) = (free_port(), free_port());
-    config.listen_client = ([127, 0, 0, 1], client).into();
-    config.advertise_client_urls = vec![format!("http://127.0.0.1:{client}")];
-    config.listen_peer = ([127, 0, 0, 1], peer).into();
-    config.advertise_peer_url = format!("http://127.0.0.1:{peer}");
-    config.listen_metrics = None;
+    let mut config = EtcdNodeConfig::from_node(trestle_etcd::testing::loopback_node_config(
+        "n0",
+        dir.path(),
+        client,
+        peer,
+        Vec::new(),
+    ));
     config.store.min_lease_ttl = 1;
     let node = TrestleNode::start(config).await.expect("trestle starts");
     let endpoint = format!("http://127.0.0.1:{client}");

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde::Deserialize;
-use trestle_raft::{ClusterState, Node, NodeConfig};
+use trestle_etcd::{EtcdNode, EtcdNodeConfig};
+use trestle_raft::ClusterState;
 
 /// Options of `trestle serve`. Every option can also come from a `TRESTLE_<NAME>` environment variable or the
 /// `--config-file` (same names with underscores: `data_dir`, `initial_cluster`, ...).
@@ -128,7 +129,7 @@ pub enum ServeError {
     },
     /// The node failed to start.
     #[error(transparent)]
-    Node(#[from] trestle_raft::NodeError),
+    Node(#[from] trestle_etcd::EtcdNodeError),
     /// The process's metrics recorder could not be installed (another one already is).
     #[error("cannot install the Prometheus metrics recorder: {0}")]
     Metrics(String),
@@ -173,7 +174,7 @@ fn merge<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
 
 impl ServeArgs {
     /// The node configuration these options describe.
-    pub fn into_config(self) -> Result<NodeConfig, ServeError> {
+    pub fn into_config(self) -> Result<EtcdNodeConfig, ServeError> {
         let file = match &self.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ServeError::ConfigFile {
@@ -192,31 +193,31 @@ impl ServeArgs {
                 "--data-dir is required (or TRESTLE_DATA_DIR, or data_dir in the config file)".into(),
             )
         })?;
-        let mut config = NodeConfig::new(data_dir);
+        let mut config = EtcdNodeConfig::new(data_dir);
         if let Some(name) = merge(self.name, file.name) {
-            config.name = name;
+            config.node.name = name;
         }
         if let Some(url) = merge(self.listen_client_urls, file.listen_client_urls) {
-            config.listen_client = parse_url_addr(&url)?;
-            config.advertise_client_urls = vec![url];
+            config.node.listen_client = parse_url_addr(&url)?;
+            config.node.advertise_client_urls = vec![url];
         }
         if let Some(urls) = merge(self.advertise_client_urls, file.advertise_client_urls) {
-            config.advertise_client_urls = urls.split(',').map(|u| u.trim().to_string()).collect();
+            config.node.advertise_client_urls = urls.split(',').map(|u| u.trim().to_string()).collect();
         }
         if let Some(url) = merge(self.listen_peer_urls, file.listen_peer_urls) {
-            config.listen_peer = parse_url_addr(&url)?;
-            config.advertise_peer_url = url;
+            config.node.listen_peer = parse_url_addr(&url)?;
+            config.node.advertise_peer_url = url;
         }
         if let Some(url) = merge(self.initial_advertise_peer_urls, file.initial_advertise_peer_urls) {
-            config.advertise_peer_url = url;
+            config.node.advertise_peer_url = url;
         }
         match merge(self.listen_metrics_urls, file.listen_metrics_urls).as_deref() {
-            Some("none") => config.listen_metrics = None,
-            Some(url) => config.listen_metrics = Some(parse_url_addr(url)?),
+            Some("none") => config.node.listen_metrics = None,
+            Some(url) => config.node.listen_metrics = Some(parse_url_addr(url)?),
             None => {}
         }
         if let Some(cluster) = merge(self.initial_cluster, file.initial_cluster) {
-            config.initial_cluster = cluster
+            config.node.initial_cluster = cluster
                 .split(',')
                 .map(|member| {
                     member
@@ -230,28 +231,28 @@ impl ServeArgs {
                 })
                 .collect::<Result<_, _>>()?;
         }
-        config.cluster_state = match merge(self.initial_cluster_state, file.initial_cluster_state).as_deref()
-        {
-            None | Some("new") => ClusterState::New,
-            Some("existing") => ClusterState::Existing,
-            Some(other) => {
-                return Err(ServeError::Option(format!(
-                    "--initial-cluster-state {other:?} must be `new` or `existing`"
-                )));
-            }
-        };
+        config.node.cluster_state =
+            match merge(self.initial_cluster_state, file.initial_cluster_state).as_deref() {
+                None | Some("new") => ClusterState::New,
+                Some("existing") => ClusterState::Existing,
+                Some(other) => {
+                    return Err(ServeError::Option(format!(
+                        "--initial-cluster-state {other:?} must be `new` or `existing`"
+                    )));
+                }
+            };
         if let Some(ms) = merge(self.heartbeat_interval, file.heartbeat_interval) {
-            config.raft.heartbeat_interval = std::time::Duration::from_millis(ms);
+            config.node.raft.heartbeat_interval = std::time::Duration::from_millis(ms);
         }
         if let Some(ms) = merge(self.election_timeout, file.election_timeout) {
-            config.raft.election_timeout = (
+            config.node.raft.election_timeout = (
                 std::time::Duration::from_millis(ms),
                 std::time::Duration::from_millis(ms.saturating_mul(2)),
             );
         }
         if let Some(n) = merge(self.proposal_pipeline, file.proposal_pipeline) {
-            // Bounded to 1..=64 by the parser; a config file's value is checked by `NodeConfig::validate`.
-            config.store.proposal_pipeline = usize::try_from(n).unwrap_or(usize::MAX);
+            // Bounded to 1..=64 by the parser; a config file's value is checked by `EtcdNodeConfig::validate`.
+            config.store.replicated.proposal_pipeline = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(n) = merge(self.snapshot_count, file.snapshot_count) {
             if !(1..=MAX_SNAPSHOT_COUNT).contains(&n) {
@@ -259,16 +260,16 @@ impl ServeArgs {
                     "snapshot_count {n} must be between 1 and {MAX_SNAPSHOT_COUNT} (entries between snapshots)"
                 )));
             }
-            config.raft.snapshot_every = n;
+            config.node.raft.snapshot_every = n;
         }
-        config.client_tls = tls_files(
+        config.node.client_tls = tls_files(
             "",
             merge(self.cert_file, file.cert_file),
             merge(self.key_file, file.key_file),
             merge(self.trusted_ca_file, file.trusted_ca_file),
             merge(self.client_cert_auth, file.client_cert_auth),
         )?;
-        config.peer_tls = tls_files(
+        config.node.peer_tls = tls_files(
             "peer-",
             merge(self.peer_cert_file, file.peer_cert_file),
             merge(self.peer_key_file, file.peer_key_file),
@@ -283,10 +284,11 @@ impl ServeArgs {
 /// Runs one node until SIGINT or SIGTERM, then shuts it down.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut config = args.into_config()?;
-    if config.listen_metrics.is_some() {
-        config.metrics = Some(install_prometheus_recorder()?);
+    if config.node.listen_metrics.is_some() {
+        config.node.metrics = Some(install_prometheus_recorder()?);
     }
-    let node = Node::start_with_services(config.clone(), coordination_routes(&config)).await?;
+    let routes = coordination_routes(&config.node);
+    let node = EtcdNode::start_with_services(config, routes).await?;
     tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), "serving");
     let fatal = tokio::select! {
         () = wait_for_stop_signal() => None,
@@ -369,15 +371,15 @@ mod tests {
             ..Default::default()
         };
         let config = args.into_config().unwrap();
-        assert_eq!(config.initial_cluster.len(), 2);
-        assert_eq!(config.advertise_peer_url, "http://127.0.0.1:3380");
-        assert_eq!(config.raft.snapshot_every, 10_000);
+        assert_eq!(config.node.initial_cluster.len(), 2);
+        assert_eq!(config.node.advertise_peer_url, "http://127.0.0.1:3380");
+        assert_eq!(config.node.raft.snapshot_every, 10_000);
         let snapshots = ServeArgs {
             data_dir: Some("/tmp/x".into()),
             snapshot_count: Some(250),
             ..Default::default()
         };
-        assert_eq!(snapshots.into_config().unwrap().raft.snapshot_every, 250);
+        assert_eq!(snapshots.into_config().unwrap().node.raft.snapshot_every, 250);
         let never = ServeArgs {
             data_dir: Some("/tmp/x".into()),
             snapshot_count: Some(0),

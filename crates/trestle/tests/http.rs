@@ -28,6 +28,10 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 async fn every_node_serves_health_and_prometheus_metrics() {
     let cluster = ProcessCluster::start(3);
     cluster.wait_for_leader(Duration::from_secs(20)).await;
+    // A leader needs only a quorum: the client below balances over every endpoint, so wait for all of them.
+    cluster
+        .wait_until_every_node_answers(Duration::from_secs(20))
+        .await;
     let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
         .await
         .unwrap();

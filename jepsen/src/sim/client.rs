@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use trestle_raft::{
+use trestle_etcd::{
     Compare, CompareResult, CompareTarget, PutRequest, RangeRequest, RequestOp, Revision, Store,
     StoreCommand, StoreOutcome, StoreResult, TxnRequest,
 };

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use openraft::ServerState;
 use parking_lot::Mutex;
-use trestle_raft::{Event, EventKind, RangeRequest, Revision, Store};
+use trestle_etcd::{Event, EventKind, RangeRequest, Revision, Store};
 
 use super::client::{Acked, Shared};
 use super::host_name;
@@ -186,7 +186,7 @@ fn render(events: &[Event]) -> String {
 }
 
 /// A node's revision and keys, or why they could not be read.
-type NodeState = Result<(Revision, Vec<trestle_raft::KeyValue>), String>;
+type NodeState = Result<(Revision, Vec<trestle_etcd::KeyValue>), String>;
 
 /// What the driver knows about the nodes' Raft and applied state.
 pub(super) struct Invariants {
@@ -503,7 +503,7 @@ impl Invariants {
 
 #[cfg(test)]
 mod tests {
-    use trestle_raft::KeyValue;
+    use trestle_etcd::KeyValue;
 
     use super::*;
 

@@ -17,7 +17,7 @@
 //! message latencies and losses (`rng_seed`), and openraft's election timeouts are fixed per node instead of
 //! drawn. What still is not deterministic is written down in the crate README ("Deterministic simulation").
 //!
-//! [`Store`]: trestle_raft::Store
+//! [`Store`]: trestle_etcd::Store
 //! [`PeerService`]: trestle_raft::PeerService
 //! [`PeerChannels`]: trestle_raft::PeerChannels
 

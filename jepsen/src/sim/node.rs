@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tonic::transport::Server;
-use trestle_raft::{
-    GroupRegistry, PeerNode, PeerService, RaftSettings, STORE_GROUP, Store, StoreApp, StoreSettings,
-    node_id_for, open_db, start_group,
-};
+use trestle_etcd::{STORE_GROUP, Store, StoreApp, StoreSettings};
+use trestle_raft::{GroupRegistry, PeerNode, PeerService, RaftSettings, node_id_for, open_db, start_group};
 
 use super::client::{self, ClientSettings, Shared};
 use super::{PEER_PORT, SimConfig, election_timeout_ms, host_name, net, peer_url};
@@ -80,7 +78,7 @@ impl NodeContext {
             })
             .collect();
         let mut store_settings = StoreSettings::default();
-        store_settings.request_timeout = config.request_timeout;
+        store_settings.replicated.request_timeout = config.request_timeout;
         NodeContext {
             index,
             dir,

@@ -130,7 +130,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_final_read_pages_through_every_element_at_one_revision() {
-        let cluster = trestle_raft::testing::LocalCluster::start(1)
+        let cluster = trestle_etcd::testing::LocalCluster::start(1)
             .await
             .expect("cluster");
         cluster.wait_for_leader().await.expect("leader");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use etcd_client::Client;
-use trestle_raft::testing::{EtcdProcess, LocalCluster};
+use trestle_etcd::testing::{EtcdProcess, LocalCluster};
 
 pub enum Backend {
     Trestle(LocalCluster),
@@ -103,7 +103,7 @@ pub async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
 
 /// Waits until no key is left under `prefix` (background cleanups are asynchronous).
 pub async fn wait_until_empty(client: &Client, prefix: &str) {
-    trestle_raft::testing::wait_for(
+    trestle_etcd::testing::wait_for(
         "no keys left under the prefix",
         Duration::from_secs(10),
         || async { keys_under(client, prefix).await.is_empty().then_some(()) },
@@ -114,7 +114,7 @@ pub async fn wait_until_empty(client: &Client, prefix: &str) {
 
 /// Waits until exactly `n` keys are under `prefix`.
 pub async fn wait_until_keys(client: &Client, prefix: &str, n: usize) {
-    trestle_raft::testing::wait_for("the expected number of keys", Duration::from_secs(10), || async {
+    trestle_etcd::testing::wait_for("the expected number of keys", Duration::from_secs(10), || async {
         (keys_under(client, prefix).await.len() == n).then_some(())
     })
     .await

@@ -1,11 +1,12 @@
-//! A cluster of in-process nodes on loopback for integration tests.
+//! A cluster of in-process host nodes on loopback for integration tests: nodes with no group until a test
+//! starts its services on them.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use trestle_raft::{ClusterState, Node, NodeConfig, NodeId};
+use trestle_raft::{Node, NodeConfig};
 
 pub use trestle_raft::testing::free_loopback_port as free_port;
 
@@ -20,15 +21,11 @@ impl Member {
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer)
     }
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
 }
 
 pub struct TestCluster {
     pub members: Vec<Member>,
     pub nodes: Vec<Option<Node>>,
-    pub tune: fn(&mut NodeConfig),
     _root: TempDir,
 }
 
@@ -56,11 +53,8 @@ where
 }
 
 impl TestCluster {
+    /// Starts `n` founding members (host nodes, no group yet).
     pub async fn start(n: usize) -> Self {
-        Self::start_tuned(n, |_| {}).await
-    }
-
-    pub async fn start_tuned(n: usize, tune: fn(&mut NodeConfig)) -> Self {
         init_tracing();
         let root = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..n)
@@ -74,37 +68,31 @@ impl TestCluster {
         let mut cluster = Self {
             members,
             nodes: Vec::new(),
-            tune,
             _root: root,
         };
         for i in 0..n {
-            let node = cluster.start_node(i, ClusterState::New).await;
+            let node = cluster.start_node(i).await;
             cluster.nodes.push(Some(node));
         }
-        cluster.wait_for_leader().await;
         cluster
     }
 
-    pub fn config(&self, i: usize, state: ClusterState) -> NodeConfig {
+    pub fn config(&self, i: usize) -> NodeConfig {
         let m = &self.members[i];
         let founders = self
             .members
             .iter()
             .map(|m| (m.name.clone(), m.peer_url()))
             .collect();
-        let mut config =
-            trestle_raft::testing::loopback_node_config(&m.name, &m.dir, m.client, m.peer, founders);
-        config.cluster_state = state;
-        (self.tune)(&mut config);
-        config
+        trestle_raft::testing::loopback_node_config(&m.name, &m.dir, m.client, m.peer, founders)
     }
 
-    pub async fn start_node(&self, i: usize, state: ClusterState) -> Node {
-        Node::start(self.config(i, state)).await.expect("node starts")
+    pub async fn start_node(&self, i: usize) -> Node {
+        Node::start(self.config(i)).await.expect("node starts")
     }
 
     pub async fn restart(&mut self, i: usize) {
-        let node = self.start_node(i, ClusterState::New).await;
+        let node = self.start_node(i).await;
         self.nodes[i] = Some(node);
     }
 
@@ -116,47 +104,6 @@ impl TestCluster {
 
     pub fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("node is running")
-    }
-
-    pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
-    }
-
-    /// The index of the node every running node agrees leads the store group.
-    pub async fn wait_for_leader(&self) -> usize {
-        wait_for("an agreed leader", Duration::from_secs(10), || async {
-            let leaders: Vec<Option<NodeId>> = self
-                .running()
-                .map(|(_, n)| n.store().raft().metrics().borrow().current_leader)
-                .collect();
-            let first = leaders.first().copied().flatten()?;
-            if !leaders.iter().all(|l| *l == Some(first)) {
-                return None;
-            }
-            self.running().find(|(_, n)| n.id() == first).map(|(i, _)| i)
-        })
-        .await
-    }
-
-    pub fn endpoints(&self) -> Vec<String> {
-        self.running()
-            .map(|(i, _)| self.members[i].client_url())
-            .collect()
-    }
-
-    pub async fn client(&self, i: usize) -> etcd_client::Client {
-        etcd_client::Client::connect([self.members[i].client_url()], None)
-            .await
-            .expect("client connects")
-    }
-
-    pub async fn any_client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect(self.endpoints(), None)
-            .await
-            .expect("client connects")
     }
 
     pub async fn shutdown(mut self) {

@@ -34,4 +34,4 @@ impl MembershipDriver for PrefixDriver {
     }
 }
 
-pub use trestle_raft::testing::free_loopback_port as free_port;
+pub use trestle_etcd::testing::free_loopback_port as free_port;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{TestCluster, wait_for};
-use trestle_raft::{PutRequest, RangeRequest, StoreCommand, StoreOutcome};
+use trestle_etcd::{PutRequest, RangeRequest, StoreCommand, StoreOutcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_share_ports_and_disk_but_not_data() {
@@ -18,7 +18,7 @@ async fn two_groups_share_ports_and_disk_but_not_data() {
         group1.push(cluster.node(i).start_store_group(1).await.unwrap());
     }
     let members: BTreeMap<_, _> = (0..3)
-        .map(|i| (cluster.node(i).id(), cluster.node(i).peer_node()))
+        .map(|i| (cluster.node(i).id(), cluster.node(i).node().peer_node()))
         .collect();
     group1[0].raft().initialize(members).await.unwrap();
 
@@ -58,7 +58,7 @@ async fn two_groups_share_ports_and_disk_but_not_data() {
         );
         assert_eq!(store.raft().metrics().borrow().id, cluster.node(i).id());
     }
-    assert_eq!(cluster.node(0).groups().ids(), vec![0, 1]);
+    assert_eq!(cluster.node(0).node().groups().ids(), vec![0, 1]);
 
     // Both groups survive a restart of every node from the shared database.
     for i in 0..3 {

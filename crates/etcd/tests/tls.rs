@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use trestle_raft::{ConfigError, Node, NodeConfig, NodeError, TlsError, TlsFiles};
+use trestle_etcd::{EtcdNode, EtcdNodeConfig, EtcdNodeError};
+use trestle_raft::{ConfigError, NodeConfig, NodeError, TlsError, TlsFiles};
 
 use common::{free_port, init_tracing, wait_for};
 
@@ -99,9 +100,14 @@ async fn a_cluster_over_mutual_tls_serves_tls_clients_only() {
     let mut nodes = Vec::new();
     for i in 0..3 {
         nodes.push(
-            Node::start(tls_config(&pki, root.path(), i, &ports))
-                .await
-                .expect("node starts"),
+            EtcdNode::start(EtcdNodeConfig::from_node(tls_config(
+                &pki,
+                root.path(),
+                i,
+                &ports,
+            )))
+            .await
+            .expect("node starts"),
         );
     }
     wait_for(
@@ -195,11 +201,13 @@ async fn bad_tls_settings_are_refused_before_anything_starts() {
     // A key that does not belong to the certificate.
     let mut mismatched = tls_config(&pki, root.path(), 0, &ports);
     mismatched.client_tls = Some(TlsFiles::new(pki.path("node.pem"), pki.path("client-key.pem")));
-    let started = Node::start(mismatched).await;
+    let started = EtcdNode::start(EtcdNodeConfig::from_node(mismatched)).await;
     assert!(
         matches!(
             started,
-            Err(NodeError::Config(ConfigError::Tls(TlsError::Rejected { .. })))
+            Err(EtcdNodeError::Node(NodeError::Config(ConfigError::Tls(
+                TlsError::Rejected { .. }
+            ))))
         ),
         "{:?}",
         started.err()

@@ -4,9 +4,9 @@
 use tokio::sync::broadcast;
 
 use super::command::{StoreCommand, StoreOutcome, StoreResult};
-use crate::log_store::{decode, encode};
 use crate::mvcc::{MvccError, MvccStore, Revision};
-use crate::replicated::StateMachine;
+use postcard::{from_bytes as decode, to_allocvec as encode};
+use trestle_raft::StateMachine;
 
 /// A notice that a revision was applied. The events themselves stay in the store's history
 /// ([`MvccStore::events_since`], [`MvccStore::events_at`]), where watchers read them under the app's lock: a
@@ -217,7 +217,7 @@ mod tests {
         let mut app = StoreApp::default();
         let bytes = encode(&put("k", "v")).expect("encodes");
         let result: StoreResult =
-            decode(&crate::state_machine::GroupApp::apply(&mut app, 7, &bytes)).expect("decodes");
+            decode(&trestle_raft::GroupApp::apply(&mut app, 7, &bytes)).expect("decodes");
         assert!(matches!(result.outcome, Ok(StoreOutcome::Put(_))));
         assert_eq!(app.last_index(), 7);
     }

@@ -10,8 +10,8 @@ use etcd_client::proto::{
 use tonic::{Request, Response, Status};
 
 use super::EtcdServer;
-use crate::replicated::MemberChange;
-use crate::types::{NodeId, PeerNode};
+use trestle_raft::MemberChange;
+use trestle_raft::{NodeId, PeerNode};
 
 impl EtcdServer {
     /// The members as this node's Raft state knows them: voters first, then learners, each in id order.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestCluster, free_port};
-use trestle_raft::{ClientError, RetryPolicy, RetryingClient};
+use trestle_etcd::{ClientError, RetryPolicy, RetryingClient};
 
 fn all_endpoints(cluster: &TestCluster) -> Vec<String> {
     cluster.members.iter().map(|m| m.client_url()).collect()

@@ -266,3 +266,42 @@ pub struct Lease {
     /// The TTL the lease was granted with, in seconds.
     pub ttl: i64,
 }
+
+#[cfg(test)]
+mod encoding_tests {
+    use serde::Serialize;
+
+    use super::PutRequest;
+
+    #[test]
+    fn byte_fields_encode_as_plain_vecs_did_so_old_logs_still_read() {
+        let raw: Vec<u8> = (0..=255).collect();
+        // The shape a put had before its byte fields were serde_bytes: element-wise sequences.
+        #[derive(Serialize)]
+        struct OldPut {
+            key: Vec<u8>,
+            value: Vec<u8>,
+            lease: i64,
+            prev_kv: bool,
+            ignore_value: bool,
+            ignore_lease: bool,
+        }
+        let put = PutRequest {
+            key: b"key".to_vec(),
+            value: raw.clone(),
+            lease: 7,
+            ..Default::default()
+        };
+        let old = OldPut {
+            key: put.key.clone(),
+            value: put.value.clone(),
+            lease: put.lease,
+            prev_kv: put.prev_kv,
+            ignore_value: put.ignore_value,
+            ignore_lease: put.ignore_lease,
+        };
+        let old = postcard::to_allocvec(&old).expect("encodes");
+        assert_eq!(postcard::to_allocvec(&put).expect("encodes"), old);
+        assert_eq!(postcard::from_bytes::<PutRequest>(&old).expect("decodes"), put);
+    }
+}

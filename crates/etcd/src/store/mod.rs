@@ -1,5 +1,4 @@
-//! The coordination store: Raft group 0 running [`StoreApp`] on the replicated-service layer, plus what etcd
-//! adds there: lease keep-alives and TTLs answered by the leader, the leader's lease clock, and etcd's words for
+//! The coordination store: [`StoreApp`] on trestle-raft's replicated-service layer, plus what etcd adds there: lease keep-alives and TTLs answered by the leader, the leader's lease clock, and etcd's words for
 //! the layer's failures.
 
 mod app;
@@ -19,54 +18,69 @@ pub use app::{RevisionEvents, StoreApp};
 pub use command::{StoreCommand, StoreOutcome, StoreResult};
 pub use lessor::Lessor;
 
-use crate::group::{ForwardError, ForwardHandler};
 use crate::mvcc::{LeaseId, MvccError};
-use crate::network::PeerChannels;
-use crate::replicated::{Failure, MemberChange, Replicated, ReplicatedSettings, Service};
-use crate::types::{GroupId, NodeId, Raft};
+use trestle_raft::PeerChannels;
+use trestle_raft::{Failure, MemberChange, Replicated, ReplicatedSettings, ReplicatedSettingsError, Service};
+use trestle_raft::{ForwardError, ForwardHandler};
+use trestle_raft::{GroupId, NodeId, Raft};
 
 /// Settings of the store runtime.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoreSettings {
-    /// How long a proposal or a read barrier may take before the client gets `request timed out`. Default 5 s.
-    pub request_timeout: Duration,
+    /// The replicated-service layer's settings: the request timeout (after which a client gets `request timed
+    /// out`; default 5 s) and group commit (default: one batch in flight, at most 1 MiB; on a 2-core machine the
+    /// best throughput at 16 and 256 clients of 1, 2 and 4).
+    pub replicated: ReplicatedSettings,
     /// The smallest lease TTL granted, in seconds (shorter requests are raised to it). Default 2 s: well above
     /// the election timeout, so a leader change does not expire leases that were being kept alive.
     pub min_lease_ttl: i64,
     /// How often the leader looks for expired leases. Default 250 ms.
     pub lease_check_interval: Duration,
-    /// Group commit: how many batches of writes this node keeps in flight (each one Raft entry, proposed here or
-    /// forwarded to the leader); writes arriving meanwhile wait and leave together as the next batch. Default 1:
-    /// the largest batches, and on a 2-core machine the best throughput at 16 and 256 clients of 1, 2 and 4.
-    pub proposal_pipeline: usize,
-    /// Group commit: the most encoded bytes of writes in one entry (a single larger write still goes, alone).
-    /// Default 1 MiB.
-    pub max_batch_bytes: usize,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            request_timeout: Duration::from_secs(5),
+            replicated: ReplicatedSettings::default(),
             min_lease_ttl: 2,
             lease_check_interval: Duration::from_millis(250),
-            proposal_pipeline: 1,
-            max_batch_bytes: 1 << 20,
         }
     }
 }
 
 impl StoreSettings {
-    /// The replicated-service layer's share of the settings.
-    pub(crate) fn replicated(&self) -> ReplicatedSettings {
-        ReplicatedSettings {
-            request_timeout: self.request_timeout,
-            proposal_pipeline: self.proposal_pipeline,
-            max_batch_bytes: self.max_batch_bytes,
-            ..ReplicatedSettings::default()
+    /// Checks the settings; the error names the offending value.
+    pub fn validate(&self) -> Result<(), StoreSettingsError> {
+        self.replicated.validate()?;
+        if self.min_lease_ttl < 1 {
+            return Err(StoreSettingsError::MinLeaseTtl {
+                seconds: self.min_lease_ttl,
+            });
         }
+        if self.lease_check_interval.is_zero() {
+            return Err(StoreSettingsError::LeaseCheckInterval);
+        }
+        Ok(())
     }
+}
+
+/// Store settings the store refuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreSettingsError {
+    /// A replicated-service setting is unusable.
+    #[error(transparent)]
+    Replicated(#[from] ReplicatedSettingsError),
+    /// A minimum lease TTL below one second.
+    #[error("minimum lease TTL {seconds}s must be at least 1s")]
+    MinLeaseTtl {
+        /// The value given.
+        seconds: i64,
+    },
+    /// A lease check interval of zero.
+    #[error("the lease check interval must be above zero")]
+    LeaseCheckInterval,
 }
 
 /// What only the store's leader answers: its lessor knows the leases' deadlines.
@@ -256,7 +270,7 @@ impl Store {
         channels: PeerChannels,
         settings: StoreSettings,
     ) -> Self {
-        let replicated = settings.replicated();
+        let replicated = settings.replicated.clone();
         let service = StoreService::new(settings);
         Self::from_replicated(Replicated::new(
             node_id, group, raft, app, channels, service, replicated,

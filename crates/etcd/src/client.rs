@@ -95,12 +95,19 @@ pub enum ClientError {
     Etcd(#[from] etcd_client::Error),
 }
 
-/// Whether a call may change state.
+/// What a call does, which decides what may be retried ([`RetryingClient::call`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CallKind {
-    /// Doing it twice is doing it once.
+#[non_exhaustive]
+pub enum CallKind {
+    /// It changes nothing (a range read, opening a watch, a lease's time to live, the member list): retried on
+    /// any transient failure.
     ReadOnly,
-    /// Doing it twice may differ from doing it once.
+    /// Applied twice, it leaves the same state as once: a put-if-absent transaction, a put or delete of one's own
+    /// key guarded by its create revision. Retried like a read. Its answer may still differ on a second
+    /// attempt (a guarded delete that already happened now fails its compare): the caller reads it as such.
+    Idempotent,
+    /// Applied twice, it may differ from once (a plain put, a compare-and-swap, a lease grant): retried only
+    /// when the failure proves it never reached a state machine, otherwise [`ClientError::Indeterminate`].
     Write,
 }
 
@@ -118,7 +125,7 @@ pub(crate) fn judge(kind: CallKind, error: &etcd_client::Error) -> Verdict {
         return Verdict::Final;
     }
     match kind {
-        CallKind::ReadOnly => Verdict::Retry,
+        CallKind::ReadOnly | CallKind::Idempotent => Verdict::Retry,
         CallKind::Write if never_applied(error) => Verdict::Retry,
         CallKind::Write => Verdict::Indeterminate,
     }
@@ -145,10 +152,28 @@ fn never_applied(error: &etcd_client::Error) -> bool {
             matches!(
                 status.message(),
                 "etcdserver: no leader" | "etcdserver: server stopped"
-            ) || crate::network::never_sent(status)
+            ) || never_sent(status)
         }
         _ => false,
     }
+}
+
+/// True when `status` proves the request never left this process: the connection could not be made (tonic's
+/// `ConnectError`), or hyper handed the request back unsent (`Canceled` is reported only for a request its
+/// connection task never took; one lost after it was written fails with an HTTP/2 error instead).
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some()
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// An etcd v3 client that retries what is safe to retry (see the module docs). Cheap to clone.
@@ -190,7 +215,10 @@ impl RetryingClient {
         &self.inner
     }
 
-    async fn call<T, F, Fut>(&self, kind: CallKind, mut attempt: F) -> Result<T, ClientError>
+    /// Runs `attempt` (given a clone of the wrapped client) under the retry rule for `kind`, within the policy's
+    /// time: for calls this type does not wrap, and for crates that keep their own `etcd_client::Client` but
+    /// follow the same rule (trestle-lock, trestle-election, the shard router's membership).
+    pub async fn call<T, F, Fut>(&self, kind: CallKind, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(etcd_client::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -217,7 +245,7 @@ impl RetryingClient {
                         self.policy.give_up_after
                     )));
                     return Err(match kind {
-                        CallKind::ReadOnly => ClientError::GaveUp {
+                        CallKind::ReadOnly | CallKind::Idempotent => ClientError::GaveUp {
                             attempts,
                             elapsed: started.elapsed(),
                             last,
@@ -362,6 +390,12 @@ mod tests {
         let stopping = status(Unavailable, "etcdserver: server stopped");
         for error in [&broken, &late, &lost, &no_leader, &stopping] {
             assert_eq!(judge(CallKind::ReadOnly, error), Verdict::Retry, "{error}");
+            assert_eq!(judge(CallKind::Idempotent, error), Verdict::Retry, "{error}");
+        }
+        // An internal error is the server's bug or a corrupt answer, not something another attempt fixes.
+        let internal = status(tonic::Code::Internal, "unexpected reply from the leader");
+        for kind in [CallKind::ReadOnly, CallKind::Idempotent, CallKind::Write] {
+            assert_eq!(judge(kind, &internal), Verdict::Final);
         }
         assert_eq!(judge(CallKind::Write, &no_leader), Verdict::Retry);
         assert_eq!(judge(CallKind::Write, &stopping), Verdict::Retry);

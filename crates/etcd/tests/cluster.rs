@@ -194,7 +194,7 @@ async fn a_follower_behind_by_large_values_catches_up_from_the_log() {
     );
     let count = node.store().read(|app| {
         app.store()
-            .range(&trestle_raft::RangeRequest {
+            .range(&trestle_etcd::RangeRequest {
                 key: b"big/".to_vec(),
                 range_end: b"big0".to_vec(),
                 count_only: true,
@@ -209,8 +209,8 @@ async fn a_follower_behind_by_large_values_catches_up_from_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_catches_up_by_snapshot() {
     let mut cluster = TestCluster::start_tuned(3, |c| {
-        c.raft.snapshot_every = 50;
-        c.raft.keep_after_snapshot = 10;
+        c.node.raft.snapshot_every = 50;
+        c.node.raft.keep_after_snapshot = 10;
     })
     .await;
     let leader = cluster.wait_for_leader().await;
@@ -517,7 +517,7 @@ async fn status_reports_leader_term_and_index() {
 }
 
 /// The index of the last entry `node` applied to its store.
-fn applied_index(node: &trestle_raft::Node) -> u64 {
+fn applied_index(node: &trestle_etcd::EtcdNode) -> u64 {
     node.store()
         .raft()
         .metrics()

@@ -1,0 +1,61 @@
+//! # trestle-etcd
+//!
+//! A coordination store that speaks **etcd's v3 gRPC API** — KV, Watch, Lease, Cluster, Maintenance — so
+//! etcdctl, the `etcd-client` crate and etcd's Go client work against it unchanged; replicated on trestle-raft.
+//! And [`RetryingClient`], the etcd client rule every Trestle crate uses to retry only what is safe to retry,
+//! against Trestle or a real etcd.
+//!
+//! - **The data model.** [`MvccStore`] is etcd's MVCC model as a sans-IO state machine (revisions, per-key
+//!   create/mod revision and version, leases, transactions, compaction, watch history), tested synchronously
+//!   against a model.
+//! - **The replicated store.** [`StoreApp`] is that model as a trestle-raft `StateMachine`; [`Store`] is the
+//!   service around it (lease keep-alives answered by the leader, the leader's lease clock, etcd's error words).
+//! - **The API.** [`EtcdServer`] serves the store with etcd's wire format, codes and messages.
+//! - **The node.** [`EtcdNode`] is a trestle-raft `Node` running the store as group 0 ([`STORE_GROUP`]) and
+//!   serving the API on the client port; further keyspaces and any other service run beside it.
+//! - **The client.** [`RetryingClient`] retries reads on any transient failure and writes only when they surely
+//!   never reached a state machine. It is the only part built without the `server` feature (default on), so a
+//!   crate that is only a client does not build RocksDB.
+//!
+//! ```
+//! use trestle_etcd::{MvccStore, PutRequest, RangeRequest};
+//!
+//! let mut store = MvccStore::default();
+//! store.put(&PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() })?;
+//! let read = store.range(&RangeRequest { key: b"greeting".to_vec(), ..Default::default() })?;
+//! assert_eq!(read.kvs[0].value, b"hello");
+//! assert_eq!(read.kvs[0].mod_revision, 2); // an empty store is at revision 1, as in etcd
+//! # Ok::<(), trestle_etcd::MvccError>(())
+//! ```
+//!
+//! Running a node: [`EtcdNode::start`], or the `trestle` binary (`trestle serve`, `trestle local-cluster`).
+
+#[cfg(feature = "server")]
+mod api;
+mod client;
+#[cfg(feature = "server")]
+mod mvcc;
+#[cfg(feature = "server")]
+mod node;
+#[cfg(feature = "server")]
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+#[cfg(feature = "server")]
+pub use api::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};
+pub use client::{CallKind, ClientError, RetryPolicy, RetryingClient};
+#[cfg(feature = "server")]
+pub use mvcc::{
+    Compare, CompareResult, CompareTarget, DEFAULT_MAX_TXN_OPS, DeleteRangeRequest, DeleteRangeResponse,
+    Event, EventKind, KeyValue, Lease, LeaseId, MAX_LEASE_TTL, MvccError, MvccStore, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnRequest,
+    TxnResponse, in_range,
+};
+#[cfg(feature = "server")]
+pub use node::{EtcdNode, EtcdNodeConfig, EtcdNodeError, STORE_GROUP};
+#[cfg(feature = "server")]
+pub use store::{
+    Lessor, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult, StoreSettings,
+    StoreSettingsError,
+};
