@@ -13,7 +13,8 @@
 //!   (`testing::check_group_app`) checks any state machine.
 //! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
 //!   are on disk; snapshots are files, synced before the log they replace is purged ([`LogStore`],
-//!   [`GroupStateMachine`]).
+//!   [`GroupStateMachine`]). Snapshots stream: a state machine writes its state into the file and reads it back
+//!   from it, and followers receive the file in chunks ([`SnapshotFile`]).
 //! - **Process-wide things stay with the application.** Metrics go through the `metrics` facade and the crate
 //!   installs no recorder: give a node a [`MetricsRenderer`] for its `/metrics`. Test helpers (free ports,
 //!   deadline waits, loopback configurations, the conformance suite) are the `testing` module, behind the
@@ -22,7 +23,11 @@
 //! A service in full — a replicated register — and a node running it:
 //!
 //! ```no_run
-//! use trestle_raft::{Node, NodeConfig, NoRequest, Replicated, ReplicatedSettings, Service, StateMachine};
+//! use std::io::{Read, Write};
+//!
+//! use trestle_raft::{
+//!     Node, NodeConfig, NoRequest, Replicated, ReplicatedSettings, Service, SnapshotError, StateMachine,
+//! };
 //!
 //! #[derive(Default)]
 //! struct Register(Vec<u8>);
@@ -38,8 +43,12 @@
 //!     fn unbatch(response: Self::Response, count: usize) -> Option<Vec<Self::Response>> {
 //!         (response.len() == count).then(|| response.into_iter().map(|n| vec![n]).collect())
 //!     }
-//!     fn snapshot(&self) -> Result<Vec<u8>, String> { Ok(self.0.clone()) }
-//!     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> { self.0 = snapshot.to_vec(); Ok(()) }
+//!     fn snapshot(&self, out: &mut dyn Write) -> Result<(), SnapshotError> { Ok(out.write_all(&self.0)?) }
+//!     fn restore(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError> {
+//!         self.0.clear();
+//!         input.read_to_end(&mut self.0)?;
+//!         Ok(())
+//!     }
 //! }
 //!
 //! struct RegisterService;
@@ -87,7 +96,7 @@ pub use replicated::{
     CommandOf, Failure, MemberChange, NoRequest, Replicated, ReplicatedSettings, ReplicatedSettingsError,
     ResponseOf, Service, StateMachine,
 };
-pub use state_machine::{GroupApp, GroupStateMachine};
+pub use state_machine::{GroupApp, GroupStateMachine, SnapshotError, SnapshotFile};
 pub use tls::{TlsError, TlsFiles};
 pub use types::{
     CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, SnapshotMeta, StorageError,

@@ -5,7 +5,6 @@
 //! serve every service a node runs.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +72,7 @@ openraft::declare_raft_types!(
         R = Vec<u8>,
         NodeId = NodeId,
         Node = PeerNode,
+        SnapshotData = crate::state_machine::SnapshotFile,
 );
 
 /// A Raft handle of one group.

@@ -5,8 +5,8 @@ use tokio::sync::broadcast;
 
 use super::command::{StoreCommand, StoreOutcome, StoreResult};
 use crate::mvcc::{MvccError, MvccStore, Revision};
-use postcard::{from_bytes as decode, to_allocvec as encode};
-use trestle_raft::StateMachine;
+use postcard::from_bytes as decode;
+use trestle_raft::{SnapshotError, StateMachine};
 
 /// A notice that a revision was applied. The events themselves stay in the store's history
 /// ([`MvccStore::events_since`], [`MvccStore::events_at`]), where watchers read them under the app's lock: a
@@ -132,12 +132,20 @@ impl StateMachine for StoreApp {
         }
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        encode(&self.store).map_err(|e| format!("encoding the store: {e}"))
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<(), SnapshotError> {
+        // Streams into the snapshot file: no copy of the encoded store in memory.
+        postcard::to_io(&self.store, out)
+            .map_err(|e| SnapshotError::invalid(format!("encoding the store: {e}")))?;
+        Ok(())
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.store = decode(snapshot).map_err(|e| format!("undecodable store snapshot: {e}"))?;
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> Result<(), SnapshotError> {
+        // postcard decodes from one buffer (its reader needs scratch space the size of the largest value), so
+        // restoring holds the encoded store once in memory, briefly.
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        self.store =
+            decode(&bytes).map_err(|e| SnapshotError::invalid(format!("undecodable store snapshot: {e}")))?;
         let _ = self.feed.send(RevisionEvents {
             revision: self.store.revision(),
             resync: true,
@@ -150,6 +158,7 @@ impl StateMachine for StoreApp {
 mod tests {
     use super::*;
     use crate::mvcc::{Compare, CompareResult, CompareTarget, PutRequest, RequestOp, TxnRequest};
+    use postcard::to_allocvec as encode;
 
     fn put(key: &str, value: &str) -> StoreCommand {
         StoreCommand::Put(PutRequest {

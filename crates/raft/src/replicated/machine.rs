@@ -4,7 +4,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::log_store::{decode, encode};
-use crate::state_machine::GroupApp;
+use std::io::{Read, Write};
+
+use crate::state_machine::{GroupApp, SnapshotError};
 
 /// A deterministic state machine over typed commands. Every type implementing it is a [`GroupApp`]: commands
 /// and responses cross the log and the peer port encoded with postcard.
@@ -32,11 +34,12 @@ pub trait StateMachine: Send + Sync + 'static {
     /// The responses of a batch of `count` commands, in order; `None` when `response` is not such a batch's.
     fn unbatch(response: Self::Response, count: usize) -> Option<Vec<Self::Response>>;
 
-    /// Serializes the whole state (see [`GroupApp::snapshot`]).
-    fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Writes the whole state to `out`, the snapshot file (see [`GroupApp::snapshot`]). `postcard::to_io` or
+    /// any encoder over `std::io::Write` streams into it.
+    fn snapshot(&self, out: &mut dyn Write) -> Result<(), SnapshotError>;
 
-    /// Replaces the whole state with a snapshot's (see [`GroupApp::restore`]).
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// Replaces the whole state with the one `input` holds (see [`GroupApp::restore`]).
+    fn restore(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError>;
 }
 
 impl<M: StateMachine> GroupApp for M {
@@ -56,11 +59,11 @@ impl<M: StateMachine> GroupApp for M {
         }
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        StateMachine::snapshot(self)
+    fn snapshot(&self, out: &mut dyn Write) -> Result<(), SnapshotError> {
+        StateMachine::snapshot(self, out)
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        StateMachine::restore(self, snapshot)
+    fn restore(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError> {
+        StateMachine::restore(self, input)
     }
 }

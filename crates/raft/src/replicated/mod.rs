@@ -603,10 +603,10 @@ pub(crate) mod tests {
         fn unbatch(_response: u8, _count: usize) -> Option<Vec<u8>> {
             None
         }
-        fn snapshot(&self) -> Result<Vec<u8>, String> {
-            Ok(Vec::new())
+        fn snapshot(&self, _out: &mut dyn std::io::Write) -> Result<(), crate::SnapshotError> {
+            Ok(())
         }
-        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+        fn restore(&mut self, _input: &mut dyn std::io::Read) -> Result<(), crate::SnapshotError> {
             Ok(())
         }
     }

@@ -25,9 +25,14 @@ use super::machine::StateMachine;
 /// #     fn undecodable(&mut self, _: u64, _: String) -> i64 { self.0 }
 /// #     fn batch(_: Vec<i64>) -> i64 { unimplemented!() }
 /// #     fn unbatch(_: i64, _: usize) -> Option<Vec<i64>> { None }
-/// #     fn snapshot(&self) -> Result<Vec<u8>, String> { Ok(self.0.to_be_bytes().to_vec()) }
-/// #     fn restore(&mut self, s: &[u8]) -> Result<(), String> {
-/// #         self.0 = i64::from_be_bytes(s.try_into().map_err(|_| "not 8 bytes")?); Ok(())
+/// #     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<(), trestle_raft::SnapshotError> {
+/// #         Ok(out.write_all(&self.0.to_be_bytes())?)
+/// #     }
+/// #     fn restore(&mut self, input: &mut dyn std::io::Read) -> Result<(), trestle_raft::SnapshotError> {
+/// #         let mut bytes = [0; 8];
+/// #         input.read_exact(&mut bytes)?;
+/// #         self.0 = i64::from_be_bytes(bytes);
+/// #         Ok(())
 /// #     }
 /// # }
 /// struct CounterService;

@@ -9,7 +9,7 @@
 //! 1. **Determinism.** Two replicas applying the same commands return the same results, command by command.
 //! 2. **Snapshots replace the state.** A snapshot taken at the start, at a random point or at the end, restored
 //!    twice over into replicas that held other state, answers every later command exactly as the replica it
-//!    came from.
+//!    came from. The second time, it is written and read a few bytes per call, as files and sockets may.
 //! 3. **An empty state round-trips** through a snapshot.
 //! 4. **No panics** on random commands (mixed into the stream) or random snapshot bytes (which must be refused
 //!    or accepted, never panic on).
@@ -30,7 +30,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::state_machine::GroupApp;
+use crate::state_machine::{GroupApp, SnapshotError};
 
 /// Commands in each checked stream.
 const COMMANDS: usize = 400;
@@ -96,23 +96,23 @@ where
         for (i, c) in commands[..cut].iter().enumerate() {
             source.apply(i as u64 + 1, c);
         }
-        let snapshot = source
-            .snapshot()
+        let snapshot = snapshot_of(&source)
             .unwrap_or_else(|e| fail(format!("snapshot after {cut} commands failed: {e}")));
         let mut first = new();
         other_state(&mut first);
-        first.restore(&snapshot).unwrap_or_else(|e| {
+        restore(&mut first, &snapshot).unwrap_or_else(|e| {
             fail(format!(
                 "restoring the snapshot taken after {cut} commands failed: {e}"
             ))
         });
-        let again = first
-            .snapshot()
+        // Written and read a few bytes at a time this time: files and sockets do not promise whole reads.
+        let again = trickled_snapshot_of(&first, &mut rng)
             .unwrap_or_else(|e| fail(format!("snapshot of a restored state failed: {e}")));
         let mut restored = new();
         other_state(&mut restored);
+        let seed = rng.random();
         restored
-            .restore(&again)
+            .restore(&mut Trickle::new(&again[..], seed))
             .unwrap_or_else(|e| fail(format!("restoring a restored state's snapshot failed: {e}")));
         // The rest of the log, then the first commands once more (after the last cut there is no rest).
         let tail = commands[cut..].iter().chain(commands.iter().take(50));
@@ -130,12 +130,10 @@ where
     }
 
     // 3. The empty state round-trips.
-    let empty = new()
-        .snapshot()
-        .unwrap_or_else(|e| fail(format!("snapshot of the empty state failed: {e}")));
+    let empty =
+        snapshot_of(&new()).unwrap_or_else(|e| fail(format!("snapshot of the empty state failed: {e}")));
     let mut from_empty = new();
-    from_empty
-        .restore(&empty)
+    restore(&mut from_empty, &empty)
         .unwrap_or_else(|e| fail(format!("restoring the empty state's snapshot failed: {e}")));
     if let Some(c) = commands.first() {
         let (got, want) = (from_empty.apply(1, c), new().apply(1, c));
@@ -147,9 +145,8 @@ where
     }
 
     // 4. Random snapshot bytes: refused or accepted, never a panic.
-    let snapshot = reference
-        .snapshot()
-        .unwrap_or_else(|e| fail(format!("snapshot after every command failed: {e}")));
+    let snapshot =
+        snapshot_of(&reference).unwrap_or_else(|e| fail(format!("snapshot after every command failed: {e}")));
     for n in 0..GARBAGE_SNAPSHOTS {
         let bytes = if n % 2 == 0 {
             random_bytes(&mut rng, 256)
@@ -165,12 +162,68 @@ where
             s
         };
         let mut target = new();
-        if let Err(p) = guarded(|| target.restore(&bytes)) {
+        if let Err(p) = guarded(|| restore(&mut target, &bytes)) {
             fail(format!(
                 "restore panicked on {} snapshot bytes {bytes:?}: {p}",
                 bytes.len()
             ));
         }
+    }
+}
+
+/// The snapshot `app` writes, in memory.
+fn snapshot_of<A: GroupApp>(app: &A) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::new();
+    app.snapshot(&mut out)?;
+    Ok(out)
+}
+
+/// The snapshot `app` writes into a writer that takes a few bytes per call.
+fn trickled_snapshot_of<A: GroupApp>(app: &A, rng: &mut ChaCha8Rng) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Trickle::new(Vec::new(), rng.random());
+    app.snapshot(&mut out)?;
+    Ok(out.inner)
+}
+
+/// Restores `app` from `bytes`.
+fn restore<A: GroupApp>(app: &mut A, bytes: &[u8]) -> Result<(), SnapshotError> {
+    app.restore(&mut &bytes[..])
+}
+
+/// A reader or writer that moves 1 to 7 bytes per call.
+struct Trickle<T> {
+    inner: T,
+    rng: ChaCha8Rng,
+}
+
+impl<T> Trickle<T> {
+    fn new(inner: T, seed: u64) -> Self {
+        Self {
+            inner,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    fn limit(&mut self, len: usize) -> usize {
+        len.min(self.rng.random_range(1..8))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Trickle<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.limit(buf.len());
+        self.inner.read(&mut buf[..n])
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Trickle<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.limit(buf.len());
+        self.inner.write(&buf[..n])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

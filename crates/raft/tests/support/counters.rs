@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use trestle_raft::{NoRequest, Replicated, Service, StateMachine};
+use trestle_raft::{NoRequest, Replicated, Service, SnapshotError, StateMachine};
 
 // ---- The whole service: a state machine and a service declaration. ----
 
@@ -69,12 +69,15 @@ impl StateMachine for Counters {
         }
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, String> {
-        postcard::to_allocvec(&self.values).map_err(|e| e.to_string())
+    fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<(), SnapshotError> {
+        postcard::to_io(&self.values, out).map_err(SnapshotError::invalid)?;
+        Ok(())
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.values = postcard::from_bytes(snapshot).map_err(|e| format!("undecodable snapshot: {e}"))?;
+    fn restore(&mut self, input: &mut dyn std::io::Read) -> Result<(), SnapshotError> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        self.values = postcard::from_bytes(&bytes).map_err(SnapshotError::invalid)?;
         Ok(())
     }
 }
