@@ -1,5 +1,5 @@
-//! Deterministic simulation tests: real Trestle Raft nodes (RocksDB log store, state machine, openraft, the
-//! tonic peer protocol, the coordination store) on turmoil's simulated network, under partitions, held messages,
+//! Deterministic simulation tests: real Trestle Raft nodes (log store and state machine on trestle-raft's
+//! in-memory storage, openraft, the tonic peer protocol, the coordination store) on turmoil's simulated network, under partitions, held messages,
 //! message loss, crashes and restarts; checked for Raft invariants and linearizability.
 //!
 //! Each test prints its seed first; replay one with

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerChannels};
 use crate::state_machine::{GroupApp, GroupStateMachine};
+use crate::storage::GroupStorage;
 use crate::types::{GroupId, NodeId, Raft};
 
 /// A gRPC status that crosses the peer protocol inside a forwarded reply.
@@ -159,26 +159,33 @@ pub enum StartGroupError {
     },
 }
 
-/// Starts (or restarts, from what `db` holds) one Raft group of `app` on this node.
+/// Starts (or restarts, from what `storage` holds) one Raft group of `app` on this node.
 pub async fn start_group<A: GroupApp>(
     node_id: NodeId,
     group: GroupId,
-    db: Arc<DB>,
+    storage: &GroupStorage,
     channels: PeerChannels,
     config: Arc<openraft::Config>,
     app: Arc<RwLock<A>>,
 ) -> Result<Raft, StartGroupError> {
-    let log_store = LogStore::new(db.clone(), group);
-    let state_machine =
-        GroupStateMachine::open(db, group, app).map_err(|source| StartGroupError::Storage {
+    let state_machine = GroupStateMachine::open(storage.snapshots(), group, app).map_err(|source| {
+        StartGroupError::Storage {
             group,
             source: Box::new(source),
-        })?;
+        }
+    })?;
     let network = NetworkFactory::new(group, channels);
-    Raft::new(node_id, config, network, log_store, state_machine)
-        .await
-        .map_err(|e| StartGroupError::Raft {
-            group,
-            message: e.to_string(),
-        })
+    let started = match storage {
+        GroupStorage::RocksDb { db, .. } => {
+            let log_store = LogStore::new(db.clone(), group);
+            Raft::new(node_id, config, network, log_store, state_machine).await
+        }
+        GroupStorage::Memory(memory) => {
+            Raft::new(node_id, config, network, memory.log(group), state_machine).await
+        }
+    };
+    started.map_err(|e| StartGroupError::Raft {
+        group,
+        message: e.to_string(),
+    })
 }

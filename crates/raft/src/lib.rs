@@ -13,8 +13,11 @@
 //!   (`testing::check_group_app`) checks any state machine.
 //! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
 //!   are on disk; snapshots are files, synced before the log they replace is purged ([`LogStore`],
-//!   [`GroupStateMachine`]). Snapshots stream: a state machine writes its state into the file and reads it back
-//!   from it, and followers receive the file in chunks ([`SnapshotFile`]).
+//!   [`GroupStateMachine`]). Snapshots stream: a state machine writes its state into the snapshot store and
+//!   reads it back from it, and followers receive it in chunks ([`SnapshotData`]).
+//! - **Storage behind traits.** Logs are openraft's `RaftLogStorage` ([`LogStore`] on RocksDB,
+//!   [`MemoryLogStore`]), snapshots a [`SnapshotStore`] ([`DiskSnapshots`], [`MemorySnapshots`]); a node takes
+//!   one pair ([`NodeStorage`]). In memory, nothing runs on the blocking pool, so a simulation is deterministic.
 //! - **Process-wide things stay with the application.** Metrics go through the `metrics` facade and the crate
 //!   installs no recorder: give a node a [`MetricsRenderer`] for its `/metrics`. Test helpers (free ports,
 //!   deadline waits, loopback configurations, the conformance suite) are the `testing` module, behind the
@@ -80,6 +83,7 @@ mod network;
 mod node;
 mod replicated;
 mod state_machine;
+mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
@@ -96,7 +100,11 @@ pub use replicated::{
     CommandOf, Failure, MemberChange, NoRequest, Replicated, ReplicatedSettings, ReplicatedSettingsError,
     ResponseOf, Service, StateMachine,
 };
-pub use state_machine::{GroupApp, GroupStateMachine, SnapshotError, SnapshotFile};
+pub use state_machine::{GroupApp, GroupStateMachine, SnapshotError};
+pub use storage::{
+    DiskSnapshots, GroupStorage, MemoryLogStore, MemorySnapshots, MemoryStorage, NodeStorage, ReceivedData,
+    SharedSnapshotStore, SnapshotData, SnapshotReader, SnapshotStore, SnapshotWriter, Temporary,
+};
 pub use tls::{TlsError, TlsFiles};
 pub use types::{
     CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, SnapshotMeta, StorageError,

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use openraft::ServerState;
 use parking_lot::RwLock;
-use rocksdb::DB;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,7 @@ use crate::log_store::open_db;
 use crate::network::{PeerChannels, PeerService};
 use crate::replicated::{MemberChange, Replicated, ReplicatedSettings, Service};
 use crate::state_machine::GroupApp;
+use crate::storage::{GroupStorage, NodeStorage};
 use crate::tls::{TlsError, TlsFiles};
 use crate::types::{GroupId, NodeId, PeerNode, Raft, node_id_for};
 
@@ -125,6 +125,8 @@ pub struct NodeConfig {
     pub cluster_state: ClusterState,
     /// Raft settings.
     pub raft: RaftSettings,
+    /// Where the Raft logs, votes and snapshots live. Default: RocksDB and files under `data_dir`.
+    pub storage: NodeStorage,
     /// TLS for the client listener (etcd's `--cert-file`, ...). Default none: plain HTTP/2.
     pub client_tls: Option<TlsFiles>,
     /// TLS for the peer listener and for connections to peers (etcd's `--peer-cert-file`, ...); set
@@ -149,6 +151,7 @@ impl NodeConfig {
             initial_cluster: Vec::new(),
             cluster_state: ClusterState::New,
             raft: RaftSettings::default(),
+            storage: NodeStorage::Disk,
             client_tls: None,
             peer_tls: None,
         }
@@ -339,7 +342,9 @@ impl std::fmt::Debug for MetricsRenderer {
 pub struct Node {
     config: NodeConfig,
     node_id: NodeId,
-    db: Arc<DB>,
+    storage: GroupStorage,
+    /// Handles on the database the node holds itself (its storage's): shutdown waits for the others to go.
+    db_handles_at_rest: usize,
     channels: PeerChannels,
     raft_config: Arc<openraft::Config>,
     groups: GroupRegistry,
@@ -413,15 +418,25 @@ impl Node {
         let node_id = config.node_id();
         let span = info_span!("node", id = node_id, name = %config.name);
         async move {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
-                path: config.data_dir.clone(),
-                message: e.to_string(),
-            })?;
-            let db_path = config.data_dir.join("db");
-            let db = open_db(&db_path).map_err(|e| NodeError::DataDir {
-                path: db_path,
-                message: e.to_string(),
-            })?;
+            let storage = match &config.storage {
+                NodeStorage::Disk => {
+                    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+                        path: config.data_dir.clone(),
+                        message: e.to_string(),
+                    })?;
+                    let db_path = config.data_dir.join("db");
+                    let db = open_db(&db_path).map_err(|e| NodeError::DataDir {
+                        path: db_path,
+                        message: e.to_string(),
+                    })?;
+                    GroupStorage::rocksdb(db)
+                }
+                NodeStorage::Memory(memory) => GroupStorage::memory(memory.clone()),
+            };
+            let db_handles_at_rest = match &storage {
+                GroupStorage::RocksDb { db, .. } => Arc::strong_count(db),
+                _ => 0,
+            };
             let peer_client_tls = match &config.peer_tls {
                 Some(tls) => Some(tls.peer_client_config().map_err(ConfigError::from)?),
                 None => None,
@@ -487,7 +502,8 @@ impl Node {
             Ok(Self {
                 config,
                 node_id,
-                db,
+                storage,
+                db_handles_at_rest,
                 channels,
                 raft_config,
                 groups,
@@ -627,7 +643,7 @@ impl Node {
         let raft = start_group(
             self.node_id,
             group,
-            self.db.clone(),
+            &self.storage,
             self.channels.clone(),
             self.raft_config.clone(),
             app,
@@ -654,7 +670,7 @@ impl Node {
         let raft = start_group(
             self.node_id,
             group,
-            self.db.clone(),
+            &self.storage,
             self.channels.clone(),
             self.raft_config.clone(),
             app.clone(),
@@ -716,18 +732,20 @@ impl Node {
             let _ = task.await;
         }
         // openraft's storage tasks and in-flight blocking writes finish a moment after `Raft::shutdown` returns,
-        // each holding the database. Return only once ours is the last handle, so that the database is closed
+        // each holding the database. Return only once ours are the last handles, so that the database is closed
         // and a restart in this process can open it again.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&self.db) > 1 {
-            if tokio::time::Instant::now() >= deadline {
-                warn!(
-                    handles = Arc::strong_count(&self.db),
-                    "database still in use after shutdown"
-                );
-                break;
+        if let GroupStorage::RocksDb { db, .. } = &self.storage {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while Arc::strong_count(db) > self.db_handles_at_rest {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!(
+                        handles = Arc::strong_count(db),
+                        "database still in use after shutdown"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

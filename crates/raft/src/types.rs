@@ -72,7 +72,7 @@ openraft::declare_raft_types!(
         R = Vec<u8>,
         NodeId = NodeId,
         Node = PeerNode,
-        SnapshotData = crate::state_machine::SnapshotFile,
+        SnapshotData = crate::storage::SnapshotData,
 );
 
 /// A Raft handle of one group.

@@ -58,7 +58,15 @@ async fn counters_leader(services: &BTreeMap<usize, Replicated<CounterService>>)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_keep_every_acknowledged_add_through_leader_changes_snapshots_and_restarts() {
-    let mut cluster = TestCluster::start(3).await;
+    keeps_every_acknowledged_add(TestCluster::start(3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_nodes_that_keep_their_raft_state_in_memory() {
+    keeps_every_acknowledged_add(TestCluster::start_in_memory(3).await).await;
+}
+
+async fn keeps_every_acknowledged_add(mut cluster: TestCluster) {
     let mut services = BTreeMap::new();
     for i in 0..3 {
         // Every founder founds the group alike (`Node::found_group`); the first entry is the same everywhere.

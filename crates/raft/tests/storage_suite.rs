@@ -1,6 +1,6 @@
-//! openraft's storage conformance suite, run against the RocksDB log store and the group state machine, plus
-//! the guarantees the suite does not cover: groups sharing one database stay apart, and everything survives a
-//! reopen.
+//! openraft's storage conformance suite, run against both log stores (RocksDB and memory) with the group state
+//! machine over both snapshot stores; the snapshot store suite on both; and the guarantees the suites do not
+//! cover: groups sharing one database stay apart, and everything survives a reopen.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/counters.rs"]
@@ -14,7 +14,11 @@ use openraft::testing::{StoreBuilder, Suite, blank_ent};
 use openraft::{RaftLogReader, Vote};
 use parking_lot::RwLock;
 use tempfile::TempDir;
-use trestle_raft::{GroupStateMachine, LogStore, StorageError, TypeConfig, open_db};
+use trestle_raft::testing::check_snapshot_store;
+use trestle_raft::{
+    DiskSnapshots, GroupStateMachine, LogStore, MemoryLogStore, MemoryStorage, SharedSnapshotStore,
+    StorageError, TypeConfig, open_db,
+};
 
 struct Builder {
     group: u64,
@@ -30,9 +34,40 @@ impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine<Counters>, TempDir> fo
             other.save_vote(&Vote::new(9, 9)).await?;
         }
         let log = LogStore::new(db.clone(), self.group);
-        let sm = GroupStateMachine::open(db, self.group, Arc::new(RwLock::new(Counters::default())))?;
+        let snapshots: SharedSnapshotStore = Arc::new(DiskSnapshots::beside(db));
+        let sm = GroupStateMachine::open(snapshots, self.group, Arc::new(RwLock::new(Counters::default())))?;
         Ok((dir, log, sm))
     }
+}
+
+struct MemoryBuilder;
+
+impl StoreBuilder<TypeConfig, MemoryLogStore, GroupStateMachine<Counters>, MemoryStorage> for MemoryBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(MemoryStorage, MemoryLogStore, GroupStateMachine<Counters>), StorageError> {
+        let storage = MemoryStorage::new();
+        // Another group's data in the same storage must not leak into the one under test.
+        let mut other = storage.log(0);
+        other.save_vote(&Vote::new(9, 9)).await?;
+        let snapshots: SharedSnapshotStore = Arc::new(storage.snapshots());
+        let sm = GroupStateMachine::open(snapshots, 7, Arc::new(RwLock::new(Counters::default())))?;
+        Ok((storage.clone(), storage.log(7), sm))
+    }
+}
+
+#[test]
+fn openraft_conformance_suite_in_memory() {
+    Suite::test_all(MemoryBuilder).unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_stores_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapshots");
+    check_snapshot_store(|| Arc::new(DiskSnapshots::new(&path)) as SharedSnapshotStore).await;
+    let memory = MemoryStorage::new();
+    check_snapshot_store(|| Arc::new(memory.snapshots()) as SharedSnapshotStore).await;
 }
 
 #[test]
@@ -55,7 +90,9 @@ async fn log_vote_and_snapshot_survive_reopening_the_database() {
         let entries: Vec<_> = (1..=5).map(|i| blank_ent::<TypeConfig>(4, 1, i)).collect();
         // The suite checks the flushed callback; here only what reaches the disk matters.
         log.blocking_append(entries).await.unwrap();
-        let mut sm = GroupStateMachine::open(db, 3, Arc::new(RwLock::new(Counters::default()))).unwrap();
+        let snapshots: SharedSnapshotStore = Arc::new(DiskSnapshots::beside(db));
+        let mut sm =
+            GroupStateMachine::open(snapshots, 3, Arc::new(RwLock::new(Counters::default()))).unwrap();
         sm.apply((1..=3).map(|i| blank_ent::<TypeConfig>(4, 1, i)))
             .await
             .unwrap();
@@ -73,7 +110,8 @@ async fn log_vote_and_snapshot_survive_reopening_the_database() {
             .unwrap()
             .is_empty()
     );
-    let mut sm = GroupStateMachine::open(db, 3, Arc::new(RwLock::new(Counters::default()))).unwrap();
+    let snapshots: SharedSnapshotStore = Arc::new(DiskSnapshots::beside(db));
+    let mut sm = GroupStateMachine::open(snapshots, 3, Arc::new(RwLock::new(Counters::default()))).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|id| id.index), Some(3));
 }

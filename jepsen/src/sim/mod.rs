@@ -1,21 +1,24 @@
 //! Deterministic simulation of the Raft layer: real Trestle nodes on turmoil's simulated network.
 //!
 //! [`run_sim`] starts `nodes` turmoil hosts, each running what `trestle serve` runs for the coordination store
-//! minus its listeners on real sockets: a RocksDB (in a temporary directory per host that outlives crashes), the
-//! store group (`trestle_raft::start_group`: openraft, our log store and state machine), the [`Store`] and the
+//! minus its listeners on real sockets, with its Raft state in memory (trestle-raft's `MemoryStorage`, one per
+//! host, which outlives crashes): the store group (`trestle_raft::start_group`: openraft, the log store and the
+//! group state machine), the [`Store`] and the
 //! peer protocol ([`PeerService`] served over turmoil TCP, [`PeerChannels`] connecting over it). Client tasks on
 //! every host read, write and compare-and-set a few keys through the store while a seeded schedule partitions,
 //! holds, crashes, bounces and drops messages; then everything heals, the clients read, and the checkers judge.
 //!
 //! - `net`: turmoil TCP under tonic, both ways.
-//! - `node`: one host's software (open or reopen the database, start the group, serve peers, run clients).
+//! - `node`: one host's software (start the group on the host's storage, serve peers, run clients).
 //! - `client`: the client tasks and the history they record.
 //! - `invariants`: leaders per term, applied state agreeing across nodes, no acknowledged write lost.
 //! - `schedule`: the fault schedule drawn from the seed.
 //!
 //! Everything random comes from the seed: the schedule and every client's operations (ChaCha8), turmoil's
 //! message latencies and losses (`rng_seed`), and openraft's election timeouts are fixed per node instead of
-//! drawn. What still is not deterministic is written down in the crate README ("Deterministic simulation").
+//! drawn; the nodes' storage is in memory and answers at once, so no work runs on threads outside the simulation
+//! and nothing waits on real time. What still is not deterministic is written down in the crate README
+//! ("Deterministic simulation").
 //!
 //! [`Store`]: trestle_etcd::Store
 //! [`PeerService`]: trestle_raft::PeerService
@@ -29,7 +32,6 @@ mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,9 +82,6 @@ pub struct SimConfig {
     /// Simulated time allowed after healing for the nodes to agree (same leader, same applied index) and the
     /// clients to finish; past it the run is unknown. Default 15 s.
     pub settle_limit: Duration,
-    /// Where the nodes' data directories go. Default: `/dev/shm` when it exists (RocksDB's fsyncs cost nothing
-    /// there, and they run in real time, see the README), else the system temporary directory.
-    pub data_root: Option<PathBuf>,
     /// Treat two leaders in one term as a violation. Default false: openraft's default leader id is
     /// (term, node id), which lets two nodes lead one after the other in the same term (see `LESSONS.md`), so
     /// it is reported in [`SimReport::leaders_per_term`] but is not a bug. Set it for a build with openraft's
@@ -119,7 +118,6 @@ impl Default for SimConfig {
             request_timeout: Duration::from_secs(2),
             final_reads: Duration::from_secs(1),
             settle_limit: Duration::from_secs(15),
-            data_root: None,
             strict_one_leader_per_term: false,
             plant: None,
         }
@@ -221,15 +219,7 @@ pub enum SimError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The data directories could not be created.
-    #[error("cannot create the data directory under {path}: {source}")]
-    DataDir {
-        /// Where.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A host's software failed (it could not open its database or start its Raft group), or turmoil failed.
+    /// A host's software failed (it could not start its Raft group), or turmoil failed.
     #[error("simulation failed at {at:?} (seed {seed}): {message}")]
     Sim {
         /// The seed.
@@ -368,17 +358,6 @@ fn election_timeout_ms(i: usize) -> u64 {
 pub fn run_sim(config: &SimConfig) -> Result<SimReport, SimError> {
     config.validate()?;
     let wall = Instant::now();
-    let root = config.data_root.clone().unwrap_or_else(|| {
-        let shm = PathBuf::from("/dev/shm");
-        if shm.is_dir() { shm } else { std::env::temp_dir() }
-    });
-    let data = tempfile::Builder::new()
-        .prefix("trestle-sim-")
-        .tempdir_in(&root)
-        .map_err(|source| SimError::DataDir {
-            path: root.clone(),
-            source,
-        })?;
     let schedule = fault_schedule(config);
     let shared = Arc::new(Mutex::new(Shared::new(config)));
 
@@ -399,8 +378,7 @@ pub fn run_sim(config: &SimConfig) -> Result<SimReport, SimError> {
             value: config.snapshot_every.to_string(),
             reason,
         })?;
-        let dir = data.path().join(host_name(i));
-        let ctx = node::NodeContext::new(config, i, dir, raft_config, shared.clone());
+        let ctx = node::NodeContext::new(config, i, raft_config, shared.clone());
         sim.host(host_name(i), move || node::run(ctx.clone()));
     }
 
@@ -466,7 +444,6 @@ pub fn run_sim(config: &SimConfig) -> Result<SimReport, SimError> {
     };
     invariants.check_acknowledged(&shared, &acked);
     let restarts = shared.lock().restarts();
-    // Stop every host before the data directories go.
     drop(sim);
     let history = History::from_events(history).map_err(|e| SimError::History(e.to_string()))?;
     let limits = Limits::default().time_limit(Duration::from_secs(30));

@@ -1,30 +1,27 @@
 //! One node host's software: what `trestle serve` runs for the coordination store, over turmoil instead of real
-//! sockets. turmoil reruns it on every restart; it reopens the same RocksDB directory.
+//! sockets and with its Raft state in memory. turmoil reruns it on every restart; it reopens the same
+//! `MemoryStorage`, which like a disk keeps what was written before the crash.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tonic::transport::Server;
 use trestle_etcd::{STORE_GROUP, Store, StoreApp, StoreSettings};
-use trestle_raft::{GroupRegistry, PeerNode, PeerService, RaftSettings, node_id_for, open_db, start_group};
+use trestle_raft::{
+    GroupRegistry, GroupStorage, MemoryStorage, PeerNode, PeerService, RaftSettings, node_id_for, start_group,
+};
 
 use super::client::{self, ClientSettings, Shared};
 use super::{PEER_PORT, SimConfig, election_timeout_ms, host_name, net, peer_url};
-
-/// How long a restarting node waits, in real time, for a database lock its previous incarnation's blocking
-/// writes may still hold (turmoil drops a crashed host's runtime, which waits for its blocking threads, so
-/// this is a safety net rather than the usual path).
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-const LOCK_POLL: Duration = Duration::from_millis(5);
 
 /// Everything a node host needs; cloned into every (re)start.
 #[derive(Clone)]
 pub(super) struct NodeContext {
     index: usize,
-    dir: PathBuf,
+    /// The node's Raft state: kept across its restarts, as a disk would be. In memory, nothing runs on tokio's
+    /// blocking pool, so the run is deterministic.
+    storage: MemoryStorage,
     members: BTreeMap<u64, PeerNode>,
     raft_config: Arc<openraft::Config>,
     store_settings: StoreSettings,
@@ -60,7 +57,6 @@ impl NodeContext {
     pub(super) fn new(
         config: &SimConfig,
         index: usize,
-        dir: PathBuf,
         raft_config: openraft::Config,
         shared: Arc<Mutex<Shared>>,
     ) -> Self {
@@ -81,7 +77,7 @@ impl NodeContext {
         store_settings.replicated.request_timeout = config.request_timeout;
         NodeContext {
             index,
-            dir,
+            storage: MemoryStorage::new(),
             members,
             raft_config: Arc::new(raft_config),
             store_settings,
@@ -109,26 +105,6 @@ pub(super) async fn run(ctx: NodeContext) -> turmoil::Result {
 
 async fn boot(ctx: &NodeContext) -> Result<(), String> {
     let node_id = node_id_for(&peer_url(ctx.index));
-    let dir = ctx.dir.clone();
-    // RocksDB opens on the blocking pool: while it is in flight tokio's paused clock does not advance, so the
-    // real time a retry waits costs no simulated time.
-    let db = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut waited = Duration::ZERO;
-        loop {
-            match open_db(&dir) {
-                Ok(db) => return Ok(db),
-                Err(e) if e.to_string().to_lowercase().contains("lock") && waited < LOCK_WAIT => {
-                    std::thread::sleep(LOCK_POLL);
-                    waited += LOCK_POLL;
-                }
-                Err(e) => return Err(format!("cannot open the database in {}: {e}", dir.display())),
-            }
-        }
-    })
-    .await
-    .map_err(|e| format!("database open task: {e}"))??;
-
     let channels = net::peer_channels();
     let groups = GroupRegistry::default();
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT))
@@ -147,7 +123,7 @@ async fn boot(ctx: &NodeContext) -> Result<(), String> {
     let raft = start_group(
         node_id,
         STORE_GROUP,
-        db,
+        &GroupStorage::memory(ctx.storage.clone()),
         channels.clone(),
         ctx.raft_config.clone(),
         app.clone(),

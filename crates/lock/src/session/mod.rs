@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use trestle_etcd::CallKind;
 
 use crate::LockError;
 
@@ -141,10 +142,15 @@ impl Session {
     }
 
     /// Grants a lease with `options` and keeps it alive.
-    pub async fn with_options(mut client: Client, options: SessionOptions) -> Result<Self, LockError> {
+    pub async fn with_options(client: Client, options: SessionOptions) -> Result<Self, LockError> {
         options.validate()?;
         let sent = Instant::now();
-        let granted = client.lease_grant(options.ttl.as_secs() as i64, None).await?;
+        let ttl = options.ttl.as_secs() as i64;
+        // A grant is sent again only when it surely never arrived: a second lease would outlive this session.
+        let granted = crate::queue::call(&client, CallKind::Write, |mut client| async move {
+            client.lease_grant(ttl, None).await
+        })
+        .await?;
         if granted.ttl() <= 0 {
             return Err(LockError::Protocol {
                 what: format!("lease grant answered TTL {}", granted.ttl()),

@@ -188,6 +188,17 @@ struct Inner<S: Service> {
     reads: ReadRounds,
     channels: PeerChannels,
     settings: ReplicatedSettings,
+    /// Counts calls that retry with jitter: each call's jitter is seeded from the node, the group and this count,
+    /// so followers still spread out after a leader change while a simulation replays the same delays.
+    jitter_calls: std::sync::atomic::AtomicU64,
+}
+
+/// The jitter seed of one call (SplitMix64 over the node, the group and the call's number).
+fn jitter_seed(node_id: NodeId, group: GroupId, call: u64) -> u64 {
+    let mut z = node_id ^ group.rotate_left(32) ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A service's handle on one node for one Raft group. Cheap to clone.
@@ -250,6 +261,7 @@ impl<S: Service> Replicated<S> {
                 reads: ReadRounds::default(),
                 channels,
                 settings,
+                jitter_calls: std::sync::atomic::AtomicU64::new(0),
             }
         });
         Self { inner }
@@ -420,7 +432,9 @@ impl<S: Service> Replicated<S> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut metrics = this.inner.raft.metrics();
             loop {
+                // Biased: a fixed order keeps a simulation replayable.
                 tokio::select! {
+                    biased;
                     _ = tick.tick() => {}
                     changed = metrics.changed() => if changed.is_err() { return },
                 }
@@ -457,11 +471,17 @@ impl<S: Service> Replicated<S> {
     async fn with_leader(&self, op: Op<S>) -> Result<Reply<S>, Status> {
         use backon::BackoffBuilder;
         let deadline = Instant::now() + self.inner.settings.request_timeout;
-        // Jittered so that followers retrying after a leader change do not arrive in lockstep.
+        // Jittered so that followers retrying after a leader change do not arrive in lockstep; seeded, so that the
+        // same execution has the same delays.
+        let call = self
+            .inner
+            .jitter_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut delays = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(10))
             .with_max_delay(Duration::from_millis(200))
             .with_jitter()
+            .with_jitter_seed(jitter_seed(self.inner.node_id, self.inner.group, call))
             .without_max_times()
             .build();
         let idempotent = match &op {
@@ -504,6 +524,7 @@ impl<S: Service> Replicated<S> {
             // Retry after the backoff, or as soon as a (new) leader is known: after a leader dies, every
             // request waiting here moves on the moment the election ends, not a backoff step later.
             tokio::select! {
+                biased;
                 () = tokio::time::sleep(delay) => {}
                 () = self.leader_changes(leader_before) => {}
             }

@@ -164,7 +164,10 @@ async fn run<C: Serialize, R>(
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     loop {
+        // Biased (a fixed order, not tokio's random one): either order is correct, and a fixed one lets a
+        // simulation replay the same batches.
         tokio::select! {
+            biased;
             received = receiver.recv(), if open => match received {
                 Some(proposal) => {
                     enqueue(&mut queue, proposal);

@@ -1,11 +1,14 @@
 //! Helpers for tests that run real nodes on loopback (this crate's, and those of crates built on it), and the
-//! conformance suite for [`GroupApp`](crate::GroupApp) implementations ([`check_group_app`]).
+//! conformance suites for [`GroupApp`](crate::GroupApp) implementations ([`check_group_app`]) and
+//! [`SnapshotStore`](crate::SnapshotStore) implementations ([`check_snapshot_store`]).
 //!
 //! Enable the `testing` feature in dev-dependencies only.
 
 mod conformance;
+mod snapshot_store;
 
 pub use conformance::check_group_app;
+pub use snapshot_store::check_snapshot_store;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tempfile::TempDir;
-use trestle_raft::{Node, NodeConfig};
+use trestle_raft::{MemoryStorage, Node, NodeConfig, NodeStorage};
 
 pub use trestle_raft::testing::free_loopback_port as free_port;
 
 pub struct Member {
+    /// The member's storage when it runs in memory (kept across its restarts).
+    pub memory: Option<MemoryStorage>,
     pub name: String,
     pub client: u16,
     pub peer: u16,
@@ -53,12 +55,22 @@ where
 }
 
 impl TestCluster {
-    /// Starts `n` founding members (host nodes, no group yet).
+    /// Starts `n` founding members (host nodes, no group yet) on RocksDB.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, false).await
+    }
+
+    /// Starts `n` founding members with their Raft state in memory.
+    pub async fn start_in_memory(n: usize) -> Self {
+        Self::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, in_memory: bool) -> Self {
         init_tracing();
         let root = tempfile::tempdir().expect("temp dir");
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
+                memory: in_memory.then(MemoryStorage::new),
                 name: format!("n{i}"),
                 client: free_port(),
                 peer: free_port(),
@@ -84,7 +96,12 @@ impl TestCluster {
             .iter()
             .map(|m| (m.name.clone(), m.peer_url()))
             .collect();
-        trestle_raft::testing::loopback_node_config(&m.name, &m.dir, m.client, m.peer, founders)
+        let mut config =
+            trestle_raft::testing::loopback_node_config(&m.name, &m.dir, m.client, m.peer, founders);
+        if let Some(memory) = &m.memory {
+            config.storage = NodeStorage::Memory(memory.clone());
+        }
+        config
     }
 
     pub async fn start_node(&self, i: usize) -> Node {
