@@ -87,6 +87,7 @@ mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
+mod transport;
 mod types;
 
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
@@ -106,6 +107,7 @@ pub use storage::{
     SharedSnapshotStore, SnapshotData, SnapshotReader, SnapshotStore, SnapshotWriter, Temporary,
 };
 pub use tls::{TlsError, TlsFiles};
+pub use transport::{Accepted, Connection, Incoming, ListenFn, NodeNetwork};
 pub use types::{
     CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig, Vote, node_id_for,

@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::group::{GroupRegistry, StartGroupError, start_group};
@@ -24,6 +23,7 @@ use crate::replicated::{MemberChange, Replicated, ReplicatedSettings, Service};
 use crate::state_machine::GroupApp;
 use crate::storage::{GroupStorage, NodeStorage};
 use crate::tls::{TlsError, TlsFiles};
+use crate::transport::{Listener, NodeNetwork};
 use crate::types::{GroupId, NodeId, PeerNode, Raft, node_id_for};
 
 /// Whether a node founds a new cluster or joins an existing one (etcd's `--initial-cluster-state`).
@@ -127,6 +127,8 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     /// Where the Raft logs, votes and snapshots live. Default: RocksDB and files under `data_dir`.
     pub storage: NodeStorage,
+    /// How the node listens and reaches its peers. Default: TCP.
+    pub network: NodeNetwork,
     /// TLS for the client listener (etcd's `--cert-file`, ...). Default none: plain HTTP/2.
     pub client_tls: Option<TlsFiles>,
     /// TLS for the peer listener and for connections to peers (etcd's `--peer-cert-file`, ...); set
@@ -152,6 +154,7 @@ impl NodeConfig {
             cluster_state: ClusterState::New,
             raft: RaftSettings::default(),
             storage: NodeStorage::Disk,
+            network: NodeNetwork::Tcp,
             client_tls: None,
             peer_tls: None,
         }
@@ -198,6 +201,18 @@ impl NodeConfig {
         }
         for tls in self.client_tls.iter().chain(&self.peer_tls) {
             tls.validate()?;
+        }
+        if matches!(self.network, NodeNetwork::Custom { .. }) {
+            let tcp_only = if self.client_tls.is_some() || self.peer_tls.is_some() {
+                Some("TLS")
+            } else if self.listen_metrics.is_some() {
+                Some("the /health and /metrics listener (set listen_metrics to None)")
+            } else {
+                None
+            };
+            if let Some(what) = tcp_only {
+                return Err(ConfigError::NeedsTcp { what });
+            }
         }
         Ok(())
     }
@@ -266,6 +281,12 @@ pub enum ConfigError {
     /// A TLS setting cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A custom network was given with something only TCP provides.
+    #[error("a custom network cannot serve {what}")]
+    NeedsTcp {
+        /// What needs TCP.
+        what: &'static str,
+    },
 }
 
 /// Why a node could not start.
@@ -350,7 +371,7 @@ pub struct Node {
     groups: GroupRegistry,
     shutdown: CancellationToken,
     tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
-    client_listener: parking_lot::Mutex<Option<TcpListener>>,
+    client_listener: parking_lot::Mutex<Option<Listener>>,
     client_server: parking_lot::Mutex<Option<Server>>,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
@@ -384,6 +405,25 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| NodeError::Bind { addr, source })
+}
+
+/// Binds a node port on `network`; returns the listener and the address bound.
+async fn bind_port(network: &NodeNetwork, addr: SocketAddr) -> Result<(Listener, SocketAddr), NodeError> {
+    match network {
+        NodeNetwork::Tcp => {
+            let listener = bind(addr).await?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            Ok((Listener::Tcp(listener), bound))
+        }
+        NodeNetwork::Custom { listen, .. } => {
+            let (bound, incoming) = listen(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            Ok((Listener::Custom(incoming), bound))
+        }
+    }
 }
 
 /// openraft's configuration for every group of a node.
@@ -441,30 +481,28 @@ impl Node {
                 Some(tls) => Some(tls.peer_client_config().map_err(ConfigError::from)?),
                 None => None,
             };
-            let channels = PeerChannels::new(peer_client_tls);
+            let channels = match &config.network {
+                NodeNetwork::Tcp => PeerChannels::new(peer_client_tls),
+                NodeNetwork::Custom { connect, .. } => {
+                    let connect = connect.clone();
+                    PeerChannels::with_connect(move |endpoint| connect(endpoint))
+                }
+            };
             let raft_config = Arc::new(openraft_config(&config, node_id)?);
 
-            let peer_listener = bind(config.listen_peer).await?;
-            let client_listener = bind(config.listen_client).await?;
+            let (peer_listener, peer_addr) = bind_port(&config.network, config.listen_peer).await?;
+            let (client_listener, client_addr) = bind_port(&config.network, config.listen_client).await?;
             let metrics_listener = match config.listen_metrics {
                 Some(addr) => Some(bind(addr).await?),
                 None => None,
             };
-            let peer_addr = peer_listener.local_addr().map_err(|source| NodeError::Bind {
-                addr: config.listen_peer,
-                source,
-            })?;
-            let client_addr = client_listener.local_addr().map_err(|source| NodeError::Bind {
-                addr: config.listen_client,
-                source,
-            })?;
             let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
             let groups = GroupRegistry::default();
             let shutdown = CancellationToken::new();
             let mut tasks = Vec::new();
 
-            let mut peer_server = server_builder(match &config.peer_tls {
+            let peer_server = server_builder(match &config.peer_tls {
                 Some(tls) => Some(tls.server_config().map_err(ConfigError::from)?),
                 None => None,
             })?;
@@ -473,17 +511,10 @@ impl Node {
                 None => None,
             })?;
 
-            let peer_service = PeerService::new(groups.clone()).into_server();
+            let peer_routes = tonic::service::Routes::new(PeerService::new(groups.clone()).into_server());
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                // The builder's `tcp_nodelay` applies only to sockets tonic accepts itself; set it on ours, or
-                // Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
-                let incoming = TcpIncoming::from(peer_listener).with_nodelay(Some(true));
-                if let Err(e) = peer_server
-                    .add_service(peer_service)
-                    .serve_with_incoming_shutdown(incoming, token.cancelled())
-                    .await
-                {
+                if let Err(e) = peer_listener.serve(peer_server, peer_routes, token).await {
                     warn!(error = %e, "peer server stopped");
                 }
             }));
@@ -523,7 +554,7 @@ impl Node {
     /// Serves `routes` on the client port (with the client TLS when configured) until the node shuts down.
     /// Called once, after the services behind the routes have started.
     pub fn serve_clients(&self, routes: tonic::service::Routes) -> Result<(), NodeError> {
-        let (Some(listener), Some(mut server)) = (
+        let (Some(listener), Some(server)) = (
             self.client_listener.lock().take(),
             self.client_server.lock().take(),
         ) else {
@@ -535,13 +566,7 @@ impl Node {
         let span = info_span!("node", id = self.node_id, name = %self.config.name);
         self.tasks.lock().push(tokio::spawn(
             async move {
-                // As for the peer port: set TCP_NODELAY on the sockets we accept.
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                if let Err(e) = server
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(incoming, token.cancelled())
-                    .await
-                {
+                if let Err(e) = listener.serve(server, routes, token).await {
                     warn!(error = %e, "client server stopped");
                 }
             }
@@ -589,9 +614,11 @@ impl Node {
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let token = self.shutdown.clone();
         self.tasks.lock().push(tokio::spawn(async move {
+            // Biased here and below: a fixed order, so that a simulation replays the same interleaving.
             tokio::select! {
-                () = task => {}
+                biased;
                 () = token.cancelled() => {}
+                () = task => {}
             }
         }));
     }
@@ -826,8 +853,9 @@ fn spawn_raft_gauges(groups: GroupRegistry, token: CancellationToken) -> JoinHan
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                biased;
                 () = token.cancelled() => return,
+                _ = tick.tick() => {}
             }
             for (group, raft) in groups.all() {
                 let m = raft.metrics().borrow().clone();
@@ -883,8 +911,9 @@ fn spawn_publish_attributes<S: Service>(
                 _ => {}
             }
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
+                biased;
                 () = token.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }

@@ -51,8 +51,7 @@ pub(super) struct NodeSlot {
     pub(super) boots: usize,
 }
 
-/// Everything the hosts and the driver share. The simulation runs on one thread (RocksDB's blocking writes
-/// apart), so one mutex is plenty.
+/// Everything the hosts and the driver share. The simulation runs on one thread, so one mutex is plenty.
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) phase: Phase,

@@ -343,6 +343,9 @@ fn host_name(i: usize) -> String {
 /// The port every node serves the peer protocol on.
 const PEER_PORT: u16 = 2380;
 
+/// The client port every host listens on (nothing connects to it: the clients run on the host).
+const CLIENT_PORT: u16 = 2379;
+
 /// Node `i`'s advertised peer URL (its Raft node id derives from it).
 fn peer_url(i: usize) -> String {
     format!("http://{}:{PEER_PORT}", host_name(i))
@@ -373,12 +376,7 @@ pub fn run_sim(config: &SimConfig) -> Result<SimReport, SimError> {
         .repair_rate(0.2);
     let mut sim = builder.build();
     for i in 0..config.nodes {
-        let raft_config = node::raft_config(i, config.snapshot_every).map_err(|reason| SimError::Config {
-            field: "snapshot_every",
-            value: config.snapshot_every.to_string(),
-            reason,
-        })?;
-        let ctx = node::NodeContext::new(config, i, raft_config, shared.clone());
+        let ctx = node::NodeContext::new(config, i, shared.clone());
         sim.host(host_name(i), move || node::run(ctx.clone()));
     }
 

@@ -1,4 +1,5 @@
-//! turmoil's simulated TCP under tonic: the peer channels connect through it, the peer service accepts from it.
+//! turmoil's simulated TCP under tonic: the node's listeners accept from it and its peer channels connect
+//! through it (trestle-raft's `NodeNetwork::Custom`).
 //!
 //! turmoil's TCP has no retransmission: a segment dropped by a partition or by random loss leaves a gap that the
 //! receiver waits on forever, so the connection hangs instead of recovering after the fault heals, where a real
@@ -8,23 +9,20 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::StreamExt;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
-use trestle_raft::PeerChannels;
+use trestle_raft::{Accepted, ConnectFn, ListenFn};
 
 /// How often an idle or busy peer connection is pinged, and how long a ping may go unanswered.
 const KEEP_ALIVE: Duration = Duration::from_millis(250);
 
-/// Peer channels whose connections are turmoil TCP streams to the host and port of the peer URL.
-pub(super) fn peer_channels() -> PeerChannels {
-    PeerChannels::with_connect(|endpoint: Endpoint| -> Channel {
+/// Connections to peers: turmoil TCP streams to the host and port of the peer URL.
+pub(super) fn connect() -> ConnectFn {
+    Arc::new(|endpoint: Endpoint| -> Channel {
         endpoint
             .http2_keep_alive_interval(KEEP_ALIVE)
             .keep_alive_timeout(KEEP_ALIVE)
@@ -41,42 +39,17 @@ pub(super) fn peer_channels() -> PeerChannels {
     })
 }
 
-/// An accepted turmoil connection, as tonic's server wants it.
-#[derive(Debug)]
-pub(super) struct SimConn(turmoil::net::TcpStream);
-
-impl Connected for SimConn {
-    type ConnectInfo = Option<SocketAddr>;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.peer_addr().ok()
-    }
-}
-
-impl AsyncRead for SimConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-}
-
-/// The connections a turmoil listener accepts, as a stream for `serve_with_incoming`.
-pub(super) fn incoming(listener: turmoil::net::TcpListener) -> impl Stream<Item = io::Result<SimConn>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let next = listener.accept().await.map(|(stream, _)| SimConn(stream));
-        Some((next, listener))
+/// Listeners on turmoil's TCP for the node's peer and client ports.
+pub(super) fn listen() -> ListenFn {
+    Arc::new(|addr: SocketAddr| {
+        Box::pin(async move {
+            let listener = turmoil::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            let incoming = futures::stream::unfold(listener, |listener| async move {
+                let next = listener.accept().await.map(|(stream, _)| Accepted::new(stream));
+                Some((next, listener))
+            });
+            Ok((bound, incoming.boxed()))
+        })
     })
 }

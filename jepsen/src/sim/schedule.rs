@@ -28,7 +28,7 @@ pub enum SimFault {
     /// A minority is cut off, but messages are held and delivered late when it heals (turmoil `hold`, then
     /// `release`): long delays and bursts of stale messages.
     Hold,
-    /// A node crashes (turmoil `crash`) and restarts later from its RocksDB directory (`bounce`).
+    /// A node crashes (turmoil `crash`) and restarts later on its storage (`bounce`).
     Crash,
     /// A node restarts at once (turmoil `bounce`): its in-flight work is lost, its disk is not.
     Bounce,
