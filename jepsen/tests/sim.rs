@@ -94,6 +94,46 @@ fn crashes_and_bounces_three_nodes() {
 }
 
 #[test]
+fn the_same_seed_gives_the_same_execution() {
+    let seeded = cfg!(tokio_unstable);
+    if !seeded {
+        panic!(
+            "built without `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS variable replaces it): \
+             tokio's select! is then unseeded and a replay is not the same execution"
+        );
+    }
+    let c = config(
+        41,
+        3,
+        &[
+            SimFault::Partition,
+            SimFault::Hold,
+            SimFault::Crash,
+            SimFault::Bounce,
+            SimFault::Loss,
+        ],
+    );
+    let (first, second) = (run(&c), run(&c));
+    assert_valid(&c, &first);
+    let ops = |r: &SimReport| -> Vec<String> { r.history.ops().iter().map(|op| format!("{op:?}")).collect() };
+    let (a, b) = (ops(&first), ops(&second));
+    if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+        panic!(
+            "seed {}: two runs recorded different histories ({} and {} operations); the first difference, operation \
+             {i}:\n{:?}\n{:?}",
+            c.seed,
+            a.len(),
+            b.len(),
+            a.get(i),
+            b.get(i)
+        );
+    }
+    assert_eq!(format!("{:?}", first.faults), format!("{:?}", second.faults));
+    assert_eq!(first.leaders_per_term, second.leaders_per_term);
+    assert_eq!(first.simulated, second.simulated);
+}
+
+#[test]
 fn loss_and_partitions_three_nodes() {
     let c = config(31, 3, &[SimFault::Loss, SimFault::Partition]);
     let report = run(&c);

@@ -93,41 +93,57 @@ impl EtcdNode {
     /// `trestle` binary adds etcd's lock and election services this way).
     pub async fn start_with_services(
         config: EtcdNodeConfig,
-        mut extra: RoutesBuilder,
+        extra: RoutesBuilder,
     ) -> Result<Self, EtcdNodeError> {
         config.validate()?;
         let span = info_span!("etcd", id = config.node.node_id());
         async move {
             let node = Node::start(config.node.clone()).await?;
-            let replicated = node
-                .start_service(
-                    STORE_GROUP,
-                    StoreApp::default(),
-                    StoreService::new(config.store.clone()),
-                    config.store.replicated.clone(),
-                )
-                .await?;
-            let store = Store::from_replicated(replicated.clone());
-            node.spawn(join_quietly(store.spawn_lessor()));
-            node.found_group(store.raft()).await?;
-            node.publish_attributes(&replicated);
-
-            let mut etcd_settings = config.etcd.clone();
-            etcd_settings.cluster_id = config.cluster_id();
-            let services = EtcdServer::new(store.clone(), etcd_settings)
-                .with_shutdown(node.shutdown_token())
-                .into_services();
-            extra
-                .add_service(services.kv)
-                .add_service(services.watch)
-                .add_service(services.lease)
-                .add_service(services.cluster)
-                .add_service(services.maintenance);
-            node.serve_clients(extra.routes())?;
-            Ok(Self { node, store, config })
+            match Self::serve_store(&node, &config, extra).await {
+                Ok(store) => Ok(Self { node, store, config }),
+                Err(e) => {
+                    // Stop what started (peer port, groups, database) so that nothing outlives the error.
+                    node.shutdown().await;
+                    Err(e)
+                }
+            }
         }
         .instrument(span)
         .await
+    }
+
+    /// Starts the store group on `node`, founds it, and serves etcd's services and `extra` on the client port.
+    async fn serve_store(
+        node: &Node,
+        config: &EtcdNodeConfig,
+        mut extra: RoutesBuilder,
+    ) -> Result<Store, EtcdNodeError> {
+        let replicated = node
+            .start_service(
+                STORE_GROUP,
+                StoreApp::default(),
+                StoreService::new(config.store.clone()),
+                config.store.replicated.clone(),
+            )
+            .await?;
+        let store = Store::from_replicated(replicated.clone());
+        node.spawn(join_quietly(store.spawn_lessor()));
+        node.found_group(store.raft()).await?;
+        node.publish_attributes(&replicated);
+
+        let mut etcd_settings = config.etcd.clone();
+        etcd_settings.cluster_id = config.cluster_id();
+        let services = EtcdServer::new(store.clone(), etcd_settings)
+            .with_shutdown(node.shutdown_token())
+            .into_services();
+        extra
+            .add_service(services.kv)
+            .add_service(services.watch)
+            .add_service(services.lease)
+            .add_service(services.cluster)
+            .add_service(services.maintenance);
+        node.serve_clients(extra.routes())?;
+        Ok(store)
     }
 
     /// The host node (its groups, addresses, and where other services start beside the store).

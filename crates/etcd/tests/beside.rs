@@ -10,10 +10,10 @@ mod counters;
 use std::time::Duration;
 
 use common::{TestCluster, wait_for};
-use counters::{Command, CounterService, Counters, Reply};
+use counters::{COUNTERS, Command, CounterService, Reply};
 use rand::Rng;
 use trestle_etcd::{PutRequest, StoreApp, StoreCommand};
-use trestle_raft::{GroupId, Replicated, ReplicatedSettings, testing::check_group_app};
+use trestle_raft::{Replicated, testing::check_group_app};
 
 fn random_store_command(rng: &mut rand_chacha::ChaCha8Rng) -> Vec<u8> {
     fn one(rng: &mut rand_chacha::ChaCha8Rng, depth: u32) -> StoreCommand {
@@ -82,21 +82,8 @@ fn the_coordination_store_conforms() {
     check_group_app("store", StoreApp::default, random_store_command);
 }
 
-const COUNTERS: GroupId = 7;
-
 async fn start_counters(cluster: &TestCluster, i: usize) -> Replicated<CounterService> {
-    let node = cluster.node(i).node();
-    let service = node
-        .start_service(
-            COUNTERS,
-            Counters::default(),
-            CounterService,
-            ReplicatedSettings::default(),
-        )
-        .await
-        .expect("the counters service starts");
-    node.found_group(service.raft()).await.expect("founding");
-    service
+    counters::start_counters(cluster.node(i).node()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,13 +448,12 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
         })
         .await
         .map_err(|e| snapshot_err(ErrorVerb::Write, format!("group {group}: {e}")))?;
-        self.commit(temporary, meta).await?;
-        let (store, app) = (self.store.clone(), self.app.clone());
+        // Restore from what was received (the data `commit` hands back), not from the current snapshot: if a
+        // newer one is already current, openraft still expects this one's state.
+        let data = self.commit(temporary, meta).await?.into_received().await;
+        let app = self.app.clone();
         on_store(&self.store, move || {
-            let mut input = store
-                .read(group)
-                .map_err(|e| e.to_string())?
-                .ok_or("the installed snapshot is gone")?;
+            let mut input = data.into_reader().map_err(|e| e.to_string())?;
             restore(&app, &mut *input).map(|_| ())
         })
         .await

@@ -13,28 +13,15 @@ use std::time::Duration;
 
 use common::{TestCluster, wait_for};
 use counters::{Command, CounterService, Counters, Reply, random_counter_command};
-use trestle_raft::{GroupId, Replicated, ReplicatedSettings, testing::check_group_app};
+use trestle_raft::{Replicated, testing::check_group_app};
 
 #[test]
 fn counters_conform() {
     check_group_app("counters", Counters::default, random_counter_command);
 }
 
-const COUNTERS: GroupId = 7;
-
-async fn start_counters(cluster: &TestCluster, i: usize) -> Replicated<CounterService> {
-    let node = cluster.node(i);
-    let service = node
-        .start_service(
-            COUNTERS,
-            Counters::default(),
-            CounterService,
-            ReplicatedSettings::default(),
-        )
-        .await
-        .expect("the counters service starts");
-    node.found_group(service.raft()).await.expect("founding");
-    service
+async fn start(cluster: &TestCluster, i: usize) -> Replicated<CounterService> {
+    counters::start_counters(cluster.node(i)).await
 }
 
 /// The node that leads the counters group, as all running members see it.
@@ -70,7 +57,7 @@ async fn keeps_every_acknowledged_add(mut cluster: TestCluster) {
     let mut services = BTreeMap::new();
     for i in 0..3 {
         // Every founder founds the group alike (`Node::found_group`); the first entry is the same everywhere.
-        services.insert(i, start_counters(&cluster, i).await);
+        services.insert(i, start(&cluster, i).await);
     }
 
     let add = || Command::Add {
@@ -123,7 +110,7 @@ async fn keeps_every_acknowledged_add(mut cluster: TestCluster) {
             }
         }
         cluster.restart(leader).await;
-        services.insert(leader, start_counters(&cluster, leader).await);
+        services.insert(leader, start(&cluster, leader).await);
     }
 
     // A linearizable read on every replica counts every acknowledged add, and at most the unknown ones more.

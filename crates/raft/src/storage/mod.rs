@@ -196,6 +196,19 @@ pub enum ReceivedData {
     },
 }
 
+impl ReceivedData {
+    /// A reader of the data from its start.
+    pub fn into_reader(self) -> std::io::Result<SnapshotReader> {
+        match self {
+            Self::File { mut file, .. } => {
+                std::io::Seek::seek(&mut file, SeekFrom::Start(0))?;
+                Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))
+            }
+            Self::Memory { bytes, .. } => Ok(Box::new(std::io::Cursor::new(bytes))),
+        }
+    }
+}
+
 impl SnapshotData {
     /// The data out of the async runtime's types.
     pub async fn into_received(self) -> ReceivedData {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use trestle_raft::{NoRequest, Replicated, Service, SnapshotError, StateMachine};
+use trestle_raft::{
+    GroupId, NoRequest, Node, Replicated, ReplicatedSettings, Service, SnapshotError, StateMachine,
+};
 
 // ---- The whole service: a state machine and a service declaration. ----
 
@@ -120,4 +122,22 @@ pub fn random_counter_command(rng: &mut rand_chacha::ChaCha8Rng) -> Vec<u8> {
         one(rng)
     };
     postcard::to_allocvec(&command).unwrap()
+}
+
+/// The counters' group in the tests.
+pub const COUNTERS: GroupId = 7;
+
+/// Starts (or restarts) the counters service on `node` and founds its group on a new cluster.
+pub async fn start_counters(node: &Node) -> Replicated<CounterService> {
+    let service = node
+        .start_service(
+            COUNTERS,
+            Counters::default(),
+            CounterService,
+            ReplicatedSettings::default(),
+        )
+        .await
+        .expect("the counters service starts");
+    node.found_group(service.raft()).await.expect("founding");
+    service
 }
