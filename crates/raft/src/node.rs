@@ -281,6 +281,12 @@ pub enum ConfigError {
     /// A TLS setting cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// openraft refused the Raft settings.
+    #[error("Raft settings refused: {message}")]
+    Raft {
+        /// What openraft said.
+        message: String,
+    },
     /// A custom network was given with something only TCP provides.
     #[error("a custom network cannot serve {what}")]
     NeedsTcp {
@@ -427,7 +433,7 @@ async fn bind_port(network: &NodeNetwork, addr: SocketAddr) -> Result<(Listener,
 }
 
 /// openraft's configuration for every group of a node.
-fn openraft_config(config: &NodeConfig, node_id: NodeId) -> Result<openraft::Config, StartGroupError> {
+fn openraft_config(config: &NodeConfig, node_id: NodeId) -> Result<openraft::Config, ConfigError> {
     openraft::Config {
         cluster_name: "trestle".into(),
         heartbeat_interval: config.raft.heartbeat_interval.as_millis() as u64,
@@ -444,8 +450,7 @@ fn openraft_config(config: &NodeConfig, node_id: NodeId) -> Result<openraft::Con
         ..Default::default()
     }
     .validate()
-    .map_err(|e| StartGroupError::Raft {
-        group: 0,
+    .map_err(|e| ConfigError::Raft {
         message: e.to_string(),
     })
 }
