@@ -173,7 +173,30 @@ pub struct MemorySnapshots {
     storage: MemoryStorage,
 }
 
+/// Bytes as openraft's snapshot data, for sending.
+fn as_data(bytes: Vec<u8>) -> SnapshotData {
+    SnapshotData::Memory {
+        bytes: std::io::Cursor::new(bytes),
+        name: None,
+    }
+}
+
 impl MemorySnapshots {
+    /// A copy of `group`'s current snapshot.
+    fn current(&self, group: GroupId) -> Option<Vec<u8>> {
+        self.storage.state.lock().snapshots.get(&group).cloned()
+    }
+
+    /// A copy of a finished temporary.
+    fn finished(&self, temporary: &Temporary) -> std::io::Result<Vec<u8>> {
+        let state = self.storage.state.lock();
+        let (_, bytes) = state
+            .temporaries
+            .get(temporary)
+            .ok_or_else(|| missing(temporary))?;
+        Ok(bytes.clone())
+    }
+
     fn new_name(&self, group: GroupId) -> Temporary {
         let mut state = self.storage.state.lock();
         state.next_temporary += 1;
@@ -267,46 +290,20 @@ impl SnapshotStore for MemorySnapshots {
 
     fn read(&self, group: GroupId) -> std::io::Result<Option<SnapshotReader>> {
         Ok(self
-            .storage
-            .state
-            .lock()
-            .snapshots
-            .get(&group)
-            .map(|bytes| Box::new(std::io::Cursor::new(bytes.clone())) as SnapshotReader))
+            .current(group)
+            .map(|bytes| Box::new(std::io::Cursor::new(bytes)) as SnapshotReader))
     }
 
     fn read_temporary(&self, temporary: &Temporary) -> std::io::Result<SnapshotReader> {
-        let state = self.storage.state.lock();
-        let (_, bytes) = state
-            .temporaries
-            .get(temporary)
-            .ok_or_else(|| missing(temporary))?;
-        Ok(Box::new(std::io::Cursor::new(bytes.clone())))
+        Ok(Box::new(std::io::Cursor::new(self.finished(temporary)?)))
     }
 
     fn data(&self, group: GroupId) -> std::io::Result<Option<SnapshotData>> {
-        Ok(self
-            .storage
-            .state
-            .lock()
-            .snapshots
-            .get(&group)
-            .map(|bytes| SnapshotData::Memory {
-                bytes: std::io::Cursor::new(bytes.clone()),
-                name: None,
-            }))
+        Ok(self.current(group).map(as_data))
     }
 
     fn temporary_data(&self, temporary: &Temporary) -> std::io::Result<SnapshotData> {
-        let state = self.storage.state.lock();
-        let (_, bytes) = state
-            .temporaries
-            .get(temporary)
-            .ok_or_else(|| missing(temporary))?;
-        Ok(SnapshotData::Memory {
-            bytes: std::io::Cursor::new(bytes.clone()),
-            name: None,
-        })
+        Ok(as_data(self.finished(temporary)?))
     }
 
     fn receive(&self, group: GroupId) -> std::io::Result<SnapshotData> {
