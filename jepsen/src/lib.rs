@@ -29,6 +29,7 @@ pub use error::HarnessError;
 pub use harness::binary::find_trestle;
 pub use harness::cleanup::clean_leftovers;
 pub use harness::cluster::NetMode;
+pub use harness::hashkv::HashKvCheck;
 pub use harness::runner::{TestConfig, TestOutcome, run_test};
 pub use harness::stats::{Counts, Stats};
 pub use history::value::Value;

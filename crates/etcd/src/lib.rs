@@ -32,6 +32,8 @@
 
 #[cfg(feature = "server")]
 mod api;
+#[cfg(feature = "server")]
+mod backup;
 mod client;
 #[cfg(feature = "server")]
 mod mvcc;
@@ -44,6 +46,8 @@ pub mod testing;
 
 #[cfg(feature = "server")]
 pub use api::{DEFAULT_MAX_REQUEST_BYTES, EtcdServer, EtcdServices, EtcdSettings};
+#[cfg(feature = "server")]
+pub use backup::{BackupError, decode_backup, encode_backup, restore_backup};
 pub use client::{CallKind, ClientError, RetryPolicy, RetryingClient};
 #[cfg(feature = "server")]
 pub use mvcc::{
@@ -56,6 +60,6 @@ pub use mvcc::{
 pub use node::{EtcdNode, EtcdNodeConfig, EtcdNodeError, STORE_GROUP};
 #[cfg(feature = "server")]
 pub use store::{
-    Lessor, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome, StoreResult, StoreSettings,
-    StoreSettingsError,
+    AutoCompaction, AutoCompactionError, Compactor, Lessor, REVISION_CHECK_INTERVAL, RevisionEvents, Store,
+    StoreApp, StoreCommand, StoreOutcome, StoreResult, StoreSettings, StoreSettingsError,
 };

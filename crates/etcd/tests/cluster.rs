@@ -4,6 +4,7 @@
 mod common;
 
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use common::{TestCluster, wait_for};
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
@@ -162,7 +163,7 @@ async fn a_full_restart_keeps_every_acknowledged_write() {
     cluster.shutdown().await;
 }
 
-/// openraft 0.9 gives every AppendEntries the heartbeat interval (50 ms) as a hard timeout, whatever it carries.
+/// openraft gives every AppendEntries one request timeout, whatever it carries.
 /// A follower that missed many large entries must still catch up from the log (the default keeps 1 000 entries
 /// after a snapshot, so no snapshot is involved here), not retry the same oversized batch forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +190,7 @@ async fn a_follower_behind_by_large_values_catches_up_from_the_log() {
     )
     .await;
     assert!(
-        node.store().raft().metrics().borrow().snapshot.is_none(),
+        node.store().raft().metrics().borrow_watched().snapshot.is_none(),
         "caught up from the log, not from a snapshot"
     );
     let count = node.store().read(|app| {
@@ -229,7 +230,14 @@ async fn a_wiped_follower_catches_up_by_snapshot() {
     wait_for(
         "the wiped follower to install a snapshot",
         Duration::from_secs(10),
-        || async { node.store().raft().metrics().borrow().snapshot.map(|_| ()) },
+        || async {
+            node.store()
+                .raft()
+                .metrics()
+                .borrow_watched()
+                .snapshot
+                .map(|_| ())
+        },
     )
     .await;
     let mut local = cluster.client(victim).await;
@@ -480,7 +488,7 @@ async fn every_founder_publishes_its_client_url() {
                 .store()
                 .raft()
                 .metrics()
-                .borrow()
+                .borrow_watched()
                 .membership_config
                 .membership()
                 .clone();
@@ -521,7 +529,125 @@ fn applied_index(node: &trestle_etcd::EtcdNode) -> u64 {
     node.store()
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_applied
         .map_or(0, |id| id.index)
+}
+
+/// etcd's `MoveLeader`: served by the leader only, to a voting member only, and the store's leadership moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_hands_the_store_to_the_member_named() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let to = (leader + 1) % 3;
+    let target = cluster.node(to).id();
+    let refused =
+        |result: Result<etcd_client::MoveLeaderResponse, etcd_client::Error>, message: &str| match result {
+            Err(etcd_client::Error::GRpcStatus(status)) => {
+                assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+                assert_eq!(status.message(), message);
+            }
+            other => panic!("expected {message:?}, got {other:?}"),
+        };
+    refused(
+        cluster.client(to).await.move_leader(target).await,
+        "etcdserver: not leader",
+    );
+    let mut client = cluster.client(leader).await;
+    refused(
+        client.move_leader(12345).await,
+        "etcdserver: bad leader transferee",
+    );
+    client.move_leader(target).await.unwrap();
+    assert_eq!(cluster.wait_for_leader().await, to);
+    let mut any = cluster.client(leader).await;
+    any.put("after-move", "1", None).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// etcd's `HashKV`: every member hashes its own key space the same at a revision all of them applied, and a
+/// revision past what a member applied is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_hashes_the_key_space_alike() {
+    let cluster = TestCluster::start(3).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    for i in 0..50 {
+        client
+            .put(format!("h{}", i % 7), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    client.delete("h3", None).await.unwrap();
+    let revision = client.get("h0", None).await.unwrap().header().unwrap().revision();
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let mut member = cluster.client(i).await;
+        let hash = wait_for("the member to apply the writes", Duration::from_secs(10), || {
+            let mut member = member.clone();
+            async move { member.hash_kv(revision).await.ok().map(|r| r.hash()) }
+        })
+        .await;
+        hashes.push(hash);
+        let future = member.hash_kv(revision + 1000).await.unwrap_err().to_string();
+        assert!(future.contains("future revision"), "{future}");
+        let _ = &mut member;
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "members differ: {hashes:x?}"
+    );
+    // A later write leaves the hash at `revision` alone and changes the current one.
+    client.put("h0", "changed", None).await.unwrap();
+    assert_eq!(client.hash_kv(revision).await.unwrap().hash(), hashes[0]);
+    assert_ne!(client.hash_kv(0).await.unwrap().hash(), hashes[0]);
+    cluster.shutdown().await;
+}
+
+/// `--auto-compaction-retention` in revision and periodic mode: the leader compacts on its own, keeping the
+/// history the setting asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_on_its_own_when_told_to() {
+    let cluster = TestCluster::start_tuned(3, |config| {
+        config.store.auto_compaction = trestle_etcd::AutoCompaction::Periodic(Duration::from_millis(500));
+    })
+    .await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    let first = client
+        .put("auto", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    // Keep writing: a revision at least 500 ms old exists once compaction has something to do.
+    let compacted = wait_for("an automatic compaction", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            client.put("auto", "again", None).await.ok()?;
+            let old = client
+                .get("auto", Some(GetOptions::new().with_revision(first)))
+                .await;
+            match old {
+                Err(e) if e.to_string().contains("compacted") => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let () = compacted;
+    // The newest writes stay readable at their revisions: a window is kept, not everything dropped.
+    let now = client
+        .put("auto", "last", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .get("auto", Some(GetOptions::new().with_revision(now - 1)))
+        .await
+        .expect("recent history is kept");
+    cluster.shutdown().await;
 }

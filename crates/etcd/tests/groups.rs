@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use common::{TestCluster, wait_for};
 use trestle_etcd::{PutRequest, RangeRequest, StoreCommand, StoreOutcome};
@@ -56,7 +57,7 @@ async fn two_groups_share_ports_and_disk_but_not_data() {
             0,
             "node {i}"
         );
-        assert_eq!(store.raft().metrics().borrow().id, cluster.node(i).id());
+        assert_eq!(store.raft().metrics().borrow_watched().id, cluster.node(i).id());
     }
     assert_eq!(cluster.node(0).node().groups().ids(), vec![0, 1]);
 
@@ -75,7 +76,7 @@ async fn two_groups_share_ports_and_disk_but_not_data() {
     wait_for(
         "group 1 to elect a leader after the restart",
         Duration::from_secs(10),
-        || async { store.raft().metrics().borrow().current_leader.map(|_| ()) },
+        || async { store.raft().metrics().borrow_watched().current_leader.map(|_| ()) },
     )
     .await;
     store.read_barrier().await.unwrap();

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -116,7 +117,7 @@ async fn a_cluster_over_mutual_tls_serves_tls_clients_only() {
         || async {
             let leaders: Vec<_> = nodes
                 .iter()
-                .map(|n| n.store().raft().metrics().borrow().current_leader)
+                .map(|n| n.store().raft().metrics().borrow_watched().current_leader)
                 .collect();
             (leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])).then_some(())
         },

@@ -1,10 +1,5 @@
 //! The Raft groups a node hosts: starting one, and finding it again by id when a peer RPC arrives.
 
-#![allow(
-    clippy::result_large_err,
-    reason = "openraft's storage traits return its StorageError by value"
-)]
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -146,8 +141,8 @@ pub enum StartGroupError {
     Storage {
         /// The group.
         group: GroupId,
-        /// The cause (boxed: openraft's storage error is large).
-        source: Box<crate::types::StorageError>,
+        /// The cause.
+        source: std::io::Error,
     },
     /// openraft refused the configuration or failed to start.
     #[error("raft group {group}: {message}")]
@@ -168,16 +163,17 @@ pub async fn start_group<A: GroupApp>(
     config: Arc<openraft::Config>,
     app: Arc<RwLock<A>>,
 ) -> Result<Raft, StartGroupError> {
-    let state_machine = GroupStateMachine::open(storage.snapshots(), group, app).map_err(|source| {
-        StartGroupError::Storage {
-            group,
-            source: Box::new(source),
-        }
-    })?;
-    let network = NetworkFactory::new(group, channels);
+    let state_machine = GroupStateMachine::open(storage.snapshots(), group, app)
+        .map_err(|source| StartGroupError::Storage { group, source })?;
+    let network = NetworkFactory::new(
+        group,
+        channels,
+        usize::try_from(config.snapshot_max_chunk_size).unwrap_or(usize::MAX),
+        std::time::Duration::from_millis(config.install_snapshot_timeout),
+    );
     let started = match storage {
-        GroupStorage::RocksDb { db, .. } => {
-            let log_store = LogStore::new(db.clone(), group);
+        GroupStorage::RocksDb { db, wal, .. } => {
+            let log_store = LogStore::new(db.clone(), wal.clone(), group);
             Raft::new(node_id, config, network, log_store, state_machine).await
         }
         GroupStorage::Memory(memory) => {

@@ -11,10 +11,11 @@
 //!   per-group metrics; [`Node::start_service`] runs one as a group. The etcd-compatible store (the
 //!   `trestle-etcd` crate) is one such service. The `testing` feature's conformance suite
 //!   (`testing::check_group_app`) checks any state machine.
-//! - **Durability.** The log and the vote are written with synced RocksDB writes before openraft is told they
-//!   are on disk; snapshots are files, synced before the log they replace is purged ([`LogStore`],
-//!   [`GroupStateMachine`]). Snapshots stream: a state machine writes its state into the snapshot store and
-//!   reads it back from it, and followers receive it in chunks ([`SnapshotData`]).
+//! - **Durability.** openraft is told entries are on disk only once the RocksDB WAL holding them is fsync'd
+//!   (one thread per database syncs for every group, [`WalSync`]), and a vote only after a synced write;
+//!   snapshots are files, synced before the log they replace is purged ([`LogStore`], [`GroupStateMachine`]).
+//!   Snapshots stream: a state machine writes its state into the snapshot store and reads it back from it, and
+//!   followers receive it as one stream of chunks ([`SnapshotData`]).
 //! - **Storage behind traits.** Logs are openraft's `RaftLogStorage` ([`LogStore`] on RocksDB,
 //!   [`MemoryLogStore`]), snapshots a [`SnapshotStore`] ([`DiskSnapshots`], [`MemorySnapshots`]); a node takes
 //!   one pair ([`NodeStorage`]). In memory, nothing runs on the blocking pool, so a simulation is deterministic.
@@ -78,10 +79,13 @@
 //! ```
 
 mod group;
+mod leadership;
 mod log_store;
 mod network;
 mod node;
 mod replicated;
+mod runtime;
+mod seed;
 mod state_machine;
 mod storage;
 #[cfg(feature = "testing")]
@@ -91,17 +95,22 @@ mod transport;
 mod types;
 
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
-pub use log_store::{LogStore, open_db};
+pub use leadership::{TransferError, best_successor, transfer_leadership};
+pub use log_store::{LogStore, WalSync, open_db};
 pub use network::{ConnectFn, NetworkFactory, PeerChannels, PeerClient, PeerService};
 pub use node::{
     ClusterState, ConfigError, MetricsRenderer, Node, NodeConfig, NodeError, RaftSettings,
     staggered_snapshot_interval,
 };
+/// Reading a group's metrics channel (`raft.metrics().borrow_watched()`, `.changed()`) needs this trait in scope.
+pub use openraft::async_runtime::WatchReceiver;
 pub use replicated::{
     CommandOf, Failure, MemberChange, NoRequest, Replicated, ReplicatedSettings, ReplicatedSettingsError,
     ResponseOf, Service, StateMachine,
 };
-pub use state_machine::{GroupApp, GroupStateMachine, SnapshotError};
+pub use runtime::{TrestleRuntime, seed_thread_rng};
+pub use seed::{SeedError, seed_group};
+pub use state_machine::{GroupApp, GroupStateMachine, SharedApp, SnapshotError};
 pub use storage::{
     DiskSnapshots, GroupStorage, MemoryLogStore, MemorySnapshots, MemoryStorage, NodeStorage, ReceivedData,
     SharedSnapshotStore, SnapshotData, SnapshotReader, SnapshotStore, SnapshotWriter, Temporary,
@@ -109,6 +118,6 @@ pub use storage::{
 pub use tls::{TlsError, TlsFiles};
 pub use transport::{Accepted, Connection, Incoming, ListenFn, NodeNetwork};
 pub use types::{
-    CommandBytes, Entry, GroupId, LogId, NodeId, PeerNode, Raft, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig, Vote, node_id_for,
+    CommandBytes, Entry, EntryPayload, GroupId, LeaderId, LogId, Membership, NodeId, PeerNode, Raft,
+    SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote, log_id, node_id_for,
 };

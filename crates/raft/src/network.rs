@@ -4,30 +4,35 @@
 //! lazily-connected HTTP/2 channel per peer URL ([`PeerChannels`]). Connection failures are reported as
 //! `Unreachable`, so openraft backs off ([`PeerClient::backoff`]) instead of hammering a peer that is down.
 //! Server side: [`PeerService`] looks the group up in the node's [`GroupRegistry`](crate::GroupRegistry) and hands
-//! the request to its Raft. Snapshots travel in chunks (openraft's chunked transfer, one RPC per chunk).
+//! the request to its Raft. A snapshot travels as one client-streaming call: read from the leader's snapshot store
+//! in chunks, written by the follower into a reception of its own store, then installed whole.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::collections::HashMap;
 use std::error::Error;
+use std::future::Future;
+use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::storage::Snapshot;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::group::GroupRegistry;
 use crate::log_store::{decode, encode};
-use crate::types::{GroupId, NodeId, PeerNode, TypeConfig};
+use crate::storage::{SharedSnapshotStore, SnapshotData};
+use crate::types::{GroupId, NodeId, PeerNode, SnapshotMeta, TypeConfig, Vote};
 
 /// Generated from `proto/raft.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -36,7 +41,10 @@ pub mod pb {
 }
 
 use pb::raft_peer_client::RaftPeerClient;
-use pb::{RaftReply, RaftRequest};
+use pb::{RaftReply, RaftRequest, SnapshotChunk};
+
+/// A snapshot as the transport carries it.
+type SnapshotOf = Snapshot<crate::types::LeaderId, NodeId, PeerNode, SnapshotData>;
 
 /// Turns a configured endpoint into a channel. The default connects lazily over TCP; a simulation supplies its
 /// own connector (e.g. turmoil's simulated network) through [`PeerChannels::with_connect`].
@@ -108,12 +116,25 @@ impl PeerChannels {
 pub struct NetworkFactory {
     group: GroupId,
     channels: PeerChannels,
+    snapshot_chunk_bytes: usize,
+    snapshot_chunk_timeout: Duration,
 }
 
 impl NetworkFactory {
-    /// The factory of `group`, over the node's shared channels.
-    pub fn new(group: GroupId, channels: PeerChannels) -> Self {
-        Self { group, channels }
+    /// The factory of `group`, over the node's shared channels. Snapshots go in chunks of `snapshot_chunk_bytes`,
+    /// each allowed `snapshot_chunk_timeout`.
+    pub fn new(
+        group: GroupId,
+        channels: PeerChannels,
+        snapshot_chunk_bytes: usize,
+        snapshot_chunk_timeout: Duration,
+    ) -> Self {
+        Self {
+            group,
+            channels,
+            snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
+            snapshot_chunk_timeout,
+        }
     }
 }
 
@@ -126,6 +147,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             url: node.peer_url.clone(),
             channels: self.channels.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            snapshot_chunk_timeout: self.snapshot_chunk_timeout,
         }
     }
 }
@@ -137,33 +160,31 @@ pub struct PeerClient {
     target: NodeId,
     url: String,
     channels: PeerChannels,
+    snapshot_chunk_bytes: usize,
+    snapshot_chunk_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Rpc {
     AppendEntries,
     Vote,
-    InstallSnapshot,
+    PreVote,
+    TransferLeader,
 }
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(
-        &self,
-        rpc: Rpc,
-        req: &Req,
-        ttl: Duration,
-    ) -> Result<Resp, RPCError<NodeId, PeerNode, E>>
+    fn client(&self) -> Result<RaftPeerClient<Channel>, Unreachable<TypeConfig>> {
+        let channel = self.channels.get(&self.url).map_err(|e| Unreachable::new(&e))?;
+        Ok(RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+
+    async fn call<Req, Resp>(&self, rpc: Rpc, req: &Req, ttl: Duration) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: Error + DeserializeOwned,
     {
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let channel = self
-            .channels
-            .get(&self.url)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
+        let mut client = self.client()?;
         let mut request = Request::new(RaftRequest {
             group: self.group,
             payload,
@@ -172,20 +193,16 @@ impl PeerClient {
         let result = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
-            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            Rpc::PreVote => client.pre_vote(request).await,
+            Rpc::TransferLeader => client.transfer_leader(request).await,
         };
         let reply = result
             .map_err(|status| self.status_error(status, ttl))?
             .into_inner();
-        if !reply.error.is_empty() {
-            let err: E =
-                serde_json::from_slice(&reply.error).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            return Err(RPCError::RemoteError(RemoteError::new(self.target, err)));
-        }
-        decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        decode_reply(reply).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))
     }
 
-    fn status_error<E: Error>(&self, status: Status, ttl: Duration) -> RPCError<NodeId, PeerNode, E> {
+    fn status_error(&self, status: Status, ttl: Duration) -> RPCError<TypeConfig> {
         match status.code() {
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
                 action: openraft::RPCTypes::AppendEntries,
@@ -193,22 +210,96 @@ impl PeerClient {
                 target: self.target,
                 timeout: ttl,
             }),
-            // A refused connection or a node shutting down: back off.
+            // A refused connection, a node shutting down, a group not (or no longer) hosted: back off.
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         }
     }
+
+    /// Streams `snapshot` to the target in chunks and returns its answer once it installed it.
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: SnapshotOf,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let network = |e: &dyn std::fmt::Display| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        };
+        let mut data = snapshot.snapshot;
+        let size = data.seek(SeekFrom::End(0)).await.map_err(|e| network(&e))?;
+        data.seek(SeekFrom::Start(0)).await.map_err(|e| network(&e))?;
+        // The size lets the follower tell a whole snapshot from a stream that ended early.
+        let header = encode(&(vote, &snapshot.meta, size)).map_err(|e| network(&e))?;
+        // Each chunk may take the chunk timeout; the whole stream gets that for every chunk it holds.
+        let chunks = size.div_ceil(self.snapshot_chunk_bytes as u64).max(1);
+        let ttl = self
+            .snapshot_chunk_timeout
+            .saturating_mul(u32::try_from(chunks).unwrap_or(u32::MAX));
+        let (group, chunk_bytes) = (self.group, self.snapshot_chunk_bytes);
+        // The chunks are read as the transport asks for them: a snapshot is never held whole in memory.
+        let stream = futures::stream::unfold(
+            (data, Some(header), false),
+            move |(mut data, header, done)| async move {
+                if done {
+                    return None;
+                }
+                let mut buf = vec![0u8; chunk_bytes];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match data.read(&mut buf[filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            // The follower refuses a stream shorter than the header's size.
+                            tracing::warn!(group, error = %e, "reading a snapshot to send failed");
+                            return None;
+                        }
+                    }
+                }
+                buf.truncate(filled);
+                let last = filled < chunk_bytes;
+                if filled == 0 && header.is_none() {
+                    return None;
+                }
+                let chunk = SnapshotChunk {
+                    group,
+                    header: header.unwrap_or_default(),
+                    data: buf,
+                };
+                Some((chunk, (data, None, last)))
+            },
+        );
+        let mut client = self.client().map_err(StreamingError::Unreachable)?;
+        let mut request = Request::new(stream);
+        request.set_timeout(ttl);
+        let reply = client
+            .stream_snapshot(request)
+            .await
+            .map_err(|status| StreamingError::from(self.status_error(status, ttl)))?
+            .into_inner();
+        decode_reply(reply).map_err(|e| network(&e))
+    }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+/// A reply's payload, or the error the peer put in it.
+fn decode_reply<Resp: DeserializeOwned>(reply: RaftReply) -> Result<Resp, String> {
+    if !reply.error.is_empty() {
+        return Err(format!("peer error: {}", String::from_utf8_lossy(&reply.error)));
+    }
+    decode(&reply.payload).map_err(|e| format!("undecodable peer reply: {e}"))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
-        // openraft 0.9 allows every AppendEntries only the heartbeat interval, however much it carries: a follower
-        // catching up on large entries would time out on the same oversized batch forever. Send a prefix within
-        // a byte budget and report how far it got; openraft sends the rest next.
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // Every AppendEntries is allowed one request timeout, however much it carries: a follower catching up on
+        // large entries would time out on the same oversized batch forever. Send a prefix within a byte budget
+        // and report how far it got; openraft sends the rest next.
         let sent = entries_within(&rpc.entries, APPEND_BYTES_BUDGET);
         let trimmed = sent < rpc.entries.len();
         if trimmed {
@@ -222,29 +313,49 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         })
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
-    }
-
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 
-    fn backoff(&self) -> Backoff {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::PreVote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        tokio::select! {
+            result = self.send_snapshot(vote, snapshot) => result,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Rpc::TransferLeader, &req, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
         // openraft asks for a backoff after `Unreachable`: exponential from 50 ms, capped at 1 s, so a restarted
         // peer is found again quickly and a dead one costs little.
-        Backoff::new((0..).map(|n: u32| Duration::from_millis((50u64 << n.min(5)).min(1000))))
+        Some(Backoff::new((0..).map(|n: u32| {
+            Duration::from_millis((50u64 << n.min(5)).min(1000))
+        })))
     }
 }
 
@@ -257,7 +368,7 @@ fn entries_within(entries: &[crate::types::Entry], budget: usize) -> usize {
     let mut total = 0usize;
     for (i, entry) in entries.iter().enumerate() {
         let size = match &entry.payload {
-            openraft::EntryPayload::Normal(command) => command.0.len(),
+            crate::types::EntryPayload::Normal(command) => command.0.len(),
             _ => 0,
         } + 64;
         total = total.saturating_add(size);
@@ -368,19 +479,98 @@ pub(crate) async fn forward(
 #[derive(Clone, Debug)]
 pub struct PeerService {
     groups: GroupRegistry,
+    snapshots: SharedSnapshotStore,
 }
 
 impl PeerService {
-    /// A service dispatching to the groups in `groups`.
-    pub fn new(groups: GroupRegistry) -> Self {
-        Self { groups }
+    /// A service dispatching to the groups in `groups`; snapshots received for them are written into
+    /// `snapshots` (the node's snapshot store).
+    pub fn new(groups: GroupRegistry, snapshots: SharedSnapshotStore) -> Self {
+        Self { groups, snapshots }
     }
 
     /// The tonic server wrapper, with no message size limit (snapshot chunks and entry batches are bounded by
-    /// openraft's configuration instead).
+    /// the sender's configuration instead).
     pub fn into_server(self) -> pb::raft_peer_server::RaftPeerServer<Self> {
         pb::raft_peer_server::RaftPeerServer::new(self).max_decoding_message_size(usize::MAX)
     }
+
+    /// Receives a streamed snapshot into a reception of the snapshot store and installs it.
+    async fn receive_snapshot(&self, mut chunks: Streaming<SnapshotChunk>) -> Result<Vec<u8>, Status> {
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        let group = first.group;
+        let (vote, meta, size): (Vote, SnapshotMeta, u64) = decode_request(&first.header)?;
+        let raft = self.groups.raft(group)?;
+        check_snapshot(&vote, &meta, &raft.metrics().borrow_watched())?;
+        let store = self.snapshots.clone();
+        let mut data = if self.snapshots.blocks() {
+            tokio::task::spawn_blocking(move || store.receive(group))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+        } else {
+            store.receive(group)
+        }
+        .map_err(|e| Status::internal(format!("group {group}: creating a snapshot reception: {e}")))?;
+        let mut received = 0u64;
+        let mut chunk = first;
+        loop {
+            received += chunk.data.len() as u64;
+            if received > size {
+                return Err(Status::invalid_argument(format!(
+                    "group {group}: the snapshot stream carries more than the {size} bytes it announced"
+                )));
+            }
+            data.write_all(&chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("group {group}: writing a received snapshot: {e}")))?;
+            match chunks.message().await? {
+                Some(next) => chunk = next,
+                None => break,
+            }
+        }
+        if received != size {
+            return Err(Status::invalid_argument(format!(
+                "group {group}: the snapshot stream ended after {received} of {size} bytes"
+            )));
+        }
+        data.flush()
+            .await
+            .map_err(|e| Status::internal(format!("group {group}: writing a received snapshot: {e}")))?;
+        let snapshot = Snapshot { meta, snapshot: data };
+        let response = raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| Status::unavailable(format!("group {group}: {e}")))?;
+        encode(&response).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// Refuses a snapshot that no leader following the protocol could send: openraft would stop the group on it.
+/// The snapshot may not end in a term beyond the sender's vote, and may not contradict what this node committed.
+fn check_snapshot(
+    vote: &Vote,
+    meta: &SnapshotMeta,
+    metrics: &openraft::RaftMetrics<TypeConfig>,
+) -> Result<(), Status> {
+    let Some(last) = meta.last_log_id else {
+        return Err(Status::invalid_argument("a snapshot without a last log id"));
+    };
+    if last.leader_id > vote.leader_id {
+        return Err(Status::invalid_argument(format!(
+            "a snapshot ending at {last} from a leader with vote {vote}"
+        )));
+    }
+    if let Some(committed) = metrics.local_committed {
+        if last > committed && last.index <= committed.index {
+            return Err(Status::invalid_argument(format!(
+                "a snapshot ending at {last} contradicts the committed log at {committed}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn decode_request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
@@ -401,24 +591,49 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<Ra
     Ok(Response::new(reply))
 }
 
+/// A Raft call's answer: the response, or `UNAVAILABLE` when the group has stopped (the sender backs off).
+fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Result<Response<RaftReply>, Status> {
+    match result {
+        Ok(value) => reply::<T, ()>(Ok(value)),
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::raft_peer_server::RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let RaftRequest { group, payload } = request.into_inner();
         let raft = self.groups.raft(group)?;
-        reply(raft.append_entries(decode_request(&payload)?).await)
+        answer(raft.append_entries(decode_request(&payload)?).await)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let RaftRequest { group, payload } = request.into_inner();
         let raft = self.groups.raft(group)?;
-        reply(raft.vote(decode_request(&payload)?).await)
+        answer(raft.vote(decode_request(&payload)?).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let RaftRequest { group, payload } = request.into_inner();
         let raft = self.groups.raft(group)?;
-        reply(raft.install_snapshot(decode_request(&payload)?).await)
+        answer(raft.pre_vote(decode_request(&payload)?).await)
+    }
+
+    async fn stream_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let payload = self.receive_snapshot(request.into_inner()).await?;
+        Ok(Response::new(RaftReply {
+            payload,
+            error: vec![],
+        }))
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let RaftRequest { group, payload } = request.into_inner();
+        let raft = self.groups.raft(group)?;
+        answer(raft.handle_transfer_leader(decode_request(&payload)?).await)
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -441,14 +656,12 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{EntryPayload, LeaderId};
-
     use super::*;
-    use crate::types::{CommandBytes, Entry, LogId};
+    use crate::types::{CommandBytes, Entry, EntryPayload, log_id};
 
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {
-            log_id: LogId::new(LeaderId::new(1, 1), index),
+            log_id: log_id(1, 1, index),
             payload: EntryPayload::Normal(CommandBytes(vec![0; bytes])),
         }
     }

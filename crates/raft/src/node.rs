@@ -1,6 +1,7 @@
 //! One node of the host: its RocksDB, its Raft groups, and its three listeners (clients, peers, health and
 //! metrics). Which services run on it, and what its client port serves, is the application's choice.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,9 +43,9 @@ pub enum ClusterState {
 pub struct RaftSettings {
     /// Leader heartbeat interval. Default 50 ms.
     pub heartbeat_interval: Duration,
-    /// Election timeout range. Default 100–200 ms. openraft 0.9 adds a leader lease of the range's maximum for
+    /// Election timeout range. Default 100–200 ms. openraft adds a leader lease of the range's maximum for
     /// followers that saw a committed leader, so they campaign after 300–400 ms without heartbeats (6–8 missed
-    /// heartbeats): the measured kill -9 failover median is about 0.4 s.
+    /// heartbeats). A graceful stop hands leadership over instead (see [`Node::shutdown`]).
     pub election_timeout: (Duration, Duration),
     /// Take a snapshot after this many applied entries since the last one, plus a fixed per-node offset of up to
     /// half of it (see [`staggered_snapshot_interval`]). Default 10 000.
@@ -53,12 +54,12 @@ pub struct RaftSettings {
     pub keep_after_snapshot: u64,
     /// Size of one snapshot chunk sent to a follower. Default 1 MiB.
     pub snapshot_chunk_bytes: u64,
-    /// Time allowed for one snapshot chunk. Default 10 s (openraft's 200 ms is too short for MB-sized chunks).
+    /// Time allowed for each chunk of a snapshot stream (a stream of n chunks gets n times this). Default 10 s.
     pub snapshot_chunk_timeout: Duration,
-    /// Most entries in one AppendEntries. Default 64 (openraft's 300). openraft 0.9 gives every AppendEntries
-    /// the heartbeat interval as its timeout, including the follower's synced write, so the transport also caps
-    /// each one at 1 MiB of entries (sending the rest next): a follower catching up on large values makes
-    /// progress instead of timing out on the same batch forever.
+    /// Most entries in one AppendEntries. Default 64 (openraft's 300). openraft gives every AppendEntries one
+    /// request timeout, including the follower's write, so the transport also caps each one at 1 MiB of entries
+    /// (sending the rest next): a follower catching up on large values makes progress instead of timing out on
+    /// the same batch forever.
     pub max_payload_entries: u64,
 }
 
@@ -447,6 +448,11 @@ fn openraft_config(config: &NodeConfig, node_id: NodeId) -> Result<openraft::Con
         )),
         max_in_snapshot_log_to_keep: config.raft.keep_after_snapshot,
         max_payload_entries: config.raft.max_payload_entries,
+        // A node that was cut off, paused or restarted asks whether it could win before it raises its term,
+        // so it cannot depose a leader the rest of the group still follows.
+        enable_pre_vote: Some(true),
+        // Replicate entries as soon as they are written, while the leader's own fsync runs.
+        broadcast_submitted_on_append: Some(true),
         ..Default::default()
     }
     .validate()
@@ -474,7 +480,10 @@ impl Node {
                         path: db_path,
                         message: e.to_string(),
                     })?;
-                    GroupStorage::rocksdb(db)
+                    GroupStorage::rocksdb(db).map_err(|e| NodeError::DataDir {
+                        path: config.data_dir.clone(),
+                        message: format!("starting the WAL sync thread: {e}"),
+                    })?
                 }
                 NodeStorage::Memory(memory) => GroupStorage::memory(memory.clone()),
             };
@@ -516,7 +525,9 @@ impl Node {
                 None => None,
             })?;
 
-            let peer_routes = tonic::service::Routes::new(PeerService::new(groups.clone()).into_server());
+            let peer_routes = tonic::service::Routes::new(
+                PeerService::new(groups.clone(), storage.snapshots()).into_server(),
+            );
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = peer_listener.serve(peer_server, peer_routes, token).await {
@@ -747,10 +758,13 @@ impl Node {
         futures::future::select_all(watches).await.0
     }
 
-    /// Stops serving, stops every group and closes the database. openraft 0.9 cannot hand leadership over, so
-    /// the followers elect a new leader after one election timeout.
+    /// Hands the leadership of every group this node leads to its best-placed voter, then stops serving, stops
+    /// every group and closes the database. The groups keep a leader throughout: no election timeout is waited
+    /// out. A group whose transfer fails (no other voter, or none took over within two election timeouts) is
+    /// stopped anyway, and its followers elect a leader as after a crash.
     pub async fn shutdown(self) {
         info!(id = self.node_id, "shutting down");
+        self.hand_over_leadership().await;
         self.shutdown.cancel();
         for (group, raft) in self.groups.all() {
             if let Err(e) = raft.shutdown().await {
@@ -782,11 +796,32 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Hands over the leadership of every group this node leads, all at once, each within two election timeouts.
+    async fn hand_over_leadership(&self) {
+        let timeout = self.raft_config_timeout();
+        let transfers = self.groups.all().into_iter().filter_map(|(group, raft)| {
+            let leads = raft.metrics().borrow_watched().current_leader == Some(self.node_id);
+            leads.then_some(async move {
+                match crate::leadership::transfer_leadership(&raft, group, None, timeout).await {
+                    Ok(_) | Err(crate::leadership::TransferError::NoSuccessor { .. }) => {}
+                    Err(e) => warn!(group, error = %e, "leadership not handed over before stopping"),
+                }
+            })
+        });
+        futures::future::join_all(transfers).await;
+    }
+
+    fn raft_config_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft_config.election_timeout_max.saturating_mul(2))
+    }
+}
+
 /// Resolves when `raft`'s group stops: on a fatal error, or once it is shut down.
 async fn group_fatal_error(raft: Raft, group: GroupId) -> String {
     let mut metrics = raft.metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
             return format!("raft group {group} stopped: {fatal}");
         }
         if metrics.changed().await.is_err() {
@@ -824,7 +859,7 @@ fn spawn_http(
                 let groups = health_groups.all();
                 let leaderless: Vec<GroupId> = groups
                     .iter()
-                    .filter(|(_, raft)| raft.metrics().borrow().current_leader.is_none())
+                    .filter(|(_, raft)| raft.metrics().borrow_watched().current_leader.is_none())
                     .map(|(group, _)| *group)
                     .collect();
                 if groups.is_empty() {
@@ -863,7 +898,7 @@ fn spawn_raft_gauges(groups: GroupRegistry, token: CancellationToken) -> JoinHan
                 _ = tick.tick() => {}
             }
             for (group, raft) in groups.all() {
-                let m = raft.metrics().borrow().clone();
+                let m = raft.metrics().borrow_watched().clone();
                 let g = group.to_string();
                 metrics::gauge!("trestle_raft_term", "group" => g.clone()).set(m.current_term as f64);
                 metrics::gauge!("trestle_raft_leader", "group" => g.clone())
@@ -891,7 +926,7 @@ fn spawn_publish_attributes<S: Service>(
         let mut metrics = service.raft().metrics();
         loop {
             let current = {
-                let m = metrics.borrow();
+                let m = metrics.borrow_watched();
                 if m.current_leader.is_some() {
                     Some(
                         m.membership_config

@@ -7,31 +7,26 @@
 //! after it, so a restarted node holds exactly what it acknowledged.
 //!
 //! Snapshots stream: the application writes its state into a temporary of the store ([`GroupApp::snapshot`]
-//! takes a writer) and reads it back from the current snapshot ([`GroupApp::restore`] takes a reader); openraft
-//! sends the snapshot to followers in chunks read from the store ([`SnapshotData`]), and a follower writes the
-//! chunks into a temporary of its own. With the disk store no side holds a whole snapshot in memory on the way.
+//! takes a writer) and reads it back from the current snapshot ([`GroupApp::restore`] takes a reader); the
+//! transport streams the snapshot to followers in chunks read from the store ([`SnapshotData`]), and a follower
+//! writes the chunks into a temporary of its own. With the disk store no side holds a whole snapshot in memory on the way.
 //!
 //! A snapshot is: the 8 bytes `TRSNAP2\n`, the length of the metadata as a little-endian `u64`, the metadata
 //! (postcard), then the application's bytes up to the end. Snapshots that older versions kept in another format
 //! ([`SnapshotStore::legacy`]) are converted when the group opens.
 
-#![allow(
-    clippy::result_large_err,
-    reason = "openraft's storage traits return its StorageError by value"
-)]
-
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::{decode, encode};
 use crate::storage::{SharedSnapshotStore, SnapshotData, Temporary};
-use crate::types::{Entry, GroupId, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{EntryPayload, GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The application a Raft group replicates: a deterministic state machine over opaque commands.
 ///
@@ -85,14 +80,17 @@ struct LegacySnapshot {
 struct Applied {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
-    snapshot_seq: u64,
 }
 
-/// The openraft state machine of one group, wrapping its [`GroupApp`]. Cheap to clone.
-pub struct GroupStateMachine<A> {
-    app: Arc<RwLock<A>>,
+/// A group's application, shared by the state machine and the service reading it.
+pub type SharedApp = Arc<RwLock<dyn GroupApp>>;
+
+/// The openraft state machine of one group, wrapping its [`GroupApp`] (type-erased, so that every group's Raft
+/// handle has one type). Cheap to clone.
+pub struct GroupStateMachine {
+    app: SharedApp,
     applied: Arc<Mutex<Applied>>,
-    /// Serializes commits to the snapshot store and remembers the last one. openraft 0.9 builds snapshots in a
+    /// Serializes commits to the snapshot store and remembers the last one. openraft builds snapshots in a
     /// task of their own, so a build and an installed snapshot can finish at the same time, or an older build
     /// can finish after a newer install: the current snapshot must only ever move forward.
     saved: Arc<tokio::sync::Mutex<Option<LogId>>>,
@@ -100,7 +98,7 @@ pub struct GroupStateMachine<A> {
     group: GroupId,
 }
 
-impl<A> Clone for GroupStateMachine<A> {
+impl Clone for GroupStateMachine {
     fn clone(&self) -> Self {
         Self {
             app: self.app.clone(),
@@ -112,24 +110,12 @@ impl<A> Clone for GroupStateMachine<A> {
     }
 }
 
-fn sm_err(verb: ErrorVerb, err: impl ToString) -> StorageError {
-    StorageError::from_io_error(
-        ErrorSubject::StateMachine,
-        verb,
-        std::io::Error::other(err.to_string()),
-    )
-}
-
-fn snapshot_err(verb: ErrorVerb, err: impl ToString) -> StorageError {
-    StorageError::from_io_error(
-        ErrorSubject::Snapshot(None),
-        verb,
-        std::io::Error::other(err.to_string()),
-    )
+fn sm_err(err: impl ToString) -> std::io::Error {
+    std::io::Error::other(err.to_string())
 }
 
 /// Writes a snapshot's header.
-fn write_header(out: &mut impl Write, meta: &SnapshotMeta) -> std::io::Result<()> {
+pub(crate) fn write_header(out: &mut impl Write, meta: &SnapshotMeta) -> std::io::Result<()> {
     let meta = encode(meta).map_err(std::io::Error::other)?;
     out.write_all(MAGIC)?;
     out.write_all(&(meta.len() as u64).to_le_bytes())?;
@@ -173,14 +159,10 @@ where
     }
 }
 
-impl<A: GroupApp> GroupStateMachine<A> {
+impl GroupStateMachine {
     /// Opens the state machine of `group`, restoring `app` from the group's current snapshot in `store` if there
     /// is one.
-    pub fn open(
-        store: SharedSnapshotStore,
-        group: GroupId,
-        app: Arc<RwLock<A>>,
-    ) -> Result<Self, StorageError> {
+    pub fn open(store: SharedSnapshotStore, group: GroupId, app: SharedApp) -> Result<Self, std::io::Error> {
         let mut sm = Self {
             app,
             applied: Arc::default(),
@@ -188,8 +170,7 @@ impl<A: GroupApp> GroupStateMachine<A> {
             store,
             group,
         };
-        let unreadable =
-            |e: &dyn std::fmt::Display| snapshot_err(ErrorVerb::Read, format!("group {group}: {e}"));
+        let unreadable = |e: &dyn std::fmt::Display| sm_err(format!("group {group}: snapshot: {e}"));
         sm.store.clean(group).map_err(|e| unreadable(&e))?;
         sm.convert_legacy()?;
         let Some(mut input) = sm.store.read(group).map_err(|e| unreadable(&e))? else {
@@ -205,19 +186,15 @@ impl<A: GroupApp> GroupStateMachine<A> {
     }
 
     /// The application.
-    pub fn app(&self) -> &Arc<RwLock<A>> {
+    pub fn app(&self) -> &SharedApp {
         &self.app
     }
 
     /// Rewrites a snapshot an older version kept in another format in the current one, before anything reads it.
-    fn convert_legacy(&self) -> Result<(), StorageError> {
+    fn convert_legacy(&self) -> Result<(), std::io::Error> {
         let group = self.group;
-        let failed = |e: &dyn std::fmt::Display| {
-            snapshot_err(
-                ErrorVerb::Read,
-                format!("group {group}: an older version's snapshot: {e}"),
-            )
-        };
+        let failed =
+            |e: &dyn std::fmt::Display| sm_err(format!("group {group}: an older version's snapshot: {e}"));
         let Some(bytes) = self.store.legacy(group).map_err(|e| failed(&e))? else {
             return Ok(());
         };
@@ -235,7 +212,11 @@ impl<A: GroupApp> GroupStateMachine<A> {
     /// Makes the finished temporary `temporary` the group's current snapshot, unless a newer one is already
     /// current (then it is dropped). openraft purges the log the snapshot replaces as soon as this returns.
     /// Returns the snapshot's data, at its start.
-    async fn commit(&self, temporary: Temporary, meta: &SnapshotMeta) -> Result<SnapshotData, StorageError> {
+    async fn commit(
+        &self,
+        temporary: Temporary,
+        meta: &SnapshotMeta,
+    ) -> Result<SnapshotData, std::io::Error> {
         let mut saved = self.saved.lock().await;
         let older = saved.is_some() && meta.last_log_id <= *saved;
         let (store, group) = (self.store.clone(), self.group);
@@ -256,7 +237,7 @@ impl<A: GroupApp> GroupStateMachine<A> {
             Ok(data)
         })
         .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, format!("group {group}: {e}")))?;
+        .map_err(|e| sm_err(format!("group {group}: committing a snapshot: {e}")))?;
         if !older {
             *saved = meta.last_log_id;
         }
@@ -265,7 +246,7 @@ impl<A: GroupApp> GroupStateMachine<A> {
 }
 
 /// Restores `app` from a snapshot read from its start; returns the snapshot's metadata.
-fn restore<A: GroupApp>(app: &RwLock<A>, input: &mut dyn Read) -> Result<SnapshotMeta, String> {
+fn restore(app: &RwLock<dyn GroupApp>, input: &mut dyn Read) -> Result<SnapshotMeta, String> {
     let meta = read_header(input)?;
     app.write()
         .restore(input)
@@ -273,8 +254,10 @@ fn restore<A: GroupApp>(app: &RwLock<A>, input: &mut dyn Read) -> Result<Snapsho
     Ok(meta)
 }
 
-impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf, std::io::Error> {
         let started = Instant::now();
         let (app, applied, store, group) = (
             self.app.clone(),
@@ -294,16 +277,10 @@ impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
                 // The read lock alone keeps `last_applied` still (applying takes the write lock first), so the
                 // bookkeeping lock is held only to read it.
                 let meta = {
-                    let mut applied = applied.lock();
-                    applied.snapshot_seq += 1;
-                    let snapshot_id = match &applied.last_applied {
-                        Some(id) => format!("{}-{}-{}", id.leader_id, id.index, applied.snapshot_seq),
-                        None => format!("none-{}", applied.snapshot_seq),
-                    };
+                    let applied = applied.lock();
                     SnapshotMeta {
                         last_log_id: applied.last_applied,
                         last_membership: applied.last_membership.clone(),
-                        snapshot_id,
                     }
                 };
                 write_header(&mut out, &meta)?;
@@ -330,7 +307,7 @@ impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
         .await;
         let (meta, bytes, temporary) = built.map_err(|e| {
             tracing::error!(group = self.group, error = %e, "snapshot build failed; nothing saved");
-            snapshot_err(ErrorVerb::Write, format!("writing the snapshot: {e}"))
+            sm_err(format!("group {}: writing the snapshot: {e}", self.group))
         })?;
         let written = started.elapsed();
         let data = self.commit(temporary, &meta).await?;
@@ -344,12 +321,13 @@ impl<A: GroupApp> RaftSnapshotBuilder<TypeConfig> for GroupStateMachine<A> {
         );
         metrics::counter!("trestle_raft_snapshots_built_total", "group" => self.group.to_string())
             .increment(1);
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(data),
-        })
+        Ok(Snapshot { meta, snapshot: data })
     }
 }
+
+/// A snapshot as openraft hands it around: metadata and the data to read.
+type SnapshotOf =
+    Snapshot<crate::types::LeaderId, crate::types::NodeId, crate::types::PeerNode, SnapshotData>;
 
 /// Counts the bytes an application writes.
 struct Counted<'a, W: ?Sized> {
@@ -368,58 +346,54 @@ impl<W: Write + ?Sized> Write for Counted<'_, W> {
     }
 }
 
-impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
+impl RaftStateMachine<TypeConfig> for GroupStateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         let applied = self.applied.lock();
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<u8>>, StorageError>
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + Send,
     {
-        let mut results = Vec::new();
-        let mut app = self.app.write();
-        let mut applied = self.applied.lock();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => results.push(Vec::new()),
-                EntryPayload::Normal(command) => results.push(app.apply(entry.log_id.index, &command.0)),
-                EntryPayload::Membership(membership) => {
-                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    results.push(Vec::new());
+        // openraft hands over what is ready; apply all of it under one lock and answer each proposer.
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let result = {
+                let mut app = self.app.write();
+                let mut applied = self.applied.lock();
+                applied.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(command) => app.apply(entry.log_id.index, &command.0),
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Vec::new()
+                    }
                 }
+            };
+            if let Some(responder) = responder {
+                responder.send(result);
             }
         }
-        Ok(results)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        let (store, group) = (self.store.clone(), self.group);
-        let data = on_store(&self.store, move || {
-            store.receive(group).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, format!("group {group}: {e}")))?;
-        Ok(Box::new(data))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<SnapshotData>,
-    ) -> Result<(), StorageError> {
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
         // Persist first: if we crashed after restoring but before persisting, the restart would lack the data.
         let received = snapshot.into_received().await;
-        let (store, group, expected) = (self.store.clone(), self.group, meta.clone());
+        let (store, group, expected) = (self.store.clone(), self.group, meta.last_log_id);
         let temporary = on_store(&self.store, move || {
             let temporary = store.received(group, received).map_err(|e| e.to_string())?;
             // What arrived must be the snapshot openraft says it is.
@@ -428,18 +402,13 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
                 .map_err(|e| e.to_string())
                 .and_then(|mut input| read_header(&mut *input));
             match checked {
-                Ok(found)
-                    if found.last_log_id == expected.last_log_id
-                        && found.snapshot_id == expected.snapshot_id =>
-                {
-                    Ok(temporary)
-                }
+                Ok(found) if found.last_log_id == expected => Ok(temporary),
                 other => {
                     let _ = store.discard(&temporary);
                     Err(match other {
                         Ok(found) => format!(
-                            "the received snapshot is {}, not {}",
-                            found.snapshot_id, expected.snapshot_id
+                            "the received snapshot ends at {:?}, not {expected:?}",
+                            found.last_log_id
                         ),
                         Err(e) => format!("the received snapshot is unreadable: {e}"),
                     })
@@ -447,7 +416,7 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
             }
         })
         .await
-        .map_err(|e| snapshot_err(ErrorVerb::Write, format!("group {group}: {e}")))?;
+        .map_err(|e| sm_err(format!("group {group}: installing a snapshot: {e}")))?;
         // Restore from what was received (the data `commit` hands back), not from the current snapshot: if a
         // newer one is already current, openraft still expects this one's state.
         let data = self.commit(temporary, meta).await?.into_received().await;
@@ -457,7 +426,7 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
             restore(&app, &mut *input).map(|_| ())
         })
         .await
-        .map_err(|e| sm_err(ErrorVerb::Write, format!("group {group}: {e}")))?;
+        .map_err(|e| sm_err(format!("group {group}: restoring a snapshot: {e}")))?;
         let mut applied = self.applied.lock();
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
@@ -467,7 +436,7 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, std::io::Error> {
         // No commit between reading the header and opening the data.
         let _saved = self.saved.lock().await;
         let (store, group) = (self.store.clone(), self.group);
@@ -483,11 +452,8 @@ impl<A: GroupApp> RaftStateMachine<TypeConfig> for GroupStateMachine<A> {
             Ok(Some((meta, data)))
         })
         .await
-        .map_err(|e| snapshot_err(ErrorVerb::Read, format!("group {group}: {e}")))?;
-        Ok(current.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(data),
-        }))
+        .map_err(|e| sm_err(format!("group {group}: reading the current snapshot: {e}")))?;
+        Ok(current.map(|(meta, data)| Snapshot { meta, snapshot: data }))
     }
 }
 
@@ -530,12 +496,11 @@ mod tests {
         SnapshotMeta {
             last_log_id,
             last_membership: StoredMembership::default(),
-            snapshot_id: format!("{last_log_id:?}"),
         }
     }
 
     fn at(index: u64) -> Option<LogId> {
-        Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index))
+        Some(crate::types::log_id(1, 1, index))
     }
 
     /// A finished temporary of `store` holding a [`Number`] snapshot.
@@ -546,8 +511,11 @@ mod tests {
         out.finish().unwrap()
     }
 
-    fn open(store: &SharedSnapshotStore) -> GroupStateMachine<Number> {
-        GroupStateMachine::open(store.clone(), 7, Arc::new(RwLock::new(Number(0)))).unwrap()
+    /// The state machine of group 7 on `store`, and its application.
+    fn open(store: &SharedSnapshotStore) -> (GroupStateMachine, Arc<RwLock<Number>>) {
+        let number = Arc::new(RwLock::new(Number(0)));
+        let sm = GroupStateMachine::open(store.clone(), 7, number.clone()).unwrap();
+        (sm, number)
     }
 
     fn disk(dir: &Path) -> (Arc<rocksdb::DB>, SharedSnapshotStore) {
@@ -575,8 +543,8 @@ mod tests {
         let cf = db.cf_handle(CF_SNAPSHOT).unwrap();
         db.put_cf(&cf, meta_key(7, b"snapshot"), encode(&legacy).unwrap())
             .unwrap();
-        let mut sm = open(&store);
-        assert_eq!(sm.app().read().0, 42, "the legacy snapshot was not restored");
+        let (mut sm, n) = open(&store);
+        assert_eq!(n.read().0, 42, "the legacy snapshot was not restored");
         assert!(
             db.get_cf(&cf, meta_key(7, b"snapshot")).unwrap().is_none(),
             "the legacy copy outlived the file"
@@ -588,8 +556,8 @@ mod tests {
         let path = DiskSnapshots::beside(db.clone()).path(7);
         std::fs::write(&path, encode(&legacy).unwrap()).unwrap();
         drop((sm, current));
-        let sm = open(&store);
-        assert_eq!(sm.app().read().0, 42);
+        let (sm, n) = open(&store);
+        assert_eq!(n.read().0, 42);
         let mut input = store.read(7).unwrap().unwrap();
         assert_eq!(read_header(&mut *input).unwrap(), legacy.meta);
 
@@ -597,8 +565,8 @@ mod tests {
         let _left = store.create(7).unwrap();
         drop(store.receive(7).unwrap());
         drop(sm);
-        let sm = open(&store);
-        assert_eq!(sm.app().read().0, 42);
+        let (_sm, n) = open(&store);
+        assert_eq!(n.read().0, 42);
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -610,8 +578,8 @@ mod tests {
     async fn a_failed_serialization_saves_nothing_and_keeps_the_last_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         for (kind, store) in stores(dir.path()) {
-            let mut sm = open(&store);
-            sm.app().write().0 = 50;
+            let (mut sm, n) = open(&store);
+            n.write().0 = 50;
             sm.build_snapshot().await.unwrap();
             let current = |store: &SharedSnapshotStore| {
                 let mut bytes = Vec::new();
@@ -620,12 +588,12 @@ mod tests {
             };
             let saved = current(&store);
 
-            sm.app().write().0 = UNSERIALIZABLE;
+            n.write().0 = UNSERIALIZABLE;
             let err = sm.build_snapshot().await.unwrap_err();
             assert!(err.to_string().contains("cannot be serialized"), "{kind}: {err}");
             assert_eq!(current(&store), saved, "{kind}: the snapshot changed");
             drop(sm);
-            assert_eq!(open(&store).app().read().0, 50, "{kind}");
+            assert_eq!(open(&store).1.read().0, 50, "{kind}");
         }
     }
 
@@ -633,7 +601,7 @@ mod tests {
     async fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
         for (kind, store) in stores(dir.path()) {
-            let sm = open(&store);
+            let (sm, _) = open(&store);
             // An installed snapshot at 20, then a build of 10 that finishes late.
             sm.commit(temporary(&*store, &meta(at(20)), 2), &meta(at(20)))
                 .await
@@ -642,15 +610,15 @@ mod tests {
                 .await
                 .unwrap();
             drop(sm);
-            let reopened = open(&store);
-            assert_eq!(reopened.app().read().0, 2, "{kind}");
+            let (reopened, n) = open(&store);
+            assert_eq!(n.read().0, 2, "{kind}");
             // After a restart the stored snapshot is the bar.
             reopened
                 .commit(temporary(&*store, &meta(at(15)), 3), &meta(at(15)))
                 .await
                 .unwrap();
             drop(reopened);
-            assert_eq!(open(&store).app().read().0, 2, "{kind}");
+            assert_eq!(open(&store).1.read().0, 2, "{kind}");
         }
     }
 
@@ -663,30 +631,30 @@ mod tests {
                 stores(dir_a.path()).swap_remove(from).1,
                 stores(dir_b.path()).swap_remove(to).1,
             );
-            let mut leader = open(&leader_store);
-            leader.app().write().0 = 77;
+            let (mut leader, n) = open(&leader_store);
+            n.write().0 = 77;
             leader.applied.lock().last_applied = at(9);
             leader.build_snapshot().await.unwrap();
             let current = leader.get_current_snapshot().await.unwrap().unwrap();
 
-            // openraft copies the data into the follower's reception in chunks.
-            let mut follower = open(&follower_store);
-            let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+            // The peer transport copies the data into the follower's reception in chunks.
+            let (mut follower, n) = open(&follower_store);
+            let mut receiving = follower_store.receive(7).unwrap();
             let mut source = current.snapshot;
             tokio::io::copy(&mut source, &mut receiving).await.unwrap();
             follower.install_snapshot(&current.meta, receiving).await.unwrap();
-            assert_eq!(follower.app().read().0, 77, "{from}->{to}");
+            assert_eq!(n.read().0, 77, "{from}->{to}");
             assert_eq!(follower.applied_state().await.unwrap().0, at(9));
             drop(follower);
             assert_eq!(
-                open(&follower_store).app().read().0,
+                open(&follower_store).1.read().0,
                 77,
                 "{from}->{to}: the installed snapshot was not kept"
             );
 
             // A reception whose bytes are another snapshot's is refused, and the state stays.
-            let mut follower = open(&follower_store);
-            let mut receiving = follower.begin_receiving_snapshot().await.unwrap();
+            let (mut follower, n) = open(&follower_store);
+            let mut receiving = follower_store.receive(7).unwrap();
             let other = temporary(&*follower_store, &meta(at(30)), 5);
             let mut other_data = follower_store.temporary_data(&other).unwrap();
             tokio::io::copy(&mut other_data, &mut receiving).await.unwrap();
@@ -695,7 +663,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(err.to_string().contains("not Some"), "{err}");
-            assert_eq!(follower.app().read().0, 77);
+            assert_eq!(n.read().0, 77);
         }
     }
 

@@ -59,6 +59,12 @@ impl fmt::Debug for CommandBytes {
     }
 }
 
+impl fmt::Display for CommandBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
 impl From<Vec<u8>> for CommandBytes {
     fn from(bytes: Vec<u8>) -> Self {
         Self(bytes)
@@ -72,23 +78,35 @@ openraft::declare_raft_types!(
         R = Vec<u8>,
         NodeId = NodeId,
         Node = PeerNode,
-        SnapshotData = crate::storage::SnapshotData,
+        AsyncRuntime = crate::runtime::TrestleRuntime,
 );
 
-/// A Raft handle of one group.
-pub type Raft = openraft::Raft<TypeConfig>;
+/// A Raft handle of one group. Every group's state machine is a [`GroupStateMachine`](crate::GroupStateMachine)
+/// over its (type-erased) application, so handles of different services share one type.
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::GroupStateMachine>;
+/// The id of a leader (term and node), as a log id records it.
+pub type LeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
 /// A log entry.
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// An entry's payload.
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
 /// A log id.
-pub type LogId = openraft::LogId<NodeId>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 /// A vote.
-pub type Vote = openraft::Vote<NodeId>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 /// A storage error.
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
 /// Snapshot metadata.
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, PeerNode>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// Membership as stored with an entry's log id.
-pub type StoredMembership = openraft::StoredMembership<NodeId, PeerNode>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A group's membership configuration.
+pub type Membership = openraft::Membership<NodeId, PeerNode>;
+
+/// The log id of entry `index` written by the leader of `term` that is node `node`.
+pub fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
+    openraft::LogId::new(LeaderId { term, node_id: node }, index)
+}
 
 #[cfg(test)]
 mod encoding_tests {

@@ -10,6 +10,7 @@ mod counters;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use common::{TestCluster, wait_for};
 use counters::{Command, CounterService, Counters, Reply, random_counter_command};
@@ -29,7 +30,7 @@ async fn counters_leader(services: &BTreeMap<usize, Replicated<CounterService>>)
     wait_for("a counters leader", Duration::from_secs(10), || async {
         let leaders: BTreeSet<_> = services
             .values()
-            .map(|s| s.raft().metrics().borrow().current_leader)
+            .map(|s| s.raft().metrics().borrow_watched().current_leader)
             .collect();
         let leader = (*leaders.iter().next()?)?;
         if leaders.len() != 1 {

@@ -35,7 +35,7 @@ async fn start_trestle() -> (TrestleNode, tempfile::TempDir, String) {
     let node = TrestleNode::start(config).await.expect("trestle starts");
     let endpoint = format!("http://127.0.0.1:{client}");
     let deadline = Instant::now() + DEADLINE;
-    while node.store().raft().metrics().borrow().current_leader.is_none() {
+    while node.store().current_leader().is_none() {
         assert!(Instant::now() < deadline, "the node never became leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

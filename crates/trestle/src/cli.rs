@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::BenchCommand;
 use crate::local_cluster::LocalClusterArgs;
 use crate::serve::ServeArgs;
+use crate::snapshot::SnapshotCommand;
 
 /// The Trestle node and its command-line tool.
 #[derive(Debug, Parser)]
@@ -28,6 +29,9 @@ pub enum Command {
     /// Benchmarks against any etcd-v3 endpoint list (Trestle or etcd).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Backups: seed a new cluster from what `etcdctl snapshot save` wrote.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> ExitCode {
             .block_on(crate::serve::serve(*args))
             .map_err(|e| e.to_string()),
         Command::LocalCluster(args) => runtime.block_on(crate::local_cluster::run(args)),
+        Command::Snapshot(SnapshotCommand::Restore(args)) => runtime.block_on(crate::snapshot::restore(args)),
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(crate::bench::run(args)).map(|_| ()),
         Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(crate::bench_lock::lock(args)),
         Command::Bench(BenchCommand::ElectionFailover(args)) => {

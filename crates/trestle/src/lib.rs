@@ -19,6 +19,7 @@ mod cli;
 pub mod coordination;
 mod local_cluster;
 mod serve;
+mod snapshot;
 
 pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
 pub use bench_failover::FailoverArgs;
@@ -26,3 +27,4 @@ pub use bench_lock::{CandidateArgs, FailoverBenchArgs, LockBenchArgs};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
 pub use serve::{ServeArgs, ServeError, coordination_routes, parse_url_addr};
+pub use snapshot::{RestoreArgs, SnapshotCommand};

@@ -61,6 +61,14 @@ pub struct ServeArgs {
     /// of writes) [default: 10000].
     #[arg(long, env = "TRESTLE_SNAPSHOT_COUNT", value_parser = clap::value_parser!(u64).range(1..=MAX_SNAPSHOT_COUNT))]
     pub snapshot_count: Option<u64>,
+    /// How --auto-compaction-retention is read: `periodic` (a time window) or `revision` (a number of
+    /// revisions), as in etcd [default: periodic].
+    #[arg(long, env = "TRESTLE_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// History the leader keeps when it compacts on its own: periodic mode takes hours (`1`) or a duration
+    /// (`30m`, `1h30m`), revision mode a number of revisions; `0` turns it off [default: 0].
+    #[arg(long, env = "TRESTLE_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
     /// Client TLS certificate (PEM); with --key-file, clients must use https://.
     #[arg(long, env = "TRESTLE_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
@@ -262,6 +270,15 @@ impl ServeArgs {
             }
             config.node.raft.snapshot_every = n;
         }
+        let mode = merge(self.auto_compaction_mode, file.auto_compaction_mode);
+        let retention = merge(self.auto_compaction_retention, file.auto_compaction_retention);
+        if mode.is_some() || retention.is_some() {
+            config.store.auto_compaction = trestle_etcd::AutoCompaction::parse(
+                mode.as_deref().unwrap_or("periodic"),
+                retention.as_deref().unwrap_or("0"),
+            )
+            .map_err(|e| ServeError::Option(e.to_string()))?;
+        }
         config.node.client_tls = tls_files(
             "",
             merge(self.cert_file, file.cert_file),
@@ -392,6 +409,34 @@ mod tests {
                 .to_string()
                 .contains("snapshot_count")
         );
+
+        let compacting = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            auto_compaction_mode: Some("revision".into()),
+            auto_compaction_retention: Some("1000".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            compacting.into_config().unwrap().store.auto_compaction,
+            trestle_etcd::AutoCompaction::Revision(1000)
+        );
+        let hourly = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            auto_compaction_retention: Some("2".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            hourly.into_config().unwrap().store.auto_compaction,
+            trestle_etcd::AutoCompaction::Periodic(std::time::Duration::from_secs(7200))
+        );
+        let unreadable = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            auto_compaction_mode: Some("revision".into()),
+            auto_compaction_retention: Some("1h".into()),
+            ..Default::default()
+        };
+        let err = unreadable.into_config().unwrap_err().to_string();
+        assert!(err.contains("retention \"1h\""), "{err}");
 
         let missing = ServeArgs::default().into_config().unwrap_err().to_string();
         assert!(missing.contains("--data-dir"), "{missing}");

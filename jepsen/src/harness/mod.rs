@@ -5,6 +5,7 @@
 pub(crate) mod binary;
 pub(crate) mod cleanup;
 pub(crate) mod cluster;
+pub(crate) mod hashkv;
 pub(crate) mod netns;
 pub(crate) mod plot;
 pub(crate) mod results;

@@ -68,6 +68,8 @@ pub(crate) struct RunInfo<'a> {
     pub(crate) windows: &'a [Window],
     /// What to expect of the verdict, when not simply "valid" ([`Workload::expectation`](crate::Workload)).
     pub(crate) expectation: Option<&'static str>,
+    /// The members' key-space hashes at the end.
+    pub(crate) hash_kv: &'a super::hashkv::HashKvCheck,
 }
 
 /// Latency percentiles of successful operations, in milliseconds: p50, p95, p99, max.
@@ -125,6 +127,7 @@ pub(crate) fn write(
         let _ = writeln!(summary, "note: {note}");
     }
     let _ = write!(summary, "{nemesis}");
+    let _ = write!(summary, "{}", info.hash_kv);
     let _ = writeln!(
         summary,
         "latency of ok ops: p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; \

@@ -128,7 +128,7 @@ impl TestConfig {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct TestOutcome {
-    /// Checker and nemesis verdicts combined.
+    /// Checker, nemesis and HashKV verdicts combined.
     pub verdict: Verdict,
     /// The results directory.
     pub dir: PathBuf,
@@ -138,6 +138,8 @@ pub struct TestOutcome {
     pub report: Report,
     /// Whether the faults took effect.
     pub nemesis: NemesisReport,
+    /// Whether every member held the same key space at the end.
+    pub hash_kv: super::hashkv::HashKvCheck,
     /// The run id: every namespace and data directory the run made was named `jt<run id>...` /
     /// `trestle-jepsen-<run id>`.
     pub run_id: String,
@@ -306,6 +308,9 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         config,
     )
     .await;
+    // Every member must hold the same key space at one revision they all reached.
+    let hash_kv = super::hashkv::compare(&endpoints, Duration::from_secs(20)).await;
+    say(config, hash_kv.to_string().trim_end());
     {
         let mut c = cluster.lock().await;
         c.teardown();
@@ -319,7 +324,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         .map_err(|e| HarnessError::io(&history_path, e))?;
     let requested: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
     let nemesis_report = check_nemesis(&history, &requested);
-    let verdict = report.verdict.and(nemesis_report.verdict);
+    let verdict = report.verdict.and(nemesis_report.verdict).and(hash_kv.verdict);
     let info = RunInfo {
         config,
         run_id: &run_id,
@@ -327,6 +332,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         binary: &binary,
         windows: &windows,
         expectation: workload.expectation(),
+        hash_kv: &hash_kv,
     };
     let summary = results::write(&dir, &info, &history, &report, &nemesis_report, verdict)?;
     Ok(TestOutcome {
@@ -335,6 +341,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         summary,
         report,
         nemesis: nemesis_report,
+        hash_kv,
         run_id,
         net: mode,
     })

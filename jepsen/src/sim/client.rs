@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -310,7 +311,7 @@ pub(super) async fn run(
         .with_time(nanos(now()));
         let at_invoke = {
             let rx = store.raft().metrics();
-            let m = rx.borrow();
+            let m = rx.borrow_watched();
             OpenAt {
                 node,
                 state: format!(

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use openraft::ServerState;
 use parking_lot::Mutex;
@@ -225,7 +226,7 @@ impl Invariants {
         let stores = shared.lock().stores();
         for (i, store) in stores {
             let rx = store.raft().metrics();
-            let m = rx.borrow();
+            let m = rx.borrow_watched();
             if m.state != ServerState::Leader {
                 continue;
             }
@@ -238,7 +239,7 @@ impl Invariants {
                     nodes: leaders.iter().copied().collect(),
                 });
             }
-            let own = m.vote.leader_id().node_id == m.id && m.vote.is_committed();
+            let own = m.vote.leader_id.node_id == m.id && m.vote.committed;
             if !own && self.reported_votes.insert((i, term)) {
                 self.violations.push(SimViolation::LeaderWithoutQuorumVote {
                     node: i,
@@ -309,7 +310,7 @@ impl Invariants {
                     .find(|(i, _)| *i == o.at.node)
                     .map(|(_, store)| {
                         let rx = store.raft().metrics();
-                        let m = rx.borrow();
+                        let m = rx.borrow_watched();
                         format!(
                             "{:?}, term {}, applied {:?}, snapshot {:?}, purged {:?}",
                             m.state,
@@ -354,7 +355,7 @@ impl Invariants {
         let mut leader_last = None;
         for (_, store) in &stores {
             let rx = store.raft().metrics();
-            let m = rx.borrow();
+            let m = rx.borrow_watched();
             let Some(l) = m.current_leader else {
                 return false;
             };
@@ -386,7 +387,7 @@ impl Invariants {
                 None => format!("{} down", host_name(i)),
                 Some(store) => {
                     let rx = store.raft().metrics();
-                    let m = rx.borrow();
+                    let m = rx.borrow_watched();
                     format!(
                         "{} {:?} term {} leader {:?} applied {:?} last log {:?}",
                         host_name(i),

@@ -15,9 +15,9 @@
 //! - `schedule`: the fault schedule drawn from the seed.
 //!
 //! Everything random comes from the seed: the schedule and every client's operations (ChaCha8), turmoil's
-//! message latencies and losses (`rng_seed`), and openraft's election timeouts are fixed per node instead of
-//! drawn; the nodes' storage is in memory and answers at once, so no work runs on threads outside the simulation
-//! and nothing waits on real time. What still is not deterministic is written down in the crate README
+//! message latencies and losses (`rng_seed`) and openraft's own draws (`trestle_raft::seed_thread_rng`); the
+//! election timeouts are fixed per node instead of drawn; the nodes' storage is in memory and answers at once,
+//! so no work runs on threads outside the simulation and nothing waits on real time. What still is not deterministic is written down in the crate README
 //! ("Deterministic simulation").
 //!
 //! [`Store`]: trestle_etcd::Store
@@ -356,11 +356,30 @@ fn election_timeout_ms(i: usize) -> u64 {
     150 + 40 * i as u64
 }
 
+/// Seeds openraft's random numbers on this thread while it lives.
+struct SeededRaftRng;
+
+impl SeededRaftRng {
+    fn new(seed: u64) -> Self {
+        trestle_raft::seed_thread_rng(Some(seed));
+        Self
+    }
+}
+
+impl Drop for SeededRaftRng {
+    fn drop(&mut self) {
+        trestle_raft::seed_thread_rng(None);
+    }
+}
+
 /// Runs one simulation and checks it. Blocking: call it outside any tokio runtime (each turmoil host runs its
 /// own). The seed should be printed by the caller before calling, so a hang or a panic can be replayed.
 pub fn run_sim(config: &SimConfig) -> Result<SimReport, SimError> {
     config.validate()?;
     let wall = Instant::now();
+    // turmoil runs every host on this thread: openraft's random draws (the phase of each node's first tick)
+    // follow the seed too, until the run ends.
+    let _rng = SeededRaftRng::new(config.seed ^ 0x0A7F_5EED_0A7F_5EED);
     let schedule = fault_schedule(config);
     let shared = Arc::new(Mutex::new(Shared::new(config)));
 

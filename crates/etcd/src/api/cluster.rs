@@ -1,6 +1,7 @@
 //! etcd `Cluster`: MemberList, MemberAdd (learner or voter), MemberPromote, MemberRemove, MemberUpdate.
 
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use etcd_client::proto::{
     PbClusterService, PbMember, PbMemberAddRequest, PbMemberAddResponse, PbMemberListRequest,
@@ -16,7 +17,7 @@ use trestle_raft::{NodeId, PeerNode};
 impl EtcdServer {
     /// The members as this node's Raft state knows them: voters first, then learners, each in id order.
     pub(crate) fn members(&self) -> Vec<PbMember> {
-        let metrics = self.store.raft().metrics().borrow().clone();
+        let metrics = self.store.raft().metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let member = |id: NodeId, learner: bool| {
             let node = membership.get_node(&id).cloned().unwrap_or_default();

@@ -1,6 +1,8 @@
-//! etcd `Maintenance`: Status and Alarm are served; the rest answer `UNIMPLEMENTED` with a reason.
+//! etcd `Maintenance`: Status, Alarm, Hash, HashKV, Snapshot (a backup, see `crate::backup`) and MoveLeader are
+//! served; the rest answer `UNIMPLEMENTED` with a reason.
 
 use std::pin::Pin;
+use trestle_raft::WatchReceiver as _;
 
 use etcd_client::proto::{
     PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
@@ -10,11 +12,15 @@ use etcd_client::proto::{
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
+use trestle_raft::TransferError;
 
 use super::EtcdServer;
 
 /// The etcd API version Trestle answers as: the v3 API as etcd 3.5 serves it.
 pub(crate) const ETCD_API_VERSION: &str = "3.5.0";
+
+/// The size of one message of a `Snapshot` stream (etcd sends 32 KiB; fewer, larger messages cost less here).
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Status>> + Send>>;
 
@@ -30,7 +36,7 @@ impl PbMaintenanceService for EtcdServer {
     }
 
     async fn status(&self, _request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
-        let metrics = self.store.raft().metrics().borrow().clone();
+        let metrics = self.store.raft().metrics().borrow_watched().clone();
         let (revision, size) = self
             .store
             .read(|app| (app.store().revision(), app.store().approximate_size() as i64));
@@ -64,14 +70,28 @@ impl PbMaintenanceService for EtcdServer {
     }
 
     async fn hash(&self, _request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
-        Err(Status::unimplemented("Hash is not supported"))
+        let (hash, revision) = self
+            .store
+            .read(|app| (app.store().hash(), app.store().revision()));
+        Ok(Response::new(PbHashResponse {
+            header: Some(self.header(revision)),
+            hash,
+        }))
     }
 
-    async fn hash_kv(
-        &self,
-        _request: Request<PbHashKvRequest>,
-    ) -> Result<Response<PbHashKvResponse>, Status> {
-        Err(Status::unimplemented("HashKV is not supported"))
+    async fn hash_kv(&self, request: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+        // This member's own applied state, as etcd does: compare members at one revision they all reached.
+        let requested = request.into_inner().revision;
+        let (hashed, revision) = self
+            .store
+            .read(|app| (app.store().hash_kv(requested), app.store().revision()));
+        let (hash, compact_revision) = hashed.map_err(Status::from)?;
+        Ok(Response::new(PbHashKvResponse {
+            header: Some(self.header(revision)),
+            hash,
+            compact_revision,
+            hash_revision: if requested == 0 { revision } else { requested },
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -80,16 +100,57 @@ impl PbMaintenanceService for EtcdServer {
         &self,
         _request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("Snapshot is not supported"))
+        // This member's applied state, at one revision (taken under the store's read lock).
+        let (backup, revision) = self
+            .store
+            .read(|app| (crate::backup::encode_backup(app.store()), app.store().revision()));
+        let backup = backup.map_err(|e| Status::internal(e.to_string()))?;
+        let header = self.header(revision);
+        let total = backup.len();
+        let chunks: Vec<Result<PbSnapshotResponse, Status>> = backup
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .scan(0usize, |sent, chunk| {
+                *sent += chunk.len();
+                Some(Ok(PbSnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: (total - *sent) as u64,
+                    blob: chunk.to_vec(),
+                    ..Default::default()
+                }))
+            })
+            .collect();
+        metrics::counter!("trestle_store_backups_total").increment(1);
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
 
     async fn move_leader(
         &self,
-        _request: Request<PbMoveLeaderRequest>,
+        request: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "MoveLeader is not supported (openraft 0.9 has no leadership transfer)",
-        ))
+        let target = request.into_inner().target_id;
+        let timeout = self.store.settings().replicated.request_timeout;
+        let moved =
+            trestle_raft::transfer_leadership(self.store.raft(), crate::STORE_GROUP, Some(target), timeout)
+                .await;
+        match moved {
+            Ok(leader) if leader == target => {}
+            Ok(_) | Err(TransferError::TimedOut { .. }) => {
+                return Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
+            }
+            Err(TransferError::NotLeader { .. }) => {
+                return Err(Status::failed_precondition("etcdserver: not leader"));
+            }
+            Err(TransferError::NotAVoter { .. } | TransferError::NoSuccessor { .. }) => {
+                return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        }
+        let revision = self.store.read(|app| app.store().revision());
+        Ok(Response::new(PbMoveLeaderResponse {
+            header: Some(self.header(revision)),
+        }))
     }
 
     async fn downgrade(

@@ -12,6 +12,7 @@ mod maintenance;
 mod watch;
 
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use etcd_client::proto::{
     PbClusterServer, PbKvServer, PbLeaseServer, PbMaintenanceServer, PbResponseHeader, PbWatchServer,
@@ -117,7 +118,7 @@ impl EtcdServer {
             cluster_id: self.settings.cluster_id,
             member_id: self.store.node_id(),
             revision,
-            raft_term: self.store.raft().metrics().borrow().current_term,
+            raft_term: self.store.raft().metrics().borrow_watched().current_term,
         }
     }
 

@@ -360,6 +360,70 @@ impl MvccStore {
         Ok(())
     }
 
+    // ----- hashes -----
+
+    /// A checksum of the key space as of `revision` (0: the current one), and the compact revision it covers
+    /// from (etcd `HashKV`). Members that applied the same commands give the same hash at the same revision,
+    /// whatever else they did since: every retained version of every key up to `revision` (values, tombstones and
+    /// their metadata), in key order, and the compact revision. CRC-32 (IEEE); not the same number etcd computes
+    /// for the same data, which nothing compares.
+    pub fn hash_kv(&self, revision: Revision) -> Result<(u32, Revision), MvccError> {
+        let revision = if revision == 0 { self.revision } else { revision };
+        if revision > self.revision {
+            return Err(MvccError::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if revision < self.compact_revision {
+            return Err(MvccError::Compacted {
+                requested: revision,
+                compact_revision: self.compact_revision,
+            });
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.compact_revision.to_be_bytes());
+        for (key, history) in &self.keys {
+            let mut versions = history.iter().take_while(|v| v.revision() <= revision).peekable();
+            if versions.peek().is_none() {
+                continue;
+            }
+            hasher.update(&(key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            for version in versions {
+                match version {
+                    Version::Live(kv) => {
+                        hasher.update(&[1]);
+                        for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                            hasher.update(&n.to_be_bytes());
+                        }
+                        hasher.update(&(kv.value.len() as u64).to_be_bytes());
+                        hasher.update(&kv.value);
+                    }
+                    Version::Tombstone(at) => {
+                        hasher.update(&[0]);
+                        hasher.update(&at.to_be_bytes());
+                    }
+                }
+            }
+        }
+        Ok((hasher.finalize(), self.compact_revision))
+    }
+
+    /// A checksum of the whole store: [`MvccStore::hash_kv`] at the current revision, with the leases and their
+    /// TTLs (etcd `Hash`).
+    pub fn hash(&self) -> u32 {
+        let (kv, _) = self.hash_kv(self.revision).unwrap_or((0, self.compact_revision));
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&kv.to_be_bytes());
+        hasher.update(&self.revision.to_be_bytes());
+        for (id, lease) in &self.leases {
+            hasher.update(&id.to_be_bytes());
+            hasher.update(&lease.ttl.to_be_bytes());
+        }
+        hasher.finalize()
+    }
+
     // ----- leases -----
 
     /// Grants a lease with a chosen, non-zero id (the proposer picks ids, so every replica agrees).

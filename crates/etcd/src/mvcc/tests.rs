@@ -724,3 +724,54 @@ proptest! {
         check_against_model(&ops)?;
     }
 }
+
+#[test]
+fn hash_kv_is_stable_for_a_past_revision_and_tells_histories_apart() {
+    let mut a = MvccStore::default();
+    let mut b = MvccStore::default();
+    for store in [&mut a, &mut b] {
+        store.put(&put("x", "1")).unwrap();
+        store.put(&put("y", "2")).unwrap();
+        store
+            .delete_range(&DeleteRangeRequest {
+                key: kv(b"x"),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let at_4 = a.hash_kv(4).unwrap();
+    assert_eq!(at_4, b.hash_kv(0).unwrap(), "two replicas of one history differ");
+    a.put(&put("z", "3")).unwrap();
+    assert_eq!(
+        a.hash_kv(4).unwrap(),
+        at_4,
+        "a later write changed the hash of revision 4"
+    );
+    assert_ne!(
+        a.hash_kv(0).unwrap(),
+        at_4,
+        "the new revision hashes like the old one"
+    );
+
+    // Same keys and values, another history (x never deleted): another hash.
+    let mut c = MvccStore::default();
+    c.put(&put("x", "1")).unwrap();
+    c.put(&put("y", "2")).unwrap();
+    c.put(&put("y", "2")).unwrap();
+    assert_ne!(c.hash_kv(4).unwrap(), at_4);
+    assert_ne!(a.hash(), b.hash());
+    b.put(&put("z", "3")).unwrap();
+    assert_eq!(a.hash(), b.hash());
+}
+
+#[test]
+fn hash_kv_refuses_future_and_compacted_revisions() {
+    let mut store = MvccStore::default();
+    for i in 0..5 {
+        store.put(&put("k", &i.to_string())).unwrap();
+    }
+    assert!(matches!(store.hash_kv(7), Err(MvccError::FutureRevision { .. })));
+    store.compact(4).unwrap();
+    assert!(matches!(store.hash_kv(3), Err(MvccError::Compacted { .. })));
+    assert_eq!(store.hash_kv(4).unwrap().1, 4, "the compact revision comes back");
+}

@@ -3,6 +3,7 @@
 
 mod app;
 mod command;
+mod compactor;
 mod lessor;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 
 pub use app::{RevisionEvents, StoreApp};
 pub use command::{StoreCommand, StoreOutcome, StoreResult};
+pub use compactor::{AutoCompaction, AutoCompactionError, Compactor, REVISION_CHECK_INTERVAL};
 pub use lessor::Lessor;
 
 use crate::mvcc::{LeaseId, MvccError};
@@ -35,8 +37,11 @@ pub struct StoreSettings {
     /// The smallest lease TTL granted, in seconds (shorter requests are raised to it). Default 2 s: well above
     /// the election timeout, so a leader change does not expire leases that were being kept alive.
     pub min_lease_ttl: i64,
-    /// How often the leader looks for expired leases. Default 250 ms.
+    /// How often the leader looks for expired leases (and at its compaction schedule). Default 250 ms.
     pub lease_check_interval: Duration,
+    /// Compacting the history without a client asking (etcd's `--auto-compaction-mode` and
+    /// `--auto-compaction-retention`). Default off, as in etcd.
+    pub auto_compaction: AutoCompaction,
 }
 
 impl Default for StoreSettings {
@@ -45,6 +50,7 @@ impl Default for StoreSettings {
             replicated: ReplicatedSettings::default(),
             min_lease_ttl: 2,
             lease_check_interval: Duration::from_millis(250),
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }
@@ -101,6 +107,7 @@ pub(crate) enum LeaseReply {
 /// The coordination store as a service of the replicated-service layer.
 pub(crate) struct StoreService {
     lessor: Mutex<Lessor>,
+    compactor: Mutex<Compactor>,
     settings: StoreSettings,
 }
 
@@ -108,7 +115,28 @@ impl StoreService {
     pub(crate) fn new(settings: StoreSettings) -> Self {
         Self {
             lessor: Mutex::new(Lessor::new()),
+            compactor: Mutex::new(Compactor::new(settings.auto_compaction)),
             settings,
+        }
+    }
+
+    /// Proposes the compaction the schedule asks for now, if any (on the leader).
+    async fn auto_compact(&self, host: &Replicated<Self>, leading: bool) {
+        let (revision, compacted) = host.read(|app| (app.store().revision(), app.store().compact_revision()));
+        let target = self
+            .compactor
+            .lock()
+            .tick(Instant::now(), leading, revision, compacted);
+        let Some(target) = target else { return };
+        match host.propose_local(&StoreCommand::Compact(target)).await {
+            Ok(Some(_)) => {
+                info!(revision = target, policy = %self.settings.auto_compaction, "auto-compacted");
+                metrics::counter!("trestle_store_auto_compactions_total").increment(1);
+            }
+            Ok(None) => {}
+            Err(status) => {
+                warn!(revision = target, %status, "auto-compaction failed; the schedule tries again")
+            }
         }
     }
 }
@@ -169,8 +197,10 @@ impl Service for StoreService {
         }
     }
 
-    /// The lease clock: while this node leads, expire leases whose deadline passed by proposing revokes.
+    /// The leader clock: while this node leads, compact on the schedule (if any) and expire leases whose
+    /// deadline passed by proposing revokes.
     async fn on_clock(&self, host: &Replicated<Self>, leading: bool) {
+        self.auto_compact(host, leading).await;
         let now = Instant::now();
         let leases = host.read(|app| app.store().leases());
         let expired = {
@@ -290,6 +320,11 @@ impl Store {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.replicated.node_id()
+    }
+
+    /// The store group's leader as this node knows it, if it knows one.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.replicated.current_leader()
     }
 
     /// The settings.

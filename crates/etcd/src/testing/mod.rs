@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use tempfile::TempDir;
 pub use trestle_raft::testing::{WaitTimedOut, free_loopback_port, loopback_node_config, wait_for};
@@ -108,7 +109,7 @@ impl LocalCluster {
         let leader = wait_for("an agreed leader", Duration::from_secs(10), || async {
             let mut agreed = None;
             for node in self.nodes.iter().flatten() {
-                let leader = node.store().raft().metrics().borrow().current_leader?;
+                let leader = node.store().raft().metrics().borrow_watched().current_leader?;
                 if agreed.is_some_and(|a| a != leader) {
                     return None;
                 }

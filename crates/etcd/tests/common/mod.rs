@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use trestle_raft::WatchReceiver as _;
 
 use tempfile::TempDir;
 use trestle_etcd::{EtcdNode, EtcdNodeConfig};
@@ -132,7 +133,7 @@ impl TestCluster {
         wait_for("an agreed leader", Duration::from_secs(10), || async {
             let leaders: Vec<Option<NodeId>> = self
                 .running()
-                .map(|(_, n)| n.store().raft().metrics().borrow().current_leader)
+                .map(|(_, n)| n.store().raft().metrics().borrow_watched().current_leader)
                 .collect();
             let first = leaders.first().copied().flatten()?;
             if !leaders.iter().all(|l| *l == Some(first)) {

@@ -1,5 +1,6 @@
 //! Membership changes of a group, run on its leader.
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::ChangeMembers;
@@ -35,7 +36,12 @@ pub(crate) async fn change_member_local<S: Service>(
     raft: &Raft,
     change: &MemberChange,
 ) -> Result<Option<NodeId>, Status> {
-    let membership = raft.metrics().borrow().membership_config.membership().clone();
+    let membership = raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .clone();
     let is_voter = |id: NodeId| membership.voter_ids().any(|v| v == id);
     let is_learner = |id: NodeId| membership.learner_ids().any(|l| l == id);
     let (id, result) = match change {
@@ -103,6 +109,10 @@ pub(crate) async fn change_member_local<S: Service>(
         Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
             Err(S::status(Failure::MembershipRefused(e.to_string())))
         }
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+            Err(S::status(Failure::LeaderLost))
+        }
+        Err(RaftError::APIError(e)) => Err(S::status(Failure::MembershipRefused(e.to_string()))),
         Err(RaftError::Fatal(e)) => Err(S::status(Failure::RaftStopped(e.to_string()))),
     }
 }

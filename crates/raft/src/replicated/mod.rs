@@ -26,11 +26,12 @@ mod reads;
 mod retry;
 mod service;
 
+use openraft::async_runtime::WatchReceiver as _;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::ServerState;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -302,6 +303,11 @@ impl<S: Service> Replicated<S> {
         f(&self.inner.app.read())
     }
 
+    /// The group's leader as this node knows it, if it knows one.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow_watched().current_leader
+    }
+
     /// Whether this node leads the group now.
     pub fn is_leader(&self) -> bool {
         matches!(self.target(), Target::Local)
@@ -309,7 +315,7 @@ impl<S: Service> Replicated<S> {
 
     fn target(&self) -> Target {
         let receiver = self.inner.raft.metrics();
-        let metrics = receiver.borrow();
+        let metrics = receiver.borrow_watched();
         if metrics.running_state.is_err() {
             return Target::Stopped;
         }
@@ -347,9 +353,11 @@ impl<S: Service> Replicated<S> {
                 Ok(Some(response))
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Status::internal(e.to_string()))
+            // Appended here, then replaced by another leader's log: it may still commit through that leader.
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
+                Err(S::status(Failure::LeaderLost))
             }
+            Err(RaftError::APIError(e)) => Err(Status::internal(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(S::status(Failure::RaftStopped(e.to_string()))),
         }
     }
@@ -490,11 +498,12 @@ impl<S: Service> Replicated<S> {
             ForwardOp::Leader(request) => S::leader_request_is_idempotent(request),
         };
         loop {
-            let leader_before = self.inner.raft.metrics().borrow().current_leader;
+            let leader_before = self.inner.raft.metrics().borrow_watched().current_leader;
             let outcome = match self.target() {
-                // Bounded: openraft 0.9 never answers a proposal whose entry a snapshot replaced on a deposed
-                // leader (its waiters are dropped only on apply or on a log conflict), so without the deadline
-                // such a write — and every write batched behind it — would wait forever. Its fate is unknown.
+                // Bounded: openraft 0.9.25 never answered a proposal whose entry a snapshot replaced on a
+                // deposed leader (its waiters were dropped only on apply or on a log conflict), and the bound
+                // stays for any such case: without the deadline the write — and every write batched behind it —
+                // would wait forever. Its fate is unknown.
                 Target::Local => match tokio::time::timeout_at(deadline, self.execute_local(&op)).await {
                     Ok(outcome) => outcome?,
                     Err(_elapsed) => return Err(S::status(Failure::TimedOut)),
@@ -564,10 +573,16 @@ impl<S: Service> Replicated<S> {
     }
 
     async fn read_index_local(&self) -> Result<Option<u64>, Status> {
-        match self.inner.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(Some(read_log_id.map_or(0, |id| id.index))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Ok(None),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Ok(None),
+        // ReadIndex: a quorum confirms the leadership after the request arrived. No clock is trusted.
+        match self
+            .inner
+            .raft
+            .get_read_log_id(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok((read_log_id, _applied)) => Ok(Some(read_log_id.log_id().index)),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Ok(None),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => Ok(None),
             Err(RaftError::Fatal(e)) => Err(S::status(Failure::RaftStopped(e.to_string()))),
         }
     }

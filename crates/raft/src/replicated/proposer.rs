@@ -1,9 +1,7 @@
 //! Group commit: writes that arrive while earlier ones are in flight travel together, as one Raft entry.
 //!
-//! openraft 0.9 appends one client write at a time and waits for its synced log write before it takes the next,
-//! so a leader that proposed every request alone would pay one fsync per request on its own disk, and the
-//! followers one per entry on theirs; a follower forwarding every request alone would pay a peer round trip
-//! each. Each node's proposer keeps at most `pipeline` batches in flight; whatever queues behind them leaves as
+//! Every Raft entry costs an append, a replication message, an fsync share on each member and an apply round;
+//! a follower forwarding every request alone would pay a peer round trip each. Each node's proposer keeps at most `pipeline` batches in flight; whatever queues behind them leaves as
 //! the next batch, proposed as one entry (the state machine's [`StateMachine::batch`], forwarded as one request
 //! when this node follows). Under light load a request goes alone and at once; under heavy load batches grow and the fsyncs
 //! and round trips per request fall. Durability is unchanged: every entry is synced on a majority before any of

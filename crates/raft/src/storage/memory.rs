@@ -5,23 +5,19 @@
 //! Nothing is lost between a write and its acknowledgement, so a node restarted on the same handle behaves as one
 //! whose every synced write reached the disk: what the Raft log promises after a process crash.
 
-#![allow(
-    clippy::result_large_err,
-    reason = "openraft's storage traits return its StorageError by value"
-)]
-
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Write;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use openraft::RaftLogReader;
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use parking_lot::Mutex;
 
 use super::{ReceivedData, SnapshotData, SnapshotReader, SnapshotStore, SnapshotWriter, Temporary};
-use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
+
+type StorageError = std::io::Error;
 
 /// One group's log and metadata.
 #[derive(Debug, Default)]
@@ -100,6 +96,10 @@ impl RaftLogReader<TypeConfig> for MemoryLogStore {
             log.entries.range(range).map(|(_, e)| e.clone()).collect()
         }))
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.storage.with_log(self.group, |log| log.vote))
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for MemoryLogStore {
@@ -124,10 +124,6 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.storage.with_log(self.group, |log| log.vote))
-    }
-
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.storage.with_log(self.group, |log| log.committed = committed);
         Ok(())
@@ -137,7 +133,7 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
         Ok(self.storage.with_log(self.group, |log| log.committed))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -147,13 +143,14 @@ impl RaftLogStorage<TypeConfig> for MemoryLogStore {
                 log.entries.insert(entry.log_id.index, entry);
             }
         });
-        callback.log_io_completed(Ok(()));
+        callback.io_completed(Ok(()));
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), StorageError> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
         self.storage.with_log(self.group, |log| {
-            log.entries.split_off(&log_id.index);
+            log.entries.split_off(&from);
         });
         Ok(())
     }

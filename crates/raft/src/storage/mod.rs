@@ -1,8 +1,8 @@
 //! Where a node keeps its Raft state: each group's log and vote, and each group's current snapshot.
 //!
 //! Two traits, two implementations each, chosen together per node ([`NodeStorage`], [`NodeConfig::storage`]):
-//! - **The log and the vote** are openraft's `RaftLogStorage`: [`LogStore`] on RocksDB (synced writes, the
-//!   production path) and [`MemoryLogStore`]. openraft's own storage suite checks both
+//! - **The log and the vote** are openraft's `RaftLogStorage`: [`LogStore`] on RocksDB (appends synced in groups
+//!   by one thread, the production path) and [`MemoryLogStore`]. openraft's own storage suite checks both
 //!   (`tests/storage_suite.rs`).
 //! - **Snapshots** are a [`SnapshotStore`]: one current snapshot per group, replaced atomically by a temporary
 //!   the state machine wrote ([`DiskSnapshots`]: files beside the database; [`MemorySnapshots`]). The
@@ -49,6 +49,8 @@ pub enum GroupStorage {
     RocksDb {
         /// The database.
         db: Arc<rocksdb::DB>,
+        /// The thread that syncs every group's appends to it.
+        wal: crate::log_store::WalSync,
         /// The snapshot files.
         snapshots: DiskSnapshots,
     },
@@ -57,12 +59,13 @@ pub enum GroupStorage {
 }
 
 impl GroupStorage {
-    /// Logs in `db`, snapshots in its `snapshots` directory.
-    pub fn rocksdb(db: Arc<rocksdb::DB>) -> Self {
-        Self::RocksDb {
+    /// Logs in `db`, snapshots in its `snapshots` directory. Starts the thread that syncs the log's appends.
+    pub fn rocksdb(db: Arc<rocksdb::DB>) -> std::io::Result<Self> {
+        Ok(Self::RocksDb {
             snapshots: DiskSnapshots::beside(db.clone()),
+            wal: crate::log_store::WalSync::start(db.clone())?,
             db,
-        }
+        })
     }
 
     /// Everything in `memory`.

@@ -1,0 +1,162 @@
+//! Leadership moves on purpose: a node that stops hands each group it leads to a voter first (so no group
+//! waits out an election timeout), `transfer_leadership` moves it to a named voter, and the pre-vote RPC asks
+//! peers without raising anyone's term.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "support/counters.rs"]
+mod counters;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{TestCluster, wait_for};
+use counters::{COUNTERS, Command, CounterService, Reply};
+use openraft::raft::VoteRequest;
+use openraft::{RaftNetworkFactory, RaftNetworkV2, ServerState};
+use trestle_raft::WatchReceiver as _;
+use trestle_raft::{NetworkFactory, PeerChannels, Replicated, TransferError, transfer_leadership};
+
+async fn counters_on(cluster: &TestCluster) -> BTreeMap<usize, Replicated<CounterService>> {
+    let mut services = BTreeMap::new();
+    for i in 0..3 {
+        services.insert(i, counters::start_counters(cluster.node(i)).await);
+    }
+    services
+}
+
+/// The index of the node all of `services` agree leads, once they do.
+async fn leader(services: &BTreeMap<usize, Replicated<CounterService>>) -> usize {
+    wait_for("an agreed leader", Duration::from_secs(10), || async {
+        let first = services.values().next()?.current_leader()?;
+        services
+            .values()
+            .all(|s| s.current_leader() == Some(first))
+            .then(|| {
+                services
+                    .iter()
+                    .find(|(_, s)| s.node_id() == first)
+                    .map(|(i, _)| *i)
+            })
+            .flatten()
+    })
+    .await
+}
+
+fn term(service: &Replicated<CounterService>) -> u64 {
+    service.raft().metrics().borrow_watched().current_term
+}
+
+async fn add(service: &Replicated<CounterService>, delta: i64) -> Reply {
+    service
+        .propose(Command::Add {
+            name: "c".into(),
+            delta,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_its_groups_over_before_it_goes() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut services = counters_on(&cluster).await;
+    let old = leader(&services).await;
+    add(&services[&old], 1).await;
+    let old_term = term(&services[&old]);
+
+    services.remove(&old);
+    cluster.stop(old).await;
+    // No waiting: when the stop returns, a survivor already leads, elected once in the next term.
+    let leaders: Vec<_> = services
+        .values()
+        .filter(|s| s.raft().metrics().borrow_watched().state == ServerState::Leader)
+        .collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "no survivor led when the old leader's stop returned"
+    );
+    assert_eq!(
+        term(leaders[0]),
+        old_term + 1,
+        "the handover took more than one election"
+    );
+    // And it serves.
+    assert_eq!(add(leaders[0], 2).await, Reply::Value(3));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_voter_named_and_only_from_the_leader() {
+    let cluster = TestCluster::start(3).await;
+    let services = counters_on(&cluster).await;
+    let from = leader(&services).await;
+    let to = (from + 1) % 3;
+    let (to_id, from_id) = (services[&to].node_id(), services[&from].node_id());
+
+    let follower = services[&to].raft();
+    assert!(matches!(
+        transfer_leadership(follower, COUNTERS, Some(from_id), Duration::from_secs(2)).await,
+        Err(TransferError::NotLeader { .. })
+    ));
+    let raft = services[&from].raft();
+    for bad in [from_id, 12345] {
+        assert!(matches!(
+            transfer_leadership(raft, COUNTERS, Some(bad), Duration::from_secs(2)).await,
+            Err(TransferError::NotAVoter { .. })
+        ));
+    }
+
+    let moved = transfer_leadership(raft, COUNTERS, Some(to_id), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(moved, to_id);
+    assert_eq!(leader(&services).await, to);
+    assert_eq!(
+        add(&services[&from], 5).await,
+        Reply::Value(5),
+        "writes via the old leader still work"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_vote_is_answered_without_raising_the_voters_term() {
+    let cluster = TestCluster::start(3).await;
+    let services = counters_on(&cluster).await;
+    let lead = leader(&services).await;
+    let follower = (lead + 1) % 3;
+    let before = term(&services[&follower]);
+    let target = services[&follower].node_id();
+    let node = services[&follower]
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .get_node(&target)
+        .cloned()
+        .unwrap();
+
+    // A would-be candidate far ahead in term but with no log: a voter that follows a live leader refuses.
+    let mut client = NetworkFactory::new(COUNTERS, PeerChannels::new(None), 1 << 20, Duration::from_secs(5))
+        .new_client(target, &node)
+        .await;
+    let request = VoteRequest::new(openraft::Vote::new(before + 5, 999), None);
+    let answer = client
+        .pre_vote(request, openraft::network::RPCOption::new(Duration::from_secs(2)))
+        .await
+        .expect("the pre-vote RPC is answered");
+    assert!(
+        !answer.vote_granted,
+        "a voter following a live leader granted a pre-vote: {answer:?}"
+    );
+    assert_eq!(
+        term(&services[&follower]),
+        before,
+        "a pre-vote raised the voter's term"
+    );
+    assert_eq!(leader(&services).await, lead, "a pre-vote moved the leadership");
+    cluster.shutdown().await;
+}
