@@ -60,6 +60,7 @@ pub use mvcc::{
 pub use node::{EtcdNode, EtcdNodeConfig, EtcdNodeError, STORE_GROUP};
 #[cfg(feature = "server")]
 pub use store::{
-    AutoCompaction, AutoCompactionError, Compactor, Lessor, REVISION_CHECK_INTERVAL, RevisionEvents, Store,
-    StoreApp, StoreCommand, StoreOutcome, StoreResult, StoreSettings, StoreSettingsError,
+    AlarmAction, AlarmKind, AlarmMember, AutoCompaction, AutoCompactionError, Compactor, DEFAULT_QUOTA_BYTES,
+    Lessor, REVISION_CHECK_INTERVAL, RevisionEvents, Store, StoreApp, StoreCommand, StoreOutcome,
+    StoreResult, StoreSettings, StoreSettingsError,
 };

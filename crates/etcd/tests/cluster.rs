@@ -651,3 +651,66 @@ async fn the_leader_compacts_on_its_own_when_told_to() {
         .expect("recent history is kept");
     cluster.shutdown().await;
 }
+
+/// `--quota-backend-bytes`: past the quota the NOSPACE alarm is raised and writes that need space are refused
+/// with etcd's error on every member; deletes, compaction, defragment and disarming let writes resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_quota_writes_stop_until_space_is_made_and_the_alarm_disarmed() {
+    let cluster = TestCluster::start_tuned(3, |config| config.store.quota_bytes = 8 * 1024).await;
+    cluster.wait_for_leader().await;
+    let mut client = cluster.client(0).await;
+    let value = "x".repeat(512);
+    let mut refused = None;
+    for i in 0..100 {
+        match client.put(format!("q{i:03}"), value.clone(), None).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the quota stops writes");
+    match &refused {
+        etcd_client::Error::GRpcStatus(status) => {
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+            assert_eq!(status.message(), "etcdserver: mvcc: database space exceeded");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let alarms = client
+        .alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None)
+        .await
+        .unwrap();
+    assert_eq!(alarms.alarms().len(), 1, "{alarms:?}");
+    assert_eq!(alarms.alarms()[0].alarm(), etcd_client::AlarmType::Nospace);
+    // Every member refuses, even a small write, while the alarm is up; reads and deletes go on.
+    for i in 0..3 {
+        let mut member = cluster.client(i).await;
+        let err = member.put("small", "1", None).await.unwrap_err().to_string();
+        assert!(err.contains("database space exceeded"), "{err}");
+        member.get("q000", None).await.unwrap();
+    }
+    let deleted = client
+        .delete("q", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    client
+        .compact(deleted.header().unwrap().revision(), None)
+        .await
+        .unwrap();
+    client.defragment().await.unwrap();
+    let mut options = etcd_client::AlarmOptions::new();
+    options.with_member(alarms.alarms()[0].member_id());
+    let disarmed = client
+        .alarm(
+            etcd_client::AlarmAction::Deactivate,
+            etcd_client::AlarmType::Nospace,
+            Some(options),
+        )
+        .await
+        .unwrap();
+    assert_eq!(disarmed.alarms().len(), 1);
+    client.put("after", "room", None).await.unwrap();
+    cluster.shutdown().await;
+}

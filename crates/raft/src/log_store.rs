@@ -120,7 +120,8 @@ impl WalSync {
     /// Reports `callback` once everything written to the database before this call is on disk.
     fn flushed(&self, callback: IOFlushed<TypeConfig>) {
         if let Err(mpsc::SendError(callback)) = self.requests.send(callback) {
-            // The thread is gone (it never panics, so only at exit): sync here instead.
+            // The thread is gone (only at exit: it does not panic): the entries are not known to be on disk, so
+            // openraft is told so and stops the group rather than count them.
             callback.io_completed(Err(io::Error::other("the WAL sync thread has stopped")));
         }
     }

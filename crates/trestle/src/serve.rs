@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// of writes) [default: 10000].
     #[arg(long, env = "TRESTLE_SNAPSHOT_COUNT", value_parser = clap::value_parser!(u64).range(1..=MAX_SNAPSHOT_COUNT))]
     pub snapshot_count: Option<u64>,
+    /// Raise the NOSPACE alarm, refusing writes that need space, once the store would pass this many bytes
+    /// (etcd's flag: 0 is the default, 2 GiB; a negative value turns the quota off) [default: 0].
+    #[arg(long, env = "TRESTLE_QUOTA_BACKEND_BYTES", allow_negative_numbers = true)]
+    pub quota_backend_bytes: Option<i64>,
     /// How --auto-compaction-retention is read: `periodic` (a time window) or `revision` (a number of
     /// revisions), as in etcd [default: periodic].
     #[arg(long, env = "TRESTLE_AUTO_COMPACTION_MODE")]
@@ -270,6 +274,13 @@ impl ServeArgs {
             }
             config.node.raft.snapshot_every = n;
         }
+        if let Some(bytes) = merge(self.quota_backend_bytes, file.quota_backend_bytes) {
+            config.store.quota_bytes = match bytes {
+                0 => trestle_etcd::DEFAULT_QUOTA_BYTES,
+                b if b < 0 => 0,
+                b => b as u64,
+            };
+        }
         let mode = merge(self.auto_compaction_mode, file.auto_compaction_mode);
         let retention = merge(self.auto_compaction_retention, file.auto_compaction_retention);
         if mode.is_some() || retention.is_some() {
@@ -410,6 +421,20 @@ mod tests {
                 .contains("snapshot_count")
         );
 
+        let quota = |bytes| {
+            ServeArgs {
+                data_dir: Some("/tmp/x".into()),
+                quota_backend_bytes: Some(bytes),
+                ..Default::default()
+            }
+            .into_config()
+            .unwrap()
+            .store
+            .quota_bytes
+        };
+        assert_eq!(quota(0), trestle_etcd::DEFAULT_QUOTA_BYTES);
+        assert_eq!(quota(-1), 0, "a negative quota turns it off, as in etcd");
+        assert_eq!(quota(1 << 20), 1 << 20);
         let compacting = ServeArgs {
             data_dir: Some("/tmp/x".into()),
             auto_compaction_mode: Some("revision".into()),

@@ -161,6 +161,11 @@ async fn etcdctl_3_4_works_against_trestle() {
     assert_eq!(values.len(), 3, "{hashes}");
     assert!(values.iter().all(|h| *h == values[0]), "members differ: {hashes}");
 
+    // No alarm is raised; defragmenting is answered (nothing to do), as etcd's maintenance routine expects.
+    assert_eq!(bare.run(&["alarm", "list"]), "");
+    let defrag = bare.run(&["defrag"]);
+    assert_eq!(defrag.matches("Finished defragmenting").count(), 3, "{defrag}");
+
     // A backup with `snapshot save` (one endpoint), Trestle's own format behind etcd's framing.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.db");

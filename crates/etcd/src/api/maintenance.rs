@@ -1,9 +1,10 @@
-//! etcd `Maintenance`: Status, Alarm, Hash, HashKV, Snapshot (a backup, see `crate::backup`) and MoveLeader are
-//! served; the rest answer `UNIMPLEMENTED` with a reason.
+//! etcd `Maintenance`: Status, Alarm, Defragment (nothing to do), Hash, HashKV, Snapshot (a backup, see
+//! `crate::backup`) and MoveLeader are served; the rest answer `UNIMPLEMENTED` with a reason.
 
 use std::pin::Pin;
 use trestle_raft::WatchReceiver as _;
 
+use etcd_client::proto::PbAlarmMember;
 use etcd_client::proto::{
     PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
     PbDowngradeResponse, PbHashKvRequest, PbHashKvResponse, PbHashRequest, PbHashResponse,
@@ -13,6 +14,8 @@ use etcd_client::proto::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use trestle_raft::TransferError;
+
+use crate::store::{AlarmAction, AlarmKind, AlarmMember, StoreCommand, StoreOutcome};
 
 use super::EtcdServer;
 
@@ -26,12 +29,54 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<PbSnapshotResponse, Statu
 
 #[tonic::async_trait]
 impl PbMaintenanceService for EtcdServer {
-    async fn alarm(&self, _request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
-        // Trestle raises no alarms: a full disk or a storage error stops the node instead.
-        let revision = self.store.read(|app| app.store().revision());
+    async fn alarm(&self, request: Request<PbAlarmRequest>) -> Result<Response<PbAlarmResponse>, Status> {
+        let request = request.into_inner();
+        let to_pb = |alarms: Vec<AlarmMember>| -> Vec<PbAlarmMember> {
+            alarms
+                .into_iter()
+                .map(|a| PbAlarmMember {
+                    member_id: a.member,
+                    alarm: a.alarm.to_etcd(),
+                })
+                .collect()
+        };
+        // etcd's AlarmAction: GET = 0, ACTIVATE = 1, DEACTIVATE = 2.
+        let action = match request.action {
+            0 => {
+                let (alarms, revision) = self.store.read(|app| (app.alarms(), app.store().revision()));
+                return Ok(Response::new(PbAlarmResponse {
+                    header: Some(self.header(revision)),
+                    alarms: to_pb(alarms),
+                }));
+            }
+            1 => AlarmAction::Activate,
+            2 => AlarmAction::Deactivate,
+            other => return Err(Status::invalid_argument(format!("unknown alarm action {other}"))),
+        };
+        let Some(alarm) = AlarmKind::from_etcd(request.alarm) else {
+            // etcd ignores an alarm of type NONE (or one it does not know): nothing to raise or clear.
+            let revision = self.store.read(|app| app.store().revision());
+            return Ok(Response::new(PbAlarmResponse {
+                header: Some(self.header(revision)),
+                alarms: Vec::new(),
+            }));
+        };
+        let result = self
+            .store
+            .propose(StoreCommand::Alarm {
+                action,
+                member: request.member_id,
+                alarm,
+            })
+            .await?;
+        let alarms = match result.outcome {
+            Ok(StoreOutcome::Alarms(alarms)) => alarms,
+            Ok(other) => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::new(PbAlarmResponse {
-            header: Some(self.header(revision)),
-            alarms: Vec::new(),
+            header: Some(self.header(result.revision)),
+            alarms: to_pb(alarms),
         }))
     }
 
@@ -53,7 +98,12 @@ impl PbMaintenanceService for EtcdServer {
             raft_index: metrics.last_log_index.unwrap_or(0),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            errors: Vec::new(),
+            errors: self.store.read(|app| {
+                app.alarms()
+                    .iter()
+                    .map(|a| format!("memberID:{} alarm:{}", a.member, a.alarm.name()))
+                    .collect()
+            }),
             db_size_in_use: size,
             is_learner,
             ..Default::default()
@@ -64,9 +114,12 @@ impl PbMaintenanceService for EtcdServer {
         &self,
         _request: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
-        Err(Status::unimplemented(
-            "Defragment is not needed: RocksDB compacts on its own",
-        ))
+        // Nothing to give back: compaction already freed the space (the store's size is what it holds), and
+        // RocksDB compacts its files on its own. Answered, so etcd's compact-defragment-disarm routine works.
+        let revision = self.store.read(|app| app.store().revision());
+        Ok(Response::new(PbDefragmentResponse {
+            header: Some(self.header(revision)),
+        }))
     }
 
     async fn hash(&self, _request: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {

@@ -74,6 +74,9 @@ pub enum MvccError {
         /// The decoder's complaint.
         detail: String,
     },
+    /// A write that needs space while a `NOSPACE` alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 impl MvccError {
@@ -92,6 +95,7 @@ impl MvccError {
             Self::LeaseNotFound { .. } => tonic::Code::NotFound,
             Self::LeaseExists { .. } => tonic::Code::FailedPrecondition,
             Self::UndecodableCommand { .. } => tonic::Code::Internal,
+            Self::NoSpace => tonic::Code::ResourceExhausted,
         }
     }
 }

@@ -3,6 +3,9 @@
 
 use tokio::sync::broadcast;
 
+use std::collections::BTreeSet;
+
+use super::alarm::{AlarmAction, AlarmKind, AlarmMember, needs_space};
 use super::command::{StoreCommand, StoreOutcome, StoreResult};
 use crate::mvcc::{MvccError, MvccStore, Revision};
 use postcard::from_bytes as decode;
@@ -30,6 +33,8 @@ pub struct StoreApp {
     feed: broadcast::Sender<RevisionEvents>,
     /// The log index of the last applied entry that changed the store (read-your-writes for watches).
     last_index: u64,
+    /// The raised alarms (replicated: every member agrees).
+    alarms: BTreeSet<AlarmMember>,
 }
 
 impl Default for StoreApp {
@@ -46,7 +51,18 @@ impl StoreApp {
             store,
             feed,
             last_index: 0,
+            alarms: BTreeSet::new(),
         }
+    }
+
+    /// The raised alarms, in order.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms.iter().copied().collect()
+    }
+
+    /// Whether a `NoSpace` alarm is raised: writes that need space are refused.
+    pub fn out_of_space(&self) -> bool {
+        self.alarms.iter().any(|a| a.alarm == AlarmKind::NoSpace)
     }
 
     /// The MVCC store (for local reads).
@@ -75,8 +91,33 @@ impl StoreApp {
             };
         }
         let before = self.store.revision();
+        if self.out_of_space() && needs_space(command) {
+            return StoreResult {
+                revision: before,
+                outcome: Err(MvccError::NoSpace),
+            };
+        }
         let outcome = match command {
             StoreCommand::Batch(_) => unreachable!("batches are applied above"),
+            StoreCommand::Alarm {
+                action,
+                member,
+                alarm,
+            } => {
+                let entry = AlarmMember {
+                    member: *member,
+                    alarm: *alarm,
+                };
+                let changed = match action {
+                    AlarmAction::Activate => self.alarms.insert(entry),
+                    AlarmAction::Deactivate => self.alarms.remove(&entry),
+                };
+                Ok(StoreOutcome::Alarms(if changed {
+                    vec![entry]
+                } else {
+                    Vec::new()
+                }))
+            }
             StoreCommand::Put(req) => self.store.put(req).map(StoreOutcome::Put),
             StoreCommand::DeleteRange(req) => self.store.delete_range(req).map(StoreOutcome::DeleteRange),
             StoreCommand::Txn(req) => self.store.txn(req).map(StoreOutcome::Txn),
@@ -133,9 +174,14 @@ impl StateMachine for StoreApp {
     }
 
     fn snapshot(&self, out: &mut dyn std::io::Write) -> Result<(), SnapshotError> {
-        // Streams into the snapshot file: no copy of the encoded store in memory.
-        postcard::to_io(&self.store, out)
+        // Streams into the snapshot file: no copy of the encoded store in memory. The alarms follow the store,
+        // so a snapshot without them (an older one) still reads.
+        postcard::to_io(&self.store, &mut *out)
             .map_err(|e| SnapshotError::invalid(format!("encoding the store: {e}")))?;
+        if !self.alarms.is_empty() {
+            postcard::to_io(&self.alarms, out)
+                .map_err(|e| SnapshotError::invalid(format!("encoding the alarms: {e}")))?;
+        }
         Ok(())
     }
 
@@ -144,8 +190,16 @@ impl StateMachine for StoreApp {
         // restoring holds the encoded store once in memory, briefly.
         let mut bytes = Vec::new();
         input.read_to_end(&mut bytes)?;
-        self.store =
-            decode(&bytes).map_err(|e| SnapshotError::invalid(format!("undecodable store snapshot: {e}")))?;
+        let (store, rest): (MvccStore, &[u8]) = postcard::take_from_bytes(&bytes)
+            .map_err(|e| SnapshotError::invalid(format!("undecodable store snapshot: {e}")))?;
+        let alarms = if rest.is_empty() {
+            BTreeSet::new()
+        } else {
+            decode(rest)
+                .map_err(|e| SnapshotError::invalid(format!("undecodable alarms in the snapshot: {e}")))?
+        };
+        self.store = store;
+        self.alarms = alarms;
         let _ = self.feed.send(RevisionEvents {
             revision: self.store.revision(),
             resync: true,
@@ -229,5 +283,77 @@ mod tests {
             decode(&trestle_raft::GroupApp::apply(&mut app, 7, &bytes)).expect("decodes");
         assert!(matches!(result.outcome, Ok(StoreOutcome::Put(_))));
         assert_eq!(app.last_index(), 7);
+    }
+
+    #[test]
+    fn a_nospace_alarm_refuses_writes_that_need_space_and_nothing_else() {
+        let mut app = StoreApp::default();
+        app.apply_command(&put("a", "1"));
+        let raise = StoreCommand::Alarm {
+            action: AlarmAction::Activate,
+            member: 7,
+            alarm: AlarmKind::NoSpace,
+        };
+        let raised = app.apply_command(&raise);
+        let entry = AlarmMember {
+            member: 7,
+            alarm: AlarmKind::NoSpace,
+        };
+        assert_eq!(raised.outcome, Ok(StoreOutcome::Alarms(vec![entry])));
+        assert_eq!(
+            app.apply_command(&raise).outcome,
+            Ok(StoreOutcome::Alarms(vec![])),
+            "raised twice"
+        );
+        let revision = app.store().revision();
+        let txn_put = StoreCommand::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp::Put(PutRequest {
+                key: b"t".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })],
+            failure: vec![],
+        });
+        for refused in [
+            put("b", "2"),
+            StoreCommand::LeaseGrant { id: 5, ttl: 10 },
+            txn_put.clone(),
+        ] {
+            let result = app.apply_command(&refused);
+            assert_eq!(result.outcome, Err(MvccError::NoSpace), "{refused:?}");
+            assert_eq!(result.revision, revision);
+        }
+        // Making room still works.
+        let delete = StoreCommand::DeleteRange(crate::mvcc::DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        });
+        assert!(app.apply_command(&delete).outcome.is_ok());
+        assert!(app.apply_command(&StoreCommand::Compact(2)).outcome.is_ok());
+
+        // The alarm survives a snapshot; a snapshot without alarms (an older one) restores with none.
+        let mut bytes = Vec::new();
+        app.snapshot(&mut bytes).unwrap();
+        let mut restored = StoreApp::default();
+        restored.restore(&mut bytes.as_slice()).unwrap();
+        assert_eq!(restored.alarms(), vec![entry]);
+        let old = encode(app.store()).unwrap();
+        restored.restore(&mut old.as_slice()).unwrap();
+        assert!(restored.alarms().is_empty());
+
+        let clear = StoreCommand::Alarm {
+            action: AlarmAction::Deactivate,
+            member: 7,
+            alarm: AlarmKind::NoSpace,
+        };
+        assert_eq!(
+            app.apply_command(&clear).outcome,
+            Ok(StoreOutcome::Alarms(vec![entry]))
+        );
+        assert!(
+            app.apply_command(&txn_put).outcome.is_ok(),
+            "writes resume once disarmed"
+        );
     }
 }

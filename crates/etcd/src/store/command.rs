@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::alarm::{AlarmAction, AlarmKind, AlarmMember};
 use crate::mvcc::{
     DeleteRangeRequest, DeleteRangeResponse, Lease, LeaseId, MvccError, PutRequest, PutResponse, Revision,
     TxnRequest, TxnResponse,
@@ -35,6 +36,15 @@ pub enum StoreCommand {
     /// proposed alone, with its own revision and its own result ([`StoreOutcome::Batch`]). One entry costs one
     /// synced log write per replica however many commands it carries.
     Batch(Vec<StoreCommand>),
+    /// etcd's Maintenance `Alarm`: raise or clear an alarm of a member.
+    Alarm {
+        /// Raise or clear.
+        action: AlarmAction,
+        /// The member.
+        member: u64,
+        /// What about.
+        alarm: AlarmKind,
+    },
 }
 
 /// What applying a [`StoreCommand`] produced.
@@ -55,6 +65,8 @@ pub enum StoreOutcome {
     LeaseRevoked,
     /// The results of a [`StoreCommand::Batch`], one per command, in order.
     Batch(Vec<StoreResult>),
+    /// Answer to `Alarm`: the alarms it raised or cleared.
+    Alarms(Vec<AlarmMember>),
 }
 
 /// The result of one applied command, with the store revision right after it (etcd's response header).

@@ -1,6 +1,7 @@
 //! The coordination store: [`StoreApp`] on trestle-raft's replicated-service layer, plus what etcd adds there: lease keep-alives and TTLs answered by the leader, the leader's lease clock, and etcd's words for
 //! the layer's failures.
 
+mod alarm;
 mod app;
 mod command;
 mod compactor;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+pub use alarm::{AlarmAction, AlarmKind, AlarmMember};
 pub use app::{RevisionEvents, StoreApp};
 pub use command::{StoreCommand, StoreOutcome, StoreResult};
 pub use compactor::{AutoCompaction, AutoCompactionError, Compactor, REVISION_CHECK_INTERVAL};
@@ -42,7 +44,15 @@ pub struct StoreSettings {
     /// Compacting the history without a client asking (etcd's `--auto-compaction-mode` and
     /// `--auto-compaction-retention`). Default off, as in etcd.
     pub auto_compaction: AutoCompaction,
+    /// The space quota in bytes (etcd's `--quota-backend-bytes`), measured as the store's approximate size
+    /// (keys, values and retained history). A write that would pass it raises a `NoSpace` alarm and is refused
+    /// with `mvcc: database space exceeded`, as is every write needing space until an operator compacts and
+    /// disarms the alarm. 0: no quota. Default [`DEFAULT_QUOTA_BYTES`].
+    pub quota_bytes: u64,
 }
+
+/// etcd's default space quota: 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 
 impl Default for StoreSettings {
     fn default() -> Self {
@@ -51,6 +61,7 @@ impl Default for StoreSettings {
             min_lease_ttl: 2,
             lease_check_interval: Duration::from_millis(250),
             auto_compaction: AutoCompaction::Off,
+            quota_bytes: DEFAULT_QUOTA_BYTES,
         }
     }
 }
@@ -345,7 +356,37 @@ impl Store {
     /// Proposes a command through Raft and returns its result once applied. Forwards to the leader when this
     /// node is a follower. Commands proposed concurrently on this node travel together (group commit).
     pub async fn propose(&self, command: StoreCommand) -> Result<StoreResult, Status> {
+        self.check_quota(&command).await?;
         self.replicated.propose(command).await
+    }
+
+    /// Refuses a write that would take the store past its quota, raising this member's `NoSpace` alarm (the
+    /// alarm, replicated, then makes every member refuse such writes until it is cleared).
+    async fn check_quota(&self, command: &StoreCommand) -> Result<(), Status> {
+        let quota = self.settings().quota_bytes;
+        if quota == 0 || !alarm::needs_space(command) {
+            return Ok(());
+        }
+        let (size, alarmed) = self.read(|app| (app.store().approximate_size(), app.out_of_space()));
+        let after = size.saturating_add(alarm::approximate_cost(command)) as u64;
+        if alarmed || after <= quota {
+            // Raised already: applying refuses the write (on every member alike).
+            return Ok(());
+        }
+        warn!(
+            size,
+            quota, "the store reached its space quota: raising the NOSPACE alarm"
+        );
+        metrics::counter!("trestle_store_quota_exceeded_total").increment(1);
+        let raise = StoreCommand::Alarm {
+            action: AlarmAction::Activate,
+            member: self.node_id(),
+            alarm: AlarmKind::NoSpace,
+        };
+        if let Err(status) = self.replicated.propose(raise).await {
+            warn!(%status, "could not raise the NOSPACE alarm");
+        }
+        Err(MvccError::NoSpace.into())
     }
 
     /// Waits until this node's state machine reflects every write acknowledged before the call (a read index
