@@ -71,6 +71,11 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, rocksdb::Error> {
     opts.create_missing_column_families(true);
     // One WAL for every column family: a synced write covers the log, the vote and the snapshots alike.
     opts.set_atomic_flush(true);
+    // A record found damaged in the WAL fails the open, unless it is the last one and incomplete (a write a crash
+    // cut short, which was never synced, so never acknowledged). RocksDB's default (point-in-time recovery) would
+    // instead replay up to the damage and drop the rest silently: synced, acknowledged entries and votes, after
+    // which the member could vote for a log that lacks what it promised to keep.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
     let db = DB::open_cf(&opts, path, [CF_LOG, CF_META, CF_SNAPSHOT])?;
     Ok(Arc::new(db))
 }

@@ -128,3 +128,30 @@ async fn log_vote_and_snapshot_survive_reopening_the_database() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|id| id.index), Some(3));
 }
+
+/// A log damaged in the middle of RocksDB's WAL does not open: the node stops with the damage named instead of
+/// starting with the acknowledged entries after it silently dropped (RocksDB's default recovery would).
+#[tokio::test]
+async fn a_wal_damaged_before_its_end_fails_the_open_instead_of_dropping_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_db(dir.path()).unwrap();
+        let mut log = LogStore::new(db.clone(), WalSync::start(db.clone()).unwrap(), 3);
+        for i in 1..=200 {
+            log.blocking_append([blank_ent::<TypeConfig>(1, 1, i)]).await.unwrap();
+        }
+    }
+    let wal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(bytes.len() > 4096, "the WAL holds the entries ({} bytes)", bytes.len());
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&wal, &bytes).unwrap();
+    let err = open_db(dir.path()).err().expect("a damaged WAL must not open");
+    assert!(err.to_string().to_lowercase().contains("corrupt"), "{err}");
+}
