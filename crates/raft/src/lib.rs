@@ -86,6 +86,7 @@ mod node;
 mod replicated;
 mod runtime;
 mod seed;
+mod snapshot_format;
 mod state_machine;
 mod storage;
 #[cfg(feature = "testing")]

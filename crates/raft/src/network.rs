@@ -515,9 +515,11 @@ impl PeerService {
         }
         .map_err(|e| Status::internal(format!("group {group}: creating a snapshot reception: {e}")))?;
         let mut received = 0u64;
+        let mut check = crate::snapshot_format::StreamCheck::new(size);
         let mut chunk = first;
         loop {
             received += chunk.data.len() as u64;
+            check.update(&chunk.data);
             if received > size {
                 return Err(Status::invalid_argument(format!(
                     "group {group}: the snapshot stream carries more than the {size} bytes it announced"
@@ -536,6 +538,11 @@ impl PeerService {
                 "group {group}: the snapshot stream ended after {received} of {size} bytes"
             )));
         }
+        // Damaged on the sender's disk or on the way: refused here, before openraft installs it (the sender
+        // tries again; its own copy is checked when it restores from it).
+        check
+            .verify()
+            .map_err(|e| Status::data_loss(format!("group {group}: received snapshot: {e}")))?;
         data.flush()
             .await
             .map_err(|e| Status::internal(format!("group {group}: writing a received snapshot: {e}")))?;

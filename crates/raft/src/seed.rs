@@ -7,7 +7,8 @@ use std::io::Write;
 use openraft::storage::RaftLogStorage;
 
 use crate::log_store::LogStore;
-use crate::state_machine::{SnapshotError, write_header};
+use crate::snapshot_format::write_snapshot;
+use crate::state_machine::SnapshotError;
 use crate::storage::GroupStorage;
 use crate::types::{GroupId, Membership, SnapshotMeta, StoredMembership, log_id};
 
@@ -76,8 +77,7 @@ pub async fn seed_group(
         last_membership: StoredMembership::new(Some(id), membership),
     };
     let mut out = snapshots.create(group).map_err(io)?;
-    write_header(&mut out, &meta).map_err(io)?;
-    write_state(&mut out).map_err(|source| SeedError::State { group, source })?;
+    write_snapshot(&mut out, &meta, write_state).map_err(|source| SeedError::State { group, source })?;
     let temporary = out.finish().map_err(io)?;
     snapshots.commit(group, &temporary).map_err(io)?;
     // The log starts after the seeded entry, as after a snapshot.

@@ -24,7 +24,8 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::log_store::{decode, encode};
+use crate::log_store::decode;
+use crate::snapshot_format::{drain, open_snapshot, read_meta, write_snapshot};
 use crate::storage::{SharedSnapshotStore, SnapshotData, Temporary};
 use crate::types::{EntryPayload, GroupId, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -65,9 +66,6 @@ impl SnapshotError {
         Self::Invalid(error.to_string())
     }
 }
-
-/// The first bytes of every snapshot of the current format.
-const MAGIC: &[u8; 8] = crate::storage::MAGIC;
 
 /// A snapshot as older versions stored it: one postcard value, the application's bytes inside.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -112,35 +110,6 @@ impl Clone for GroupStateMachine {
 
 fn sm_err(err: impl ToString) -> std::io::Error {
     std::io::Error::other(err.to_string())
-}
-
-/// Writes a snapshot's header.
-pub(crate) fn write_header(out: &mut impl Write, meta: &SnapshotMeta) -> std::io::Result<()> {
-    let meta = encode(meta).map_err(std::io::Error::other)?;
-    out.write_all(MAGIC)?;
-    out.write_all(&(meta.len() as u64).to_le_bytes())?;
-    out.write_all(&meta)
-}
-
-/// Reads a snapshot's header; the reader is then at the application's bytes.
-fn read_header(input: &mut dyn Read) -> Result<SnapshotMeta, String> {
-    let mut magic = [0u8; 8];
-    input
-        .read_exact(&mut magic)
-        .map_err(|e| format!("reading the snapshot header: {e}"))?;
-    if &magic != MAGIC {
-        return Err("not a snapshot of the current format".into());
-    }
-    let mut length = [0u8; 8];
-    input.read_exact(&mut length).map_err(|e| e.to_string())?;
-    let length = u64::from_le_bytes(length);
-    // Metadata is a few hundred bytes per member; anything near this is a corrupt length, not a big cluster.
-    if length > 64 << 20 {
-        return Err(format!("snapshot metadata of {length} bytes"));
-    }
-    let mut meta = vec![0u8; length as usize];
-    input.read_exact(&mut meta).map_err(|e| e.to_string())?;
-    decode(&meta).map_err(|e| e.to_string())
 }
 
 /// Runs `work` where `store` wants it: on the blocking pool for a store that waits on a disk, in place for one
@@ -200,8 +169,7 @@ impl GroupStateMachine {
         };
         let legacy: LegacySnapshot = decode(&bytes).map_err(|e| failed(&e))?;
         let mut out = self.store.create(group).map_err(|e| failed(&e))?;
-        write_header(&mut out, &legacy.meta).map_err(|e| failed(&e))?;
-        out.write_all(&legacy.data).map_err(|e| failed(&e))?;
+        write_snapshot(&mut out, &legacy.meta, |w| Ok(w.write_all(&legacy.data)?)).map_err(|e| failed(&e))?;
         let temporary = out.finish().map_err(|e| failed(&e))?;
         self.store.commit(group, &temporary).map_err(|e| failed(&e))?;
         self.store.forget_legacy(group).map_err(|e| failed(&e))?;
@@ -245,12 +213,14 @@ impl GroupStateMachine {
     }
 }
 
-/// Restores `app` from a snapshot read from its start; returns the snapshot's metadata.
+/// Restores `app` from a snapshot read from its start, checking its checksum; returns the snapshot's metadata.
 fn restore(app: &RwLock<dyn GroupApp>, input: &mut dyn Read) -> Result<SnapshotMeta, String> {
-    let meta = read_header(input)?;
+    let (meta, mut state) = open_snapshot(input)?;
     app.write()
-        .restore(input)
+        .restore(&mut state)
         .map_err(|e| format!("restoring the application: {e}"))?;
+    // What the application left unread still counts: the checksum covers it.
+    drain(&mut state).map_err(|e| format!("restoring the application: {e}"))?;
     Ok(meta)
 }
 
@@ -283,13 +253,8 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
                         last_membership: applied.last_membership.clone(),
                     }
                 };
-                write_header(&mut out, &meta)?;
-                let mut counted = Counted {
-                    inner: &mut out,
-                    bytes: 0,
-                };
-                app.snapshot(&mut counted)?;
-                Ok::<_, SnapshotError>((meta, counted.bytes))
+                let bytes = write_snapshot(&mut out, &meta, |w| app.snapshot(w))?;
+                Ok::<_, SnapshotError>((meta, bytes))
             })();
             match written {
                 Ok((meta, bytes)) => {
@@ -328,23 +293,6 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
 /// A snapshot as openraft hands it around: metadata and the data to read.
 type SnapshotOf =
     Snapshot<crate::types::LeaderId, crate::types::NodeId, crate::types::PeerNode, SnapshotData>;
-
-/// Counts the bytes an application writes.
-struct Counted<'a, W: ?Sized> {
-    inner: &'a mut W,
-    bytes: u64,
-}
-
-impl<W: Write + ?Sized> Write for Counted<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
@@ -400,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let checked = store
                 .read_temporary(&temporary)
                 .map_err(|e| e.to_string())
-                .and_then(|mut input| read_header(&mut *input));
+                .and_then(|mut input| read_meta(&mut *input));
             match checked {
                 Ok(found) if found.last_log_id == expected => Ok(temporary),
                 other => {
@@ -444,7 +392,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let Some(mut input) = store.read(group).map_err(|e| e.to_string())? else {
                 return Ok(None);
             };
-            let meta = read_header(&mut *input)?;
+            let meta = read_meta(&mut *input)?;
             let data = store
                 .data(group)
                 .map_err(|e| e.to_string())?
@@ -462,7 +410,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::log_store::{CF_SNAPSHOT, meta_key, open_db};
+    use crate::log_store::{CF_SNAPSHOT, encode, meta_key, open_db};
     use crate::storage::{DiskSnapshots, MemoryStorage, SnapshotStore};
 
     /// A state that is one number, enough to tell snapshots apart. `u64::MAX` cannot be serialized.
@@ -506,8 +454,7 @@ mod tests {
     /// A finished temporary of `store` holding a [`Number`] snapshot.
     fn temporary(store: &dyn SnapshotStore, meta: &SnapshotMeta, value: u64) -> Temporary {
         let mut out = store.create(7).unwrap();
-        write_header(&mut out, meta).unwrap();
-        out.write_all(&value.to_be_bytes()).unwrap();
+        write_snapshot(&mut out, meta, |w| Ok(w.write_all(&value.to_be_bytes())?)).unwrap();
         out.finish().unwrap()
     }
 
@@ -559,7 +506,7 @@ mod tests {
         let (sm, n) = open(&store);
         assert_eq!(n.read().0, 42);
         let mut input = store.read(7).unwrap().unwrap();
-        assert_eq!(read_header(&mut *input).unwrap(), legacy.meta);
+        assert_eq!(read_meta(&mut *input).unwrap(), legacy.meta);
 
         // Leftovers of a build or a reception that crashed before its commit are removed, not read.
         let _left = store.create(7).unwrap();
@@ -685,12 +632,21 @@ mod tests {
         }
         // A valid header with an application state that does not restore.
         let mut out = std::fs::File::create(&path).unwrap();
-        write_header(&mut out, &meta(at(4))).unwrap();
-        out.write_all(b"short").unwrap();
+        write_snapshot(&mut out, &meta(at(4)), |w| Ok(w.write_all(b"short")?)).unwrap();
         drop(out);
         let err = GroupStateMachine::open(store.clone(), 7, Arc::new(RwLock::new(Number(0))))
             .err()
             .expect("an unrestorable snapshot must not open");
         assert!(err.to_string().contains("not 8 bytes"), "{err}");
+        // A state that restores, but one bit of it flipped on the disk: the checksum refuses it.
+        let mut out = Vec::new();
+        write_snapshot(&mut out, &meta(at(4)), |w| Ok(w.write_all(&9u64.to_be_bytes())?)).unwrap();
+        let last_state_byte = out.len() - 5;
+        out[last_state_byte] ^= 1;
+        std::fs::write(&path, &out).unwrap();
+        let err = GroupStateMachine::open(store.clone(), 7, Arc::new(RwLock::new(Number(0))))
+            .err()
+            .expect("a damaged snapshot must not open");
+        assert!(err.to_string().contains("checksum"), "{err}");
     }
 }

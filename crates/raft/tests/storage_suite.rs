@@ -138,7 +138,9 @@ async fn a_wal_damaged_before_its_end_fails_the_open_instead_of_dropping_entries
         let db = open_db(dir.path()).unwrap();
         let mut log = LogStore::new(db.clone(), WalSync::start(db.clone()).unwrap(), 3);
         for i in 1..=200 {
-            log.blocking_append([blank_ent::<TypeConfig>(1, 1, i)]).await.unwrap();
+            log.blocking_append([blank_ent::<TypeConfig>(1, 1, i)])
+                .await
+                .unwrap();
         }
     }
     let wal = std::fs::read_dir(dir.path())
@@ -148,7 +150,11 @@ async fn a_wal_damaged_before_its_end_fails_the_open_instead_of_dropping_entries
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .expect("a WAL file");
     let mut bytes = std::fs::read(&wal).unwrap();
-    assert!(bytes.len() > 4096, "the WAL holds the entries ({} bytes)", bytes.len());
+    assert!(
+        bytes.len() > 4096,
+        "the WAL holds the entries ({} bytes)",
+        bytes.len()
+    );
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&wal, &bytes).unwrap();

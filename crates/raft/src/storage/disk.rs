@@ -13,16 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::DB;
 
+use crate::snapshot_format::{MAGIC, MAGIC_V2};
+
 use super::{ReceivedData, SnapshotData, SnapshotReader, SnapshotStore, SnapshotWriter, Temporary};
 use crate::log_store::{CF_SNAPSHOT, meta_key};
 use crate::types::GroupId;
 
 /// Bytes written between syncs of a snapshot file.
 const SYNC_SLICE: usize = 4 << 20;
-
-/// The first bytes of a snapshot file of the current format (see `state_machine.rs`): anything else in a
-/// group's file is an older version's.
-pub(crate) const MAGIC: &[u8; 8] = b"TRSNAP2\n";
 
 /// Snapshot files in one directory. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -250,7 +248,7 @@ impl SnapshotStore for DiskSnapshots {
                 std::io::Read::by_ref(&mut file)
                     .take(MAGIC.len() as u64)
                     .read_to_end(&mut start)?;
-                if start == MAGIC {
+                if start == MAGIC || start == MAGIC_V2 {
                     return Ok(None);
                 }
                 file.seek(SeekFrom::Start(0))?;

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub use disk::DiskSnapshots;
-pub(crate) use disk::MAGIC;
 pub use memory::{MemoryLogStore, MemorySnapshots, MemoryStorage};
 
 use crate::types::GroupId;
