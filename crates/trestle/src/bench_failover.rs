@@ -1,6 +1,7 @@
-//! `trestle bench failover`: kill -9 the Raft leader of a running cluster (Trestle or etcd, started as separate
-//! processes on this machine) while a client writes, and measure the time from the kill to the first acknowledged
-//! write. The killed member is restarted with its own command line before the next round.
+//! `trestle bench failover`: kill -9 (or SIGTERM, `--signal term`) the Raft leader of a running cluster (Trestle
+//! or etcd, started as separate processes on this machine) while a client writes, and measure the time from the
+//! signal to the first acknowledged write. The stopped member is restarted with its own command line before the
+//! next round.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,6 +22,10 @@ pub struct FailoverArgs {
     /// A label printed with the results.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// How the leader is stopped: `kill` (SIGKILL, a crash) or `term` (SIGTERM, a graceful stop such as a rolling
+    /// restart's: a member that hands its leadership over first costs no election timeout).
+    #[arg(long, default_value = "kill", value_parser = ["kill", "term"])]
+    pub signal: String,
 }
 
 /// The process listening on a loopback port, as `ss` reports it.
@@ -127,9 +132,13 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<(), String> {
             .put("trestle-bench-failover", "warm-up", None)
             .await
             .map_err(|e| format!("the cluster does not take writes before the kill: {e}"))?;
+        let signal = match args.signal.as_str() {
+            "term" => nix::sys::signal::Signal::SIGTERM,
+            _ => nix::sys::signal::Signal::SIGKILL,
+        };
         let killed = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-            .map_err(|e| format!("cannot kill {pid}: {e}"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .map_err(|e| format!("cannot signal {pid}: {e}"))?;
         let took = loop {
             if client
                 .put("trestle-bench-failover", format!("round {round}"), None)
@@ -143,8 +152,8 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<(), String> {
             }
         };
         times.push(took);
-        // Let the killed process be reaped by whoever started it, then start it again, as it was.
-        for _ in 0..100 {
+        // Let the stopped process exit and be reaped by whoever started it, then start it again, as it was.
+        for _ in 0..500 {
             if std::fs::metadata(format!("/proc/{pid}")).is_err() || listener_pid(port_of(&leader)?).is_err()
             {
                 break;
@@ -160,7 +169,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot restart {}: {e}", command[0]))?;
         println!(
-            "round {round}: killed the leader at {leader} (pid {pid}); first acknowledged write after {took:.2?}"
+            "round {round}: stopped the leader at {leader} (pid {pid}, {signal}); first acknowledged write after {took:.2?}"
         );
     }
     // Leave the cluster whole.
@@ -168,8 +177,9 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<(), String> {
     let mut sorted = times.clone();
     sorted.sort();
     println!(
-        "{label:<8} failover rounds={n} median={median:.2?} max={max:.2?} all={times:.2?}",
+        "{label:<8} failover signal={signal} rounds={n} median={median:.2?} max={max:.2?} all={times:.2?}",
         label = args.label,
+        signal = args.signal,
         n = sorted.len(),
         median = sorted[sorted.len() / 2],
         max = sorted[sorted.len() - 1],
