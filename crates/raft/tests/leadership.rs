@@ -160,3 +160,56 @@ async fn a_pre_vote_is_answered_without_raising_the_voters_term() {
     assert_eq!(leader(&services).await, lead, "a pre-vote moved the leadership");
     cluster.shutdown().await;
 }
+
+/// While a leader stops gracefully, writes sent through another member keep going: the handover costs them
+/// a few milliseconds, never the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_follower_ride_through_a_graceful_leader_stop() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut services = counters_on(&cluster).await;
+    for round in 0..4 {
+        let old = leader(&services).await;
+        let via = (old + 1) % 3;
+        let writer = services[&via].clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let writes = tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut failures = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let result = writer
+                    .propose(Command::Add {
+                        name: "r".into(),
+                        delta: 1,
+                    })
+                    .await;
+                slowest = slowest.max(started.elapsed());
+                if let Err(status) = result {
+                    failures.push(status.message().to_string());
+                }
+            }
+            (slowest, failures)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        services.remove(&old);
+        cluster.stop(old).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (slowest, failures) = writes.await.unwrap();
+        println!("round {round}: slowest write {slowest:?}, failures {failures:?}");
+        assert!(
+            slowest < Duration::from_secs(1),
+            "round {round}: a write through a follower took {slowest:?} across a graceful leader stop ({failures:?})"
+        );
+        // The stopping leader refuses what it has not proposed as "not done", so the follower sends it to the
+        // next leader rather than failing it.
+        assert!(
+            !failures.iter().any(|f| f.contains("stopped")),
+            "round {round}: a write failed because the old leader stopped: {failures:?}"
+        );
+        cluster.restart(old).await;
+        services.insert(old, counters::start_counters(cluster.node(old)).await);
+    }
+    cluster.shutdown().await;
+}

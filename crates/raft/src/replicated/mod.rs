@@ -609,10 +609,17 @@ impl<S: Service> ForwardHandler for Replicated<S> {
                 other => self.execute_local(&other).await,
             }
         };
-        let reply = tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_elapsed| ForwardError::from(S::status(Failure::TimedOut)))??
-            .ok_or_else(|| ForwardError::unexecuted(S::status(Failure::NoLeader)))?;
+        let stopped = S::status(Failure::Stopped);
+        let reply = match tokio::time::timeout(timeout, work).await {
+            Err(_elapsed) => return Err(ForwardError::from(S::status(Failure::TimedOut))),
+            // This node stopped before it proposed anything (`Failure::Stopped` says so): the follower may send
+            // the request to the next leader instead of failing it.
+            Ok(Err(status)) if status.code() == stopped.code() && status.message() == stopped.message() => {
+                return Err(ForwardError::unexecuted(status));
+            }
+            Ok(result) => result?,
+        }
+        .ok_or_else(|| ForwardError::unexecuted(S::status(Failure::NoLeader)))?;
         encode(&reply).map_err(|e| ForwardError::from(Status::internal(e.to_string())))
     }
 }
