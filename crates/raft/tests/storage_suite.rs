@@ -158,6 +158,8 @@ async fn a_wal_damaged_before_its_end_fails_the_open_instead_of_dropping_entries
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&wal, &bytes).unwrap();
-    let err = open_db(dir.path()).err().expect("a damaged WAL must not open");
+    let Err(err) = open_db(dir.path()) else {
+        panic!("a damaged WAL must not open");
+    };
     assert!(err.to_string().to_lowercase().contains("corrupt"), "{err}");
 }
