@@ -43,6 +43,9 @@ impl PbMaintenanceService for EtcdServer {
         // etcd's AlarmAction: GET = 0, ACTIVATE = 1, DEACTIVATE = 2.
         let action = match request.action {
             0 => {
+                // Linearizable, as etcd's (its alarm requests go through Raft): an alarm raised anywhere before
+                // this request is listed.
+                self.store.read_barrier().await?;
                 let (alarms, revision) = self.store.read(|app| (app.alarms(), app.store().revision()));
                 return Ok(Response::new(PbAlarmResponse {
                     header: Some(self.header(revision)),
