@@ -799,7 +799,7 @@ impl Node {
 impl Node {
     /// Hands over the leadership of every group this node leads, all at once, each within two election timeouts.
     async fn hand_over_leadership(&self) {
-        let timeout = self.raft_config_timeout();
+        let timeout = self.handover_timeout();
         let transfers = self.groups.all().into_iter().filter_map(|(group, raft)| {
             let leads = raft.metrics().borrow_watched().current_leader == Some(self.node_id);
             leads.then_some(async move {
@@ -812,7 +812,7 @@ impl Node {
         futures::future::join_all(transfers).await;
     }
 
-    fn raft_config_timeout(&self) -> Duration {
+    fn handover_timeout(&self) -> Duration {
         Duration::from_millis(self.raft_config.election_timeout_max.saturating_mul(2))
     }
 }

@@ -173,6 +173,8 @@ async fn writes_through_a_follower_across_graceful_stops(rounds: usize) -> Vec<(
         let writer = services[&via].clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let acknowledged = done.clone();
         let writes = tokio::spawn(async move {
             let mut slowest = Duration::ZERO;
             let mut failures = Vec::new();
@@ -185,16 +187,28 @@ async fn writes_through_a_follower_across_graceful_stops(rounds: usize) -> Vec<(
                     })
                     .await;
                 slowest = slowest.max(started.elapsed());
-                if let Err(status) = result {
-                    failures.push(status.message().to_string());
+                match result {
+                    Ok(_) => {
+                        acknowledged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(status) => failures.push(status.message().to_string()),
                 }
             }
             (slowest, failures)
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let acknowledged = || done.load(std::sync::atomic::Ordering::Relaxed);
+        wait_for("writes through the follower", Duration::from_secs(10), || async {
+            (acknowledged() >= 10).then_some(())
+        })
+        .await;
         services.remove(&old);
         cluster.stop(old).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Writes go on through the next leader; a stall shows in `slowest` (waited out here, up to its deadline).
+        let before = acknowledged();
+        wait_for("writes after the stop", Duration::from_secs(15), || async {
+            (acknowledged() >= before + 10).then_some(())
+        })
+        .await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (slowest, failures) = writes.await.unwrap();
         println!("round {round}: slowest write {slowest:?}, failures {failures:?}");

@@ -163,18 +163,16 @@ impl PbMaintenanceService for EtcdServer {
         let backup = backup.map_err(|e| Status::internal(e.to_string()))?;
         let header = self.header(revision);
         let total = backup.len();
-        let chunks: Vec<Result<PbSnapshotResponse, Status>> = backup
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .scan(0usize, |sent, chunk| {
-                *sent += chunk.len();
-                Some(Ok(PbSnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: chunk.to_vec(),
-                    ..Default::default()
-                }))
+        // Each message copies its slice when the transport asks for it: the backup is held once, not twice.
+        let chunks = (0..total).step_by(SNAPSHOT_CHUNK_BYTES).map(move |start| {
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(total);
+            Ok(PbSnapshotResponse {
+                header: Some(header),
+                remaining_bytes: (total - end) as u64,
+                blob: backup[start..end].to_vec(),
+                ..Default::default()
             })
-            .collect();
+        });
         metrics::counter!("trestle_store_backups_total").increment(1);
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }

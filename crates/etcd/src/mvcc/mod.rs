@@ -13,6 +13,7 @@ mod types;
 mod tests;
 
 pub use error::MvccError;
+pub(crate) use store::put_size;
 pub use store::{DEFAULT_MAX_TXN_OPS, MAX_LEASE_TTL, MvccStore, in_range};
 pub use types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind,

@@ -33,6 +33,7 @@ impl Version {
 
 /// The key space of one coordination store. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredMvcc")]
 pub struct MvccStore {
     revision: Revision,
     compact_revision: Revision,
@@ -45,6 +46,61 @@ pub struct MvccStore {
     #[serde(with = "vec_map")]
     leases: BTreeMap<LeaseId, LeaseEntry>,
     max_txn_ops: usize,
+    /// [`MvccStore::approximate_size`], kept up to date by every change (the quota check reads it on every
+    /// write); derived, so not stored, and counted again when a store is decoded.
+    #[serde(skip_serializing)]
+    size: usize,
+}
+
+/// A store as encoded: [`MvccStore`] without its derived size (the same fields, in the same order).
+#[derive(Deserialize)]
+struct StoredMvcc {
+    revision: Revision,
+    compact_revision: Revision,
+    #[serde(with = "vec_map")]
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    #[serde(with = "vec_map")]
+    events: BTreeMap<Revision, Vec<Event>>,
+    #[serde(with = "vec_map")]
+    leases: BTreeMap<LeaseId, LeaseEntry>,
+    max_txn_ops: usize,
+}
+
+impl From<StoredMvcc> for MvccStore {
+    fn from(stored: StoredMvcc) -> Self {
+        let size = stored
+            .keys
+            .iter()
+            .map(|(key, history)| key_size(key, history))
+            .sum();
+        Self {
+            revision: stored.revision,
+            compact_revision: stored.compact_revision,
+            keys: stored.keys,
+            events: stored.events,
+            leases: stored.leases,
+            max_txn_ops: stored.max_txn_ops,
+            size,
+        }
+    }
+}
+
+/// What one version adds to [`MvccStore::approximate_size`].
+fn version_size(version: &Version) -> usize {
+    match version {
+        Version::Live(kv) => put_size(&kv.key, &kv.value),
+        Version::Tombstone(_) => 16,
+    }
+}
+
+/// What a key and its history count for in [`MvccStore::approximate_size`].
+fn key_size(key: &[u8], history: &[Version]) -> usize {
+    key.len() + history.iter().map(version_size).sum::<usize>()
+}
+
+/// What a put of `key` and `value` adds to [`MvccStore::approximate_size`] (besides the key, for a new one).
+pub(crate) fn put_size(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + 48
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +159,7 @@ impl MvccStore {
             events: BTreeMap::new(),
             leases: BTreeMap::new(),
             max_txn_ops,
+            size: 0,
         }
     }
 
@@ -126,18 +183,7 @@ impl MvccStore {
 
     /// A rough size of the retained data in bytes (keys, values and history), reported as the db size.
     pub fn approximate_size(&self) -> usize {
-        self.keys
-            .iter()
-            .map(|(k, h)| {
-                k.len()
-                    + h.iter()
-                        .map(|v| match v {
-                            Version::Live(kv) => kv.key.len() + kv.value.len() + 48,
-                            Version::Tombstone(_) => 16,
-                        })
-                        .sum::<usize>()
-            })
-            .sum()
+        self.size
     }
 
     // ----- reads -----
@@ -341,7 +387,8 @@ impl MvccStore {
                 compact_revision: self.compact_revision,
             });
         }
-        self.keys.retain(|_, history| {
+        let mut freed = 0;
+        self.keys.retain(|key, history| {
             // Keep the newest version at or before `revision` (the value a read at `revision` sees) unless it is
             // a tombstone, and everything after it.
             let visible = history.partition_point(|v| v.revision() <= revision);
@@ -350,10 +397,14 @@ impl MvccStore {
                 if let Version::Tombstone(_) = history[drop] {
                     drop += 1;
                 }
-                history.drain(..drop);
+                freed += history.drain(..drop).map(|v| version_size(&v)).sum::<usize>();
+            }
+            if history.is_empty() {
+                freed += key.len();
             }
             !history.is_empty()
         });
+        self.size -= freed;
         // Events of `revision` itself stay: a watch may start at the compact revision, as in etcd.
         self.events = self.events.split_off(&revision);
         self.compact_revision = revision;
@@ -560,11 +611,13 @@ impl MvccStore {
                     _ => None,
                 };
                 let kv = next(prev.as_ref());
+                self.size += put_size(&kv.key, &kv.value);
                 history.push(Version::Live(kv.clone()));
                 (kv, prev)
             }
             None => {
                 let kv = next(None);
+                self.size += req.key.len() + put_size(&kv.key, &kv.value);
                 self.keys.insert(req.key.clone(), vec![Version::Live(kv.clone())]);
                 (kv, None)
             }
@@ -606,7 +659,9 @@ impl MvccStore {
                 }
             }
             if let Some(history) = self.keys.get_mut(&kv.key) {
-                history.push(Version::Tombstone(txn.revision));
+                let tombstone = Version::Tombstone(txn.revision);
+                self.size += version_size(&tombstone);
+                history.push(tombstone);
             }
             txn.events.push(Event {
                 kind: EventKind::Delete,

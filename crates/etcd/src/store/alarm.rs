@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::StoreCommand;
-use crate::mvcc::{RequestOp, TxnRequest};
+use crate::mvcc::{RequestOp, TxnRequest, put_size};
 
 /// What an alarm is about (etcd's `AlarmType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -89,14 +89,14 @@ pub(crate) fn approximate_cost(command: &StoreCommand) -> usize {
             .iter()
             .chain(&txn.failure)
             .map(|op| match op {
-                RequestOp::Put(put) => put.key.len() + put.value.len() + 48,
+                RequestOp::Put(put) => put_size(&put.key, &put.value),
                 RequestOp::Txn(inner) => txn_cost(inner),
                 RequestOp::Range(_) | RequestOp::DeleteRange(_) => 0,
             })
             .sum()
     }
     match command {
-        StoreCommand::Put(put) => put.key.len() + put.value.len() + 48,
+        StoreCommand::Put(put) => put_size(&put.key, &put.value),
         StoreCommand::LeaseGrant { .. } => 48,
         StoreCommand::Txn(txn) => txn_cost(txn),
         StoreCommand::Batch(commands) => commands.iter().map(approximate_cost).sum(),
