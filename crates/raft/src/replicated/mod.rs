@@ -186,6 +186,9 @@ struct Inner<S: Service> {
     app: Arc<RwLock<S::Machine>>,
     service: S,
     proposer: Proposer<CommandOf<S>, ResponseOf<S>>,
+    /// Group commit for the writes followers forward here: proposed on this node only, never forwarded again.
+    /// `None`: this node no longer leads and proposed nothing (see [`Replicated::write_batch_here`]).
+    forwarded: Proposer<CommandOf<S>, Option<ResponseOf<S>>>,
     reads: ReadRounds,
     channels: PeerChannels,
     settings: ReplicatedSettings,
@@ -243,12 +246,20 @@ impl<S: Service> Replicated<S> {
         };
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<S>>| {
             // Weak: the task must not keep the handle alive; it ends when the last handle goes.
-            let weak = weak.clone();
+            let own = weak.clone();
             let submit: SubmitBatch<CommandOf<S>, ResponseOf<S>> = Arc::new(move |commands| {
-                let weak = weak.clone();
+                let weak = own.clone();
                 Box::pin(async move {
                     let inner = weak.upgrade().ok_or_else(|| S::status(Failure::Stopped))?;
                     Replicated { inner }.write_batch(commands).await
+                })
+            });
+            let here = weak.clone();
+            let submit_here: SubmitBatch<CommandOf<S>, Option<ResponseOf<S>>> = Arc::new(move |commands| {
+                let weak = here.clone();
+                Box::pin(async move {
+                    let inner = weak.upgrade().ok_or_else(|| S::status(Failure::Stopped))?;
+                    Replicated { inner }.write_batch_here(commands).await
                 })
             });
             Inner {
@@ -259,6 +270,7 @@ impl<S: Service> Replicated<S> {
                 app,
                 service,
                 proposer: Proposer::spawn(submit, limits, || S::status(Failure::Stopped)),
+                forwarded: Proposer::spawn(submit_here, limits, || S::status(Failure::Stopped)),
                 reads: ReadRounds::default(),
                 channels,
                 settings,
@@ -379,6 +391,39 @@ impl<S: Service> Replicated<S> {
             return Ok(vec![response]);
         }
         S::Machine::unbatch(response, count)
+            .ok_or_else(|| Status::internal(format!("a batch of {count} commands did not answer as a batch")))
+    }
+
+    /// Runs a batch of forwarded commands as one entry on this node, if it still leads; their responses in
+    /// order, or `None` for each when it does not and nothing was proposed.
+    ///
+    /// Never forwarded again: a follower's batch waits on this node's answer, so sending it back to the new
+    /// leader — often that very follower, whose proposal pipeline it fills — deadlocks until the request
+    /// timeout. The follower looks for the leader again instead.
+    async fn write_batch_here(
+        &self,
+        mut commands: Vec<CommandOf<S>>,
+    ) -> Result<Vec<Option<ResponseOf<S>>>, Status> {
+        let count = commands.len();
+        self.inner.metrics.batch_commands.record(count as f64);
+        let command = if count == 1 {
+            commands.pop().ok_or_else(|| Status::internal("empty batch"))?
+        } else {
+            S::Machine::batch(commands)
+        };
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let response = match tokio::time::timeout_at(deadline, self.propose_local(&command)).await {
+            Ok(outcome) => outcome?,
+            Err(_elapsed) => return Err(S::status(Failure::TimedOut)),
+        };
+        let Some(response) = response else {
+            return Ok((0..count).map(|_| None).collect());
+        };
+        if count == 1 {
+            return Ok(vec![Some(response)]);
+        }
+        S::Machine::unbatch(response, count)
+            .map(|responses| responses.into_iter().map(Some).collect())
             .ok_or_else(|| Status::internal(format!("a batch of {count} commands did not answer as a batch")))
     }
 
@@ -599,11 +644,11 @@ impl<S: Service> ForwardHandler for Replicated<S> {
         let work = async {
             match op {
                 ForwardOp::Write(command) if self.is_leader() => {
-                    // Into this leader's own queue: the followers' batches and the local writes that arrive
-                    // while an entry is in flight leave together as the next entry, one fsync per replica
-                    // rather than one per follower batch.
-                    let response = self.inner.proposer.propose(command).await?;
-                    Ok(Some(ForwardReply::Written(response)))
+                    // Into this leader's queue of forwarded writes: the followers' batches that arrive while an
+                    // entry is in flight leave together as the next entry, one fsync per replica rather than one
+                    // per follower batch. Proposed here or not at all: never forwarded on.
+                    let response = self.inner.forwarded.propose(command).await?;
+                    Ok(response.map(ForwardReply::Written))
                 }
                 ForwardOp::Write(_) => Ok(None),
                 other => self.execute_local(&other).await,
