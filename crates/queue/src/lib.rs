@@ -1,7 +1,46 @@
-//! # trestle-queue
+#![doc = include_str!("../README.md")]
 //!
-//! **Status: not started.** This crate has no functionality yet and exports nothing; a later issue brings it.
+//! # Map of the crate
 //!
-//! What it will be: a durable work queue whose partitions are Raft groups hosted by `trestle-raft`, with
-//! visibility timeouts, heartbeats, retries, dead letters, sharded queues and join/barrier patterns for batch
-//! pipelines. Nothing is acknowledged before it is fsync'd on a majority.
+//! - [`Partition`]: one queue partition's replicated state machine (`partition.rs`): apply a [`Command`], get a
+//!   [`Response`]; snapshot and restore.
+//! - [`Command`], [`Op`], [`Response`], [`Outcome`], [`Event`]: what is replicated and what it returns, with their
+//!   versioned encoding (`command.rs`).
+//! - [`QueueSettings`]: a queue's settings and their validation (`settings.rs`).
+//! - [`NewMessage`], [`Delivery`], [`Receipt`], [`PeekedMessage`], [`DeadLetterInfo`]: messages (`message.rs`).
+//! - [`Barrier`], [`BarrierRef`], [`Target`], [`TaskOutcome`], [`JoinInfo`], [`OutboxEntry`]: join barriers,
+//!   including tasks in other partitions (`barrier.rs`).
+//! - [`Storage`], [`WriteBatch`], [`MemStorage`], [`storage::check_conformance`]: the ordered key-value store
+//!   the state lives in (`storage.rs`); the layout of its records is in `record.rs`, the in-memory indexes in
+//!   `index.rs`.
+//! - [`QueueError`], [`StorageError`], [`SnapshotError`]: errors (`error.rs`).
+
+mod barrier;
+mod command;
+mod error;
+mod index;
+mod message;
+mod partition;
+mod record;
+mod settings;
+pub mod storage;
+
+pub use barrier::{
+    Barrier, BarrierId, BarrierRef, BarrierState, JoinInfo, MAX_BARRIER_TASKS, MAX_TASK_RESULT, OutboxEntry,
+    Target, TaskOutcome,
+};
+pub use command::{
+    AckEntry, Command, ENCODING_VERSION, Event, Op, Outcome, QueueStats, RedriveFilter, Redriven, Response,
+    Sent,
+};
+pub use error::{QueueError, SnapshotError, StorageError};
+pub use message::{
+    DeadLetterInfo, Delivery, MAX_ERROR_LEN, MAX_KEY_LEN, MessageId, MessageState, NewMessage, PeekedMessage,
+    Receipt,
+};
+pub use partition::{MAX_BATCH, MAX_DELAY_MS, Partition, REASON_MAX_DELIVERIES};
+pub use settings::{
+    MAX_DEDUP_WINDOW_MS, MAX_DELIVERIES_LIMIT, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME_LEN,
+    MAX_VISIBILITY_TIMEOUT_MS, MIN_RETENTION_MS, QueueSettings, validate_name,
+};
+pub use storage::{MemStorage, Pairs, Storage, WriteBatch, WriteOp};
