@@ -69,6 +69,27 @@ pub struct RedriveFilter {
     pub error_contains: Option<String>,
 }
 
+impl RedriveFilter {
+    /// Matches every dead letter.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only dead letters from `queue`.
+    #[must_use]
+    pub fn with_source(mut self, queue: impl Into<String>) -> Self {
+        self.source = Some(queue.into());
+        self
+    }
+
+    /// Only dead letters whose last error or reason contains `text`.
+    #[must_use]
+    pub fn with_error_containing(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+}
+
 /// An operation on a partition. Operations on messages name their queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

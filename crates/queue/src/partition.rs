@@ -952,7 +952,7 @@ impl<S: Storage> Partition<S> {
                 return false;
             }
             if let Some(source) = &filter.source
-                && (*source != info.source || meta.state == MessageState::Parked && source != queue)
+                && *source != info.source
             {
                 return false;
             }
