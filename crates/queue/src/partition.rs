@@ -65,8 +65,9 @@ pub struct Partition<S: Storage> {
     metas: BTreeMap<MessageId, MessageMeta>,
     /// Open barriers → their target queues, which cannot be deleted meanwhile.
     open_barriers: BTreeMap<BarrierId, [String; 2]>,
-    /// The current operation's writes.
-    batch: WriteBatch,
+    /// The current operation's writes, by key (`None`: delete), written as one batch by
+    /// [`Partition::flush`]. Reads during the operation look here first.
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The current command's events.
     events: Vec<Event>,
     /// Set when a storage read or write failed during a change: the indexes may no longer match the storage.
@@ -149,7 +150,7 @@ impl<S: Storage> Partition<S> {
             names: BTreeMap::new(),
             metas: BTreeMap::new(),
             open_barriers: BTreeMap::new(),
-            batch: WriteBatch::default(),
+            pending: BTreeMap::new(),
             events: Vec::new(),
             poisoned: None,
         };
@@ -163,7 +164,7 @@ impl<S: Storage> Partition<S> {
         self.names = loaded.names;
         self.metas = loaded.metas;
         self.open_barriers = loaded.open_barriers;
-        self.batch = WriteBatch::default();
+        self.pending.clear();
         self.poisoned = None;
     }
 
@@ -243,16 +244,41 @@ impl<S: Storage> Partition<S> {
         }
     }
 
+    fn stage_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    fn stage_delete(&mut self, key: Vec<u8>) {
+        self.pending.insert(key, None);
+    }
+
+    /// A key's value as the current operation sees it: its own writes first, then the storage.
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, QueueError> {
+        match self.pending.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self
+                .storage
+                .get(key)
+                .map_err(|e| QueueError::Storage { detail: e.0 }),
+        }
+    }
+
     fn save_state(&mut self) {
-        self.batch.put(vec![record::STATE], record::encode(&self.state));
+        self.stage_put(vec![record::STATE], record::encode(&self.state));
     }
 
     /// Writes the pending batch; a failure poisons the partition.
     fn flush(&mut self) {
-        if self.batch.is_empty() {
+        if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = WriteBatch::default();
+        for (key, value) in std::mem::take(&mut self.pending) {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+        }
         if let Err(e) = self.storage.write(batch) {
             self.poisoned.get_or_insert(e.0);
         }
@@ -337,9 +363,7 @@ impl<S: Storage> Partition<S> {
 
     fn body(&self, id: MessageId) -> Result<Body, QueueError> {
         let bytes = self
-            .storage
-            .get(&key64(record::BODY, id))
-            .map_err(|e| QueueError::Storage { detail: e.0 })?
+            .read(&key64(record::BODY, id))?
             .ok_or_else(|| QueueError::Storage {
                 detail: format!("message {id} has no body"),
             })?;
@@ -359,8 +383,7 @@ impl<S: Storage> Partition<S> {
 
     /// Stores a message's metadata and indexes it.
     fn put(&mut self, meta: MessageMeta) {
-        self.batch
-            .put(key64(record::META, meta.id), record::encode(&meta));
+        self.stage_put(key64(record::META, meta.id), record::encode(&meta));
         let (id, queue) = (meta.id, meta.queue);
         self.metas.insert(id, meta);
         if let (Some(q), Some(meta)) = (self.queues.get_mut(&queue), self.metas.get(&id)) {
@@ -370,8 +393,8 @@ impl<S: Storage> Partition<S> {
 
     /// Deletes a taken message's records.
     fn delete(&mut self, meta: &MessageMeta) {
-        self.batch.delete(key64(record::META, meta.id));
-        self.batch.delete(key64(record::BODY, meta.id));
+        self.stage_delete(key64(record::META, meta.id));
+        self.stage_delete(key64(record::BODY, meta.id));
     }
 
     /// Removes a message for good, failing its barrier task with `reason`.
@@ -401,7 +424,7 @@ impl<S: Storage> Partition<S> {
             && window > 0
         {
             let expires_ms = now.saturating_add(window);
-            self.batch.put(
+            self.stage_put(
                 record::dedup_key(queue, key),
                 record::encode(&DedupRecord {
                     queue,
@@ -419,7 +442,7 @@ impl<S: Storage> Partition<S> {
             headers: message.headers,
             join,
         };
-        self.batch.put(key64(record::BODY, id), record::encode(&body));
+        self.stage_put(key64(record::BODY, id), record::encode(&body));
         self.put(MessageMeta {
             id,
             queue,
@@ -531,7 +554,7 @@ impl<S: Storage> Partition<S> {
                 if expires > now {
                     break;
                 }
-                self.batch.delete(record::dedup_key(qid, &key));
+                self.stage_delete(record::dedup_key(qid, &key));
                 if let Some(q) = self.queues.get_mut(&qid) {
                     q.forget(&key);
                 }
@@ -562,7 +585,7 @@ impl<S: Storage> Partition<S> {
         self.check_dead_letter_queue(&settings)?;
         let id = self.state.next_queue;
         self.state.next_queue += 1;
-        self.batch.put(
+        self.stage_put(
             record::queue_key(id),
             record::encode(&QueueRecord {
                 id,
@@ -580,7 +603,7 @@ impl<S: Storage> Partition<S> {
         settings.validate(name)?;
         self.queue(id).settings.check_update(&settings)?;
         self.check_dead_letter_queue(&settings)?;
-        self.batch.put(
+        self.stage_put(
             record::queue_key(id),
             record::encode(&QueueRecord {
                 id,
@@ -619,9 +642,9 @@ impl<S: Storage> Partition<S> {
         let removed = self.remove_all(id, "queue deleted", now);
         let keys: Vec<String> = self.queue(id).dedup.keys().cloned().collect();
         for key in keys {
-            self.batch.delete(record::dedup_key(id, &key));
+            self.stage_delete(record::dedup_key(id, &key));
         }
-        self.batch.delete(record::queue_key(id));
+        self.stage_delete(record::queue_key(id));
         self.queues.remove(&id);
         self.names.remove(name);
         Ok(Outcome::QueueDeleted { removed })
@@ -1086,9 +1109,7 @@ impl<S: Storage> Partition<S> {
 
     fn load_barrier(&self, id: BarrierId) -> Result<Barrier, QueueError> {
         let bytes = self
-            .storage
-            .get(&key64(record::BARRIER, id))
-            .map_err(|e| QueueError::Storage { detail: e.0 })?
+            .read(&key64(record::BARRIER, id))?
             .ok_or(QueueError::UnknownBarrier { barrier: id })?;
         record::decode(&bytes).map_err(|detail| QueueError::Storage { detail })
     }
@@ -1123,8 +1144,7 @@ impl<S: Storage> Partition<S> {
             completion,
             failure,
         };
-        self.batch
-            .put(key64(record::BARRIER, id), record::encode(&barrier));
+        self.stage_put(key64(record::BARRIER, id), record::encode(&barrier));
         Ok(id)
     }
 
@@ -1183,7 +1203,7 @@ impl<S: Storage> Partition<S> {
             let seq = self.state.next_outbox;
             self.state.next_outbox += 1;
             let entry = OutboxEntry { seq, task, outcome };
-            self.batch.put(key64(record::OUTBOX, seq), record::encode(&entry));
+            self.stage_put(key64(record::OUTBOX, seq), record::encode(&entry));
             self.events.push(Event::Outbox(entry));
             return;
         }
@@ -1239,7 +1259,7 @@ impl<S: Storage> Partition<S> {
                 }
             }
         }
-        self.batch.put(key64(record::BARRIER, b.id), record::encode(&b));
+        self.stage_put(key64(record::BARRIER, b.id), record::encode(&b));
         true
     }
 
@@ -1251,7 +1271,7 @@ impl<S: Storage> Partition<S> {
         let upto = key64(record::OUTBOX, seq);
         for (key, _) in pairs {
             if key <= upto {
-                self.batch.delete(key);
+                self.stage_delete(key);
             }
         }
         Ok(Outcome::OutboxCleared)

@@ -687,6 +687,36 @@ fn a_dead_lettered_task_fails_the_barrier_once() {
     );
 }
 
+/// Found by the model test: the second exhausted task read the barrier from the storage, where the first one's
+/// change was not written yet, and fired the failure task again.
+#[test]
+fn two_tasks_exhausted_in_one_tick_fail_their_barrier_once() {
+    let mut h = Harness::new();
+    h.create(
+        "tasks",
+        QueueSettings::default()
+            .with_max_deliveries(1)
+            .with_visibility_timeout_ms(10),
+    );
+    h.create("done", QueueSettings::default());
+    let (completion, failure) = targets();
+    h.ok(Op::SubmitBarrier {
+        queue: "tasks".into(),
+        tasks: vec![NewMessage::new("t0"), NewMessage::new("t1")],
+        completion,
+        failure,
+    });
+    h.receive("tasks", 2);
+    h.now += 10;
+    let events = h.full(Op::Tick).events;
+    let failed = events
+        .iter()
+        .filter(|e| matches!(e, Event::BarrierFailed { .. }))
+        .count();
+    assert_eq!(failed, 1, "{events:?}");
+    assert_eq!(h.stats("done").depth, 1);
+}
+
 #[test]
 fn barrier_tasks_in_another_partition_report_through_the_outbox() {
     let mut home = Harness::with_id(1);
