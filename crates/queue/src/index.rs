@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::message::{MessageId, MessageMeta, MessageState};
 use crate::settings::QueueSettings;
 
-/// A FIFO group: its undelivered and in-flight messages in order, and which of them (its head, when nothing is in
-/// flight and the head is visible) sits in the ready order.
+/// A FIFO group: its undelivered and in-flight messages in order (with their priority and whether they are
+/// visible), and which of them (its head, when nothing is in flight and the head is visible) sits in the ready
+/// order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Group {
-    pending: BTreeSet<MessageId>,
+    pending: BTreeMap<MessageId, (u8, bool)>,
     in_flight: u32,
     head: Option<(u8, MessageId)>,
 }
@@ -74,8 +75,8 @@ impl QueueIndex {
         }
     }
 
-    /// Adds `meta` (already among `metas`, with its new state) to the indexes.
-    pub(crate) fn insert(&mut self, meta: &MessageMeta, metas: &BTreeMap<MessageId, MessageMeta>) {
+    /// Adds `meta`, with its new state, to the indexes.
+    pub(crate) fn insert(&mut self, meta: &MessageMeta) {
         let id = meta.id;
         self.messages.insert(id);
         self.by_age.insert((meta.sent_at_ms, id));
@@ -102,16 +103,17 @@ impl QueueIndex {
         }
         if let Some(name) = group {
             let g = self.groups.entry(name.to_owned()).or_default();
-            g.pending.insert(id);
+            g.pending
+                .insert(id, (meta.priority, meta.state == MessageState::Ready));
             if matches!(meta.state, MessageState::InFlight { .. }) {
                 g.in_flight += 1;
             }
-            self.refresh_group(name, metas);
+            self.refresh_group(name);
         }
     }
 
-    /// Removes `meta` (no longer among `metas`, or still with the state it was indexed with) from the indexes.
-    pub(crate) fn remove(&mut self, meta: &MessageMeta, metas: &BTreeMap<MessageId, MessageMeta>) {
+    /// Removes `meta`, with the state it was indexed with, from the indexes.
+    pub(crate) fn remove(&mut self, meta: &MessageMeta) {
         let id = meta.id;
         self.messages.remove(&id);
         self.by_age.remove(&(meta.sent_at_ms, id));
@@ -142,7 +144,7 @@ impl QueueIndex {
                     g.head = None;
                 }
             }
-            self.refresh_group(name, metas);
+            self.refresh_group(name);
             if self.groups.get(name).is_some_and(|g| g.pending.is_empty()) {
                 self.groups.remove(name);
             }
@@ -151,16 +153,15 @@ impl QueueIndex {
 
     /// Puts the group's head in the ready order when nothing of the group is in flight and the head is visible,
     /// and takes out whatever no longer qualifies.
-    fn refresh_group(&mut self, name: &str, metas: &BTreeMap<MessageId, MessageMeta>) {
+    fn refresh_group(&mut self, name: &str) {
         let Some(g) = self.groups.get_mut(name) else {
             return;
         };
         let desired = if g.in_flight == 0 {
             g.pending
-                .first()
-                .and_then(|id| metas.get(id))
-                .filter(|m| m.state == MessageState::Ready)
-                .map(|m| (m.priority, m.id))
+                .first_key_value()
+                .filter(|(_, (_, visible))| *visible)
+                .map(|(&id, &(priority, _))| (priority, id))
         } else {
             None
         };

@@ -8,9 +8,10 @@
 //! idempotency keys expiring; each by time, then message id. This happens whatever the operation, even one that is
 //! then refused: a refused operation changes nothing of its own.
 //!
-//! State lives in a [`Storage`] (bodies, metadata, queues, barriers, the outbox); in memory are the indexes
-//! ([`crate::index`]) and each live message's metadata, all rebuilt by one scan on [`Partition::open`] and
-//! [`Partition::restore`]. Each operation's writes go to the storage as one batch.
+//! State lives in a [`Storage`] (each message's body and metadata, queues, remembered keys, barriers, the outbox);
+//! in memory are only the indexes (`index.rs`: ready order, delays, in-flight deadlines, ages, FIFO groups,
+//! idempotency keys), rebuilt by one scan on [`Partition::open`] and [`Partition::restore`]. An operation reads
+//! what it needs from the storage (seeing its own writes first) and its writes go to the storage as one batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -62,7 +63,6 @@ pub struct Partition<S: Storage> {
     state: PartitionRecord,
     queues: BTreeMap<u32, QueueIndex>,
     names: BTreeMap<String, u32>,
-    metas: BTreeMap<MessageId, MessageMeta>,
     /// Open barriers → their target queues, which cannot be deleted meanwhile.
     open_barriers: BTreeMap<BarrierId, [String; 2]>,
     /// The current operation's writes, by key (`None`: delete), written as one batch by
@@ -80,7 +80,6 @@ struct Loaded {
     state: PartitionRecord,
     queues: BTreeMap<u32, QueueIndex>,
     names: BTreeMap<String, u32>,
-    metas: BTreeMap<MessageId, MessageMeta>,
     open_barriers: BTreeMap<BarrierId, [String; 2]>,
 }
 
@@ -88,6 +87,7 @@ impl Loaded {
     fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Self, String> {
         let mut loaded = Loaded::default();
         let mut dedups = Vec::new();
+        let mut metas = Vec::new();
         for (key, value) in pairs {
             let what = key.first().copied().unwrap_or(0);
             let bad = |e: String| format!("record {key:?}: {e}");
@@ -101,8 +101,7 @@ impl Loaded {
                         .insert(q.id, QueueIndex::new(q.id, q.name, q.settings));
                 }
                 record::META => {
-                    let m: MessageMeta = record::decode(value).map_err(bad)?;
-                    loaded.metas.insert(m.id, m);
+                    metas.push(record::decode::<MessageMeta>(value).map_err(bad)?);
                 }
                 record::DEDUP => dedups.push(record::decode::<DedupRecord>(value).map_err(bad)?),
                 record::BARRIER => {
@@ -117,12 +116,12 @@ impl Loaded {
                 other => return Err(format!("unknown record kind {other:#x}")),
             }
         }
-        for m in loaded.metas.values() {
+        for m in &metas {
             let q = loaded
                 .queues
                 .get_mut(&m.queue)
                 .ok_or_else(|| format!("message {} of unknown queue {}", m.id, m.queue))?;
-            q.insert(m, &loaded.metas);
+            q.insert(m);
         }
         for d in dedups {
             let q = loaded
@@ -148,7 +147,6 @@ impl<S: Storage> Partition<S> {
             state: PartitionRecord::default(),
             queues: BTreeMap::new(),
             names: BTreeMap::new(),
-            metas: BTreeMap::new(),
             open_barriers: BTreeMap::new(),
             pending: BTreeMap::new(),
             events: Vec::new(),
@@ -162,7 +160,6 @@ impl<S: Storage> Partition<S> {
         self.state = loaded.state;
         self.queues = loaded.queues;
         self.names = loaded.names;
-        self.metas = loaded.metas;
         self.open_barriers = loaded.open_barriers;
         self.pending.clear();
         self.poisoned = None;
@@ -202,7 +199,11 @@ impl<S: Storage> Partition<S> {
         match Command::decode(command) {
             Ok(command) => self.apply(index, command),
             Err(e) => {
-                self.state.last_index = self.state.last_index.max(index);
+                if self.poisoned.is_none() {
+                    self.state.last_index = self.state.last_index.max(index);
+                    self.save_state();
+                    self.flush();
+                }
                 Response {
                     outcome: Err(e),
                     events: Vec::new(),
@@ -372,22 +373,50 @@ impl<S: Storage> Partition<S> {
 
     // ---- the one way messages change -----------------------------------------------------------------------------
 
-    /// Takes a message out of the indexes to change it; [`Partition::put`] puts it back.
+    /// A message's metadata, as the current operation sees it.
+    fn meta(&self, id: MessageId) -> Result<Option<MessageMeta>, QueueError> {
+        self.read(&key64(record::META, id))?
+            .map(|bytes| record::decode(&bytes).map_err(|detail| QueueError::Storage { detail }))
+            .transpose()
+    }
+
+    /// Metadata of messages the indexes list, read before a change: an absent one is a storage fault.
+    fn metas(&self, ids: impl IntoIterator<Item = MessageId>) -> Result<Vec<MessageMeta>, QueueError> {
+        ids.into_iter()
+            .map(|id| {
+                self.meta(id)?.ok_or_else(|| QueueError::Storage {
+                    detail: format!("message {id} is indexed but not stored"),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes a message out of the indexes to change it; [`Partition::put`] puts it back. A storage failure
+    /// here (in the middle of a change) poisons the partition.
     fn take(&mut self, id: MessageId) -> Option<MessageMeta> {
-        let meta = self.metas.remove(&id)?;
-        if let Some(q) = self.queues.get_mut(&meta.queue) {
-            q.remove(&meta, &self.metas);
-        }
+        let meta = match self.meta(id) {
+            Ok(meta) => meta?,
+            Err(e) => {
+                self.poisoned.get_or_insert(e.to_string());
+                return None;
+            }
+        };
+        self.unindex(&meta);
         Some(meta)
+    }
+
+    /// Takes a message whose metadata was read already out of the indexes.
+    fn unindex(&mut self, meta: &MessageMeta) {
+        if let Some(q) = self.queues.get_mut(&meta.queue) {
+            q.remove(meta);
+        }
     }
 
     /// Stores a message's metadata and indexes it.
     fn put(&mut self, meta: MessageMeta) {
         self.stage_put(key64(record::META, meta.id), record::encode(&meta));
-        let (id, queue) = (meta.id, meta.queue);
-        self.metas.insert(id, meta);
-        if let (Some(q), Some(meta)) = (self.queues.get_mut(&queue), self.metas.get(&id)) {
-            q.insert(meta, &self.metas);
+        if let Some(q) = self.queues.get_mut(&meta.queue) {
+            q.insert(&meta);
         }
     }
 
@@ -795,12 +824,12 @@ impl<S: Storage> Partition<S> {
             .iter()
             .map(|&id| self.body(id))
             .collect::<Result<Vec<_>, _>>()?;
+        let metas = self.metas(ids)?;
         let deadline_ms = now.saturating_add(timeout);
-        let mut deliveries = Vec::with_capacity(ids.len());
-        for (id, body) in ids.into_iter().zip(bodies) {
-            let Some(mut meta) = self.take(id) else {
-                continue;
-            };
+        let mut deliveries = Vec::with_capacity(metas.len());
+        for (mut meta, body) in metas.into_iter().zip(bodies) {
+            let id = meta.id;
+            self.unindex(&meta);
             self.state.next_token += 1;
             meta.deliveries += 1;
             meta.token = self.state.next_token;
@@ -838,12 +867,13 @@ impl<S: Storage> Partition<S> {
             if !seen.insert(r.id) {
                 return Err(invalid(format!("message {} appears twice", r.id)));
             }
-            let meta = self.metas.get(&r.id).filter(|m| m.queue == qid).ok_or_else(|| {
-                QueueError::UnknownMessage {
-                    queue: queue.to_owned(),
-                    id: r.id,
-                }
-            })?;
+            let meta =
+                self.meta(r.id)?
+                    .filter(|m| m.queue == qid)
+                    .ok_or_else(|| QueueError::UnknownMessage {
+                        queue: queue.to_owned(),
+                        id: r.id,
+                    })?;
             if meta.token != r.token {
                 return Err(QueueError::StaleReceipt {
                     id: r.id,
@@ -990,20 +1020,17 @@ impl<S: Storage> Partition<S> {
             }
             true
         };
-        let candidates: Vec<MessageId> = self
-            .queue(qid)
-            .dead
-            .iter()
-            .filter(|id| self.metas.get(id).is_some_and(matches))
-            .copied()
+        // Everything is read before anything changes.
+        let candidates: Vec<MessageMeta> = self
+            .metas(self.queue(qid).dead.iter().copied())?
+            .into_iter()
+            .filter(|m| matches(m))
             .collect();
         let mut out = Redriven::default();
         let take = (max as usize).min(candidates.len());
         out.remaining = (candidates.len() - take) as u64;
-        for id in candidates.into_iter().take(take) {
-            let Some(meta) = self.metas.get(&id) else {
-                continue;
-            };
+        for meta in candidates.into_iter().take(take) {
+            let id = meta.id;
             let target = if meta.state == MessageState::Parked {
                 Some(qid)
             } else {
@@ -1058,20 +1085,12 @@ impl<S: Storage> Partition<S> {
         let q = self.queue(self.queue_id(queue)?);
         Self::check_count("max", max)?;
         let first: Vec<MessageId> = q.ready.iter().map(|&(_, id)| id).collect();
-        let listed: BTreeSet<MessageId> = first.iter().copied().collect();
-        let rest = q.messages.iter().copied().filter(|id| {
-            !listed.contains(id)
-                && self
-                    .metas
-                    .get(id)
-                    .is_some_and(|m| !matches!(m.state, MessageState::InFlight { .. }))
-        });
-        first
-            .iter()
-            .copied()
-            .chain(rest)
-            .take(max as usize)
-            .filter_map(|id| self.metas.get(&id))
+        let mut skip: BTreeSet<MessageId> = first.iter().copied().collect();
+        skip.extend(q.in_flight.iter().map(|&(_, id)| id));
+        let rest = q.messages.iter().copied().filter(|id| !skip.contains(id));
+        let ids: Vec<MessageId> = first.iter().copied().chain(rest).take(max as usize).collect();
+        self.metas(ids)?
+            .into_iter()
             .map(|meta| {
                 let body = self.body(meta.id)?;
                 Ok(PeekedMessage {
@@ -1079,11 +1098,11 @@ impl<S: Storage> Partition<S> {
                     state: meta.state,
                     deliveries: meta.deliveries,
                     priority: meta.priority,
-                    group: meta.group.clone(),
+                    group: meta.group,
                     sent_at_ms: meta.sent_at_ms,
                     payload: body.payload,
                     headers: body.headers,
-                    dead_letter: meta.dead_letter.clone(),
+                    dead_letter: meta.dead_letter,
                 })
             })
             .collect()
@@ -1351,7 +1370,6 @@ impl<S: Storage + PartialEq> PartialEq for Partition<S> {
             && self.state == other.state
             && self.queues == other.queues
             && self.names == other.names
-            && self.metas == other.metas
             && self.open_barriers == other.open_barriers
     }
 }
