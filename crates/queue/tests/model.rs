@@ -70,15 +70,50 @@ struct Msg {
 
 #[derive(Clone, Debug)]
 enum Action {
-    Send { queue: usize, messages: Vec<Msg> },
-    Receive { queue: usize, max: u32 },
-    Ack { pick: usize },
-    Nack { pick: usize, retry: bool },
-    Extend { pick: usize },
-    Terminate { pick: usize },
-    Redrive { queue: usize, max: u32 },
-    Barrier { tasks: usize },
-    Stats { queue: usize },
+    Send {
+        queue: usize,
+        messages: Vec<Msg>,
+    },
+    Receive {
+        queue: usize,
+        max: u32,
+    },
+    Ack {
+        pick: usize,
+    },
+    /// One `Ack` of two receipts: all or nothing.
+    AckPair {
+        a: usize,
+        b: usize,
+    },
+    /// Two `Ack`s in one `Batch`: each on its own.
+    BatchAcks {
+        a: usize,
+        b: usize,
+    },
+    Purge {
+        queue: usize,
+    },
+    Nack {
+        pick: usize,
+        retry: bool,
+    },
+    Extend {
+        pick: usize,
+    },
+    Terminate {
+        pick: usize,
+    },
+    Redrive {
+        queue: usize,
+        max: u32,
+    },
+    Barrier {
+        tasks: usize,
+    },
+    Stats {
+        queue: usize,
+    },
     Tick,
     Restore,
     Reopen,
@@ -109,6 +144,9 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(queue, messages)| Action::Send { queue, messages }),
         6 => (queue(), 1u32..4).prop_map(|(queue, max)| Action::Receive { queue, max }),
         5 => any::<usize>().prop_map(|pick| Action::Ack { pick }),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Action::AckPair { a, b }),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Action::BatchAcks { a, b }),
+        1 => queue().prop_map(|queue| Action::Purge { queue }),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, retry)| Action::Nack { pick, retry }),
         1 => any::<usize>().prop_map(|pick| Action::Extend { pick }),
         1 => any::<usize>().prop_map(|pick| Action::Terminate { pick }),
@@ -162,6 +200,8 @@ enum Obs {
     Redriven(Vec<u64>, u64),
     Stats([u64; 7]),
     Barrier(u64, Vec<u64>),
+    Purged(u64),
+    Batch(Vec<Obs>),
     Error(&'static str),
 }
 
@@ -346,6 +386,14 @@ impl Model {
         head == Some(id) && !members.iter().any(|(_, o)| matches!(o.state, State::InFlight(_)))
     }
 
+    /// Removes an acknowledged message, reporting to its barrier.
+    fn settle(&mut self, id: u64) {
+        let m = self.msgs.remove(&id).expect("checked");
+        if let Some((barrier, slot)) = m.barrier {
+            self.record(barrier, slot, Some(result_of(id)));
+        }
+    }
+
     fn check_receipt(&self, queue: usize, r: &Receipt) -> Result<(), &'static str> {
         let m = self
             .msgs
@@ -413,11 +461,59 @@ impl Model {
                 if let Err(e) = self.check_receipt(queue, &r) {
                     return Obs::Error(e);
                 }
-                let m = self.msgs.remove(&r.id).expect("checked");
-                if let Some((barrier, slot)) = m.barrier {
-                    self.record(barrier, slot, Some(result_of(r.id)));
-                }
+                self.settle(r.id);
                 Obs::Done
+            }
+            Action::AckPair { a, b } => {
+                let (Some(&(queue, ra)), Some(&(_, rb))) = (pick_from(pool, *a), pick_from(pool, *b)) else {
+                    return Obs::Done;
+                };
+                if let Err(e) = self.check_receipt(queue, &ra) {
+                    return Obs::Error(e);
+                }
+                if ra.id == rb.id {
+                    return Obs::Error("InvalidRequest");
+                }
+                if let Err(e) = self.check_receipt(queue, &rb) {
+                    return Obs::Error(e);
+                }
+                self.settle(ra.id);
+                self.settle(rb.id);
+                Obs::Done
+            }
+            Action::BatchAcks { a, b } => {
+                let (Some(_), Some(_)) = (pick_from(pool, *a), pick_from(pool, *b)) else {
+                    return Obs::Done;
+                };
+                let results = [*a, *b]
+                    .iter()
+                    .map(|&pick| {
+                        let (queue, r) = pool[pick % pool.len()];
+                        match self.check_receipt(queue, &r) {
+                            Err(e) => Obs::Error(e),
+                            Ok(()) => {
+                                self.settle(r.id);
+                                Obs::Done
+                            }
+                        }
+                    })
+                    .collect();
+                Obs::Batch(results)
+            }
+            Action::Purge { queue } => {
+                let ids: Vec<u64> = self
+                    .msgs
+                    .iter()
+                    .filter(|(_, m)| m.queue == *queue)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in &ids {
+                    let m = self.msgs.remove(id).expect("listed");
+                    if let Some((barrier, slot)) = m.barrier {
+                        self.record(barrier, slot, None);
+                    }
+                }
+                Obs::Purged(ids.len() as u64)
             }
             Action::Nack { pick, retry } => {
                 let Some(&(queue, r)) = pick_from(pool, *pick) else {
@@ -571,6 +667,31 @@ fn op_for(action: &Action, pool: &[(usize, Receipt)]) -> Op {
                 result: Some(result_of(r.id)),
             }],
         }),
+        Action::AckPair { a, b } => match (receipt(*a), receipt(*b)) {
+            (Some((q, ra)), Some((_, rb))) => Op::Ack {
+                queue: NAMES[q].into(),
+                acks: [ra, rb]
+                    .into_iter()
+                    .map(|r| AckEntry {
+                        receipt: r,
+                        result: Some(result_of(r.id)),
+                    })
+                    .collect(),
+            },
+            _ => skip,
+        },
+        Action::BatchAcks { a, b } => match (receipt(*a), receipt(*b)) {
+            (Some(_), Some(_)) => Op::Batch(
+                [*a, *b]
+                    .iter()
+                    .map(|&pick| op_for(&Action::Ack { pick }, pool))
+                    .collect(),
+            ),
+            _ => skip,
+        },
+        Action::Purge { queue } => Op::Purge {
+            queue: NAMES[*queue].into(),
+        },
         Action::Nack { pick, retry } => receipt(*pick).map_or(skip, |(q, r)| Op::Nack {
             queue: NAMES[q].into(),
             receipts: vec![r],
@@ -615,9 +736,11 @@ fn error_name(e: &QueueError) -> &'static str {
     }
 }
 
-fn observe(response: &Response) -> (Obs, Vec<Ev>) {
-    let obs = match &response.outcome {
+fn observe_outcome(outcome: &Result<Outcome, QueueError>) -> Obs {
+    match outcome {
         Err(e) => Obs::Error(error_name(e)),
+        Ok(Outcome::Purged { removed }) => Obs::Purged(*removed),
+        Ok(Outcome::Batch(results)) => Obs::Batch(results.iter().map(observe_outcome).collect()),
         Ok(Outcome::Sent(sent)) => Obs::Sent(sent.iter().map(|s| (s.id, s.duplicate)).collect()),
         Ok(Outcome::Received(d)) => Obs::Received(
             d.iter()
@@ -639,7 +762,11 @@ fn observe(response: &Response) -> (Obs, Vec<Ev>) {
         ]),
         Ok(Outcome::BarrierSubmitted { barrier, tasks }) => Obs::Barrier(*barrier, tasks.clone()),
         Ok(_) => Obs::Done,
-    };
+    }
+}
+
+fn observe(response: &Response) -> (Obs, Vec<Ev>) {
+    let obs = observe_outcome(&response.outcome);
     let events = response
         .events
         .iter()
