@@ -185,6 +185,26 @@ impl<S: Storage> Partition<S> {
         self.state.last_index
     }
 
+    /// The earliest time at which a deadline fires (a delay ends, a visibility deadline or a retention passes, a
+    /// remembered idempotency key expires), if any: the host proposes [`Op::Tick`] then, so that timers act without
+    /// other traffic.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.queues
+            .values()
+            .flat_map(|q| {
+                [
+                    q.delayed.first().map(|&(t, _)| t),
+                    q.in_flight.first().map(|&(t, _)| t),
+                    q.settings
+                        .retention_ms
+                        .and_then(|r| q.by_age.first().map(|&(sent, _)| sent.saturating_add(r))),
+                    q.dedup_expiry.first().map(|(t, _)| *t),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
     /// The queues, by name, with their settings.
     pub fn queues(&self) -> Vec<(String, QueueSettings)> {
         self.names

@@ -297,6 +297,7 @@ fn redelivery_counts_and_invalidates_old_receipts() {
     let first = h.receive("q", 1).remove(0);
     assert_eq!((first.receipt.delivery, first.deadline_ms), (1, h.now + 100));
     assert!(h.receive("q", 1).is_empty(), "invisible while in flight");
+    assert_eq!(h.p.next_deadline_ms(), Some(1_100));
     h.now += 100;
     assert!(matches!(
         h.ack("q", &first),
@@ -830,4 +831,12 @@ fn bytes_in_bytes_out_and_the_clock_never_goes_back() {
     assert_eq!(reply.outcome, Ok(Outcome::QueueCreated));
     p.apply(3, Command::new(4_000, Op::Tick));
     assert_eq!((p.clock_ms(), p.last_applied()), (5_000, 3));
+}
+
+#[test]
+fn a_partition_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Partition<MemStorage>>();
+    send_sync::<Command>();
+    send_sync::<Response>();
 }
