@@ -39,6 +39,16 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Self, QueueError> {
         decode(bytes)
     }
+
+    /// Several commands as one (a proposer's group commit): an [`Op::Batch`] at the latest of their times, whose
+    /// operations apply in order, each as if proposed alone. [`Response::unbatch`] splits its response.
+    pub fn batch(commands: Vec<Command>) -> Command {
+        let now_ms = commands.iter().map(|c| c.now_ms).max().unwrap_or(0);
+        Command {
+            now_ms,
+            op: Op::Batch(commands.into_iter().map(|c| c.op).collect()),
+        }
+    }
 }
 
 /// An ack, with the task's result when the message is a barrier task (ignored otherwise).
@@ -415,6 +425,27 @@ impl Response {
     pub fn decode(bytes: &[u8]) -> Result<Self, QueueError> {
         decode(bytes)
     }
+
+    /// The responses of a [`Command::batch`] of `count` commands, in order; `None` when this is not such a
+    /// batch's response. The batch's events go with the first response (they belong to the batch as a whole).
+    pub fn unbatch(self, count: usize) -> Option<Vec<Response>> {
+        let Ok(Outcome::Batch(results)) = self.outcome else {
+            return None;
+        };
+        if results.len() != count {
+            return None;
+        }
+        let mut events = Some(self.events);
+        Some(
+            results
+                .into_iter()
+                .map(|outcome| Response {
+                    outcome,
+                    events: events.take().unwrap_or_default(),
+                })
+                .collect(),
+        )
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -439,6 +470,27 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_and_unbatch() {
+        let batch = Command::batch(vec![Command::new(5, Op::Tick), Command::new(3, Op::Tick)]);
+        assert_eq!(batch.now_ms, 5);
+        assert!(matches!(&batch.op, Op::Batch(ops) if ops.len() == 2));
+        let response = Response {
+            outcome: Ok(Outcome::Batch(vec![
+                Ok(Outcome::Ticked),
+                Err(QueueError::UnknownBarrier { barrier: 1 }),
+            ])),
+            events: vec![Event::Expired {
+                id: 1,
+                queue: "q".into(),
+            }],
+        };
+        let split = response.clone().unbatch(2).expect("a batch of 2");
+        assert_eq!(split[0].events.len(), 1);
+        assert!(split[1].events.is_empty() && split[1].outcome.is_err());
+        assert!(response.unbatch(3).is_none());
+    }
 
     #[test]
     fn round_trip_and_version_check() {
