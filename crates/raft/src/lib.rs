@@ -16,6 +16,9 @@
 //!   snapshots are files, synced before the log they replace is purged ([`LogStore`], [`GroupStateMachine`]).
 //!   Snapshots stream: a state machine writes its state into the snapshot store and reads it back from it, and
 //!   followers receive it as one stream of chunks ([`SnapshotData`]).
+//! - **State on disk.** A [`DiskStateMachine`], run as [`DiskBacked`], keeps its state in its group's
+//!   [`KeySpace`] of the node's RocksDB ([`Node::key_space`]): each entry's writes and its index in one write,
+//!   snapshots from a frozen view while applying goes on, restarts without replaying history.
 //! - **Storage behind traits.** Logs are openraft's `RaftLogStorage` ([`LogStore`] on RocksDB,
 //!   [`MemoryLogStore`]), snapshots a [`SnapshotStore`] ([`DiskSnapshots`], [`MemorySnapshots`]); a node takes
 //!   one pair ([`NodeStorage`]). In memory, nothing runs on the blocking pool, so a simulation is deterministic.
@@ -78,7 +81,9 @@
 //! # Ok(()) }
 //! ```
 
+mod disk_backed;
 mod group;
+mod keyspace;
 mod leadership;
 mod log_store;
 mod network;
@@ -95,7 +100,11 @@ mod tls;
 mod transport;
 mod types;
 
+pub use disk_backed::{DiskBacked, DiskStateMachine};
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
+pub use keyspace::{
+    FrozenKeySpace, KeyRead, KeySpace, MemoryKeySpace, Record, RocksKeySpace, StateTxn, Visitor, Writes,
+};
 pub use leadership::{TransferError, best_successor, transfer_leadership};
 pub use log_store::{LogStore, WalSync, open_db};
 pub use network::{ConnectFn, NetworkFactory, PeerChannels, PeerClient, PeerService};
@@ -111,7 +120,7 @@ pub use replicated::{
 };
 pub use runtime::{TrestleRuntime, seed_thread_rng};
 pub use seed::{SeedError, seed_group};
-pub use state_machine::{GroupApp, GroupStateMachine, SharedApp, SnapshotError};
+pub use state_machine::{FrozenState, GroupApp, GroupStateMachine, SharedApp, SnapshotError};
 pub use storage::{
     DiskSnapshots, GroupStorage, MemoryLogStore, MemorySnapshots, MemoryStorage, NodeStorage, ReceivedData,
     SharedSnapshotStore, SnapshotData, SnapshotReader, SnapshotStore, SnapshotWriter, Temporary,

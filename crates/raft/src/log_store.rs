@@ -27,6 +27,8 @@ use crate::types::{Entry, GroupId, LogId, TypeConfig, Vote};
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_META: &str = "raft_meta";
 pub(crate) const CF_SNAPSHOT: &str = "raft_snapshot";
+/// Every group's key space (see `keyspace`).
+pub(crate) const CF_STATE: &str = "group_state";
 
 const TAG_VOTE: &[u8] = b"vote";
 const TAG_COMMITTED: &[u8] = b"committed";
@@ -76,7 +78,7 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, rocksdb::Error> {
     // instead replay up to the damage and drop the rest silently: synced, acknowledged entries and votes, after
     // which the member could vote for a log that lacks what it promised to keep.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
-    let db = DB::open_cf(&opts, path, [CF_LOG, CF_META, CF_SNAPSHOT])?;
+    let db = DB::open_cf(&opts, path, [CF_LOG, CF_META, CF_SNAPSHOT, CF_STATE])?;
     Ok(Arc::new(db))
 }
 

@@ -732,6 +732,12 @@ impl Node {
         Ok(replicated)
     }
 
+    /// The key space of `group` on this node: give it to [`DiskBacked::open`](crate::DiskBacked::open) for a
+    /// state machine whose state lives in the node's storage rather than in memory.
+    pub fn key_space(&self, group: GroupId) -> Arc<dyn crate::keyspace::KeySpace> {
+        self.storage.key_space(group)
+    }
+
     /// This node as a Raft member (what the membership records for it).
     pub fn peer_node(&self) -> PeerNode {
         PeerNode {

@@ -38,15 +38,35 @@ use crate::types::{EntryPayload, GroupId, LogId, SnapshotMeta, StoredMembership,
 /// - none of them panics on any input (a command is data from the network, a snapshot data from a disk or a
 ///   peer: answer bad ones with an error).
 pub trait GroupApp: Send + Sync + 'static {
-    /// Applies one committed command and returns its result for the proposer.
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
+    /// Applies one committed command and returns its result for the proposer. An error (only storage fails:
+    /// a command is answered, never refused with an error here) stops the group: its state can no longer be
+    /// trusted to match the others'.
+    fn apply(&mut self, index: u64, command: &[u8]) -> std::io::Result<Vec<u8>>;
     /// Writes the whole state to `out`, which goes straight to the snapshot store (buffered). An error fails
     /// the snapshot build: nothing is saved and the log it would have replaced is kept.
     fn snapshot(&self, out: &mut dyn Write) -> Result<(), SnapshotError>;
     /// Replaces the whole state with the one `input` holds (what [`GroupApp::snapshot`] wrote, read back,
     /// buffered). An error leaves the group stopped rather than running on a partial state.
     fn restore(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError>;
+
+    /// The index of the last entry the application's own storage holds the effects of, for an application
+    /// whose state survives a restart on its own (on disk, such as [`DiskBacked`](crate::DiskBacked)): entries
+    /// up to it that openraft replays after a restart are not applied again. `None` (the default): the state
+    /// lives in memory and every replayed entry is applied.
+    fn applied_index(&self) -> Option<u64> {
+        None
+    }
+
+    /// A point-in-time view of the state to write as a snapshot after the state machine's lock is released,
+    /// so that applying goes on while the snapshot is written. `None` (the default): the snapshot is written by
+    /// [`GroupApp::snapshot`] under the read lock, and applying waits for it.
+    fn freeze(&self) -> Option<FrozenState> {
+        None
+    }
 }
+
+/// Writes a state frozen by [`GroupApp::freeze`] to a snapshot, after the lock that froze it is released.
+pub type FrozenState = Box<dyn FnOnce(&mut dyn Write) -> Result<(), SnapshotError> + Send>;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +273,14 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
                         last_membership: applied.last_membership.clone(),
                     }
                 };
-                let bytes = write_snapshot(&mut out, &meta, |w| app.snapshot(w))?;
+                let bytes = match app.freeze() {
+                    // A frozen view: written after the lock is released, while entries go on applying.
+                    Some(frozen) => {
+                        drop(app);
+                        write_snapshot(&mut out, &meta, frozen)?
+                    }
+                    None => write_snapshot(&mut out, &meta, |w| app.snapshot(w))?,
+                };
                 Ok::<_, SnapshotError>((meta, bytes))
             })();
             match written {
@@ -316,7 +343,18 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Normal(command) => app.apply(entry.log_id.index, &command.0),
+                    // Already in the application's own storage: a replay after a restart.
+                    EntryPayload::Normal(_) if app.applied_index() >= Some(entry.log_id.index) => Vec::new(),
+                    EntryPayload::Normal(command) => {
+                        app.apply(entry.log_id.index, &command.0).map_err(|e| {
+                            tracing::error!(group = self.group, index = entry.log_id.index, error = %e,
+                            "applying an entry failed; the group stops");
+                            sm_err(format!(
+                                "group {}: applying entry {}: {e}",
+                                self.group, entry.log_id.index
+                            ))
+                        })?
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                         Vec::new()
@@ -419,9 +457,9 @@ mod tests {
     const UNSERIALIZABLE: u64 = u64::MAX;
 
     impl GroupApp for Number {
-        fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+        fn apply(&mut self, _index: u64, command: &[u8]) -> std::io::Result<Vec<u8>> {
             self.0 += command.len() as u64;
-            Vec::new()
+            Ok(Vec::new())
         }
         fn snapshot(&self, out: &mut dyn Write) -> Result<(), SnapshotError> {
             if self.0 == UNSERIALIZABLE {

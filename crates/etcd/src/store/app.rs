@@ -280,7 +280,7 @@ mod tests {
         let mut app = StoreApp::default();
         let bytes = encode(&put("k", "v")).expect("encodes");
         let result: StoreResult =
-            decode(&trestle_raft::GroupApp::apply(&mut app, 7, &bytes)).expect("decodes");
+            decode(&trestle_raft::GroupApp::apply(&mut app, 7, &bytes).expect("applies")).expect("decodes");
         assert!(matches!(result.outcome, Ok(StoreOutcome::Put(_))));
         assert_eq!(app.last_index(), 7);
     }

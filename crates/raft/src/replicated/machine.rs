@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use crate::log_store::{decode, encode};
 use std::io::{Read, Write};
 
-use crate::state_machine::{GroupApp, SnapshotError};
+use crate::state_machine::{FrozenState, GroupApp, SnapshotError};
 
 /// A deterministic state machine over typed commands. Every type implementing it is a [`GroupApp`]: commands
 /// and responses cross the log and the peer port encoded with postcard.
@@ -40,15 +40,34 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// Replaces the whole state with the one `input` holds (see [`GroupApp::restore`]).
     fn restore(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError>;
+
+    /// Called after each entry's [`apply`](StateMachine::apply) (or [`undecodable`](StateMachine::undecodable))
+    /// with its index: a machine that keeps its state in storage stores the entry's effects here. An error stops
+    /// the group. Does nothing by default.
+    fn commit(&mut self, index: u64) -> std::io::Result<()> {
+        let _ = index;
+        Ok(())
+    }
+
+    /// See [`GroupApp::applied_index`]. `None` by default (the state lives in memory).
+    fn applied_index(&self) -> Option<u64> {
+        None
+    }
+
+    /// See [`GroupApp::freeze`]. `None` by default.
+    fn freeze(&self) -> Option<FrozenState> {
+        None
+    }
 }
 
 impl<M: StateMachine> GroupApp for M {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> std::io::Result<Vec<u8>> {
         let response = match decode::<M::Command>(command) {
             Ok(command) => StateMachine::apply(self, index, command),
             Err(e) => self.undecodable(index, e.to_string()),
         };
-        match encode(&response) {
+        StateMachine::commit(self, index)?;
+        Ok(match encode(&response) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // The proposer cannot decode an empty reply and reports an internal error; the state is applied
@@ -56,7 +75,15 @@ impl<M: StateMachine> GroupApp for M {
                 tracing::error!(index, error = %e, "a response could not be encoded");
                 Vec::new()
             }
-        }
+        })
+    }
+
+    fn applied_index(&self) -> Option<u64> {
+        StateMachine::applied_index(self)
+    }
+
+    fn freeze(&self) -> Option<FrozenState> {
+        StateMachine::freeze(self)
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> Result<(), SnapshotError> {

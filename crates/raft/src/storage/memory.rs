@@ -34,6 +34,7 @@ struct State {
     snapshots: BTreeMap<GroupId, Vec<u8>>,
     temporaries: BTreeMap<Temporary, (GroupId, Vec<u8>)>,
     next_temporary: u64,
+    key_spaces: BTreeMap<GroupId, crate::keyspace::MemoryKeySpace>,
 }
 
 /// A node's storage in memory. Cheap to clone: clones share the data. Give a restarted node the same handle to
@@ -66,6 +67,11 @@ impl MemoryStorage {
             storage: self.clone(),
             group,
         }
+    }
+
+    /// The key space of `group` (the same one on every call, as a disk's would be).
+    pub fn key_space(&self, group: GroupId) -> crate::keyspace::MemoryKeySpace {
+        self.state.lock().key_spaces.entry(group).or_default().clone()
     }
 
     /// The snapshot store.

@@ -72,6 +72,14 @@ impl GroupStorage {
         Self::Memory(memory)
     }
 
+    /// The key space of `group`: where a [`DiskBacked`](crate::DiskBacked) state machine keeps its state.
+    pub fn key_space(&self, group: GroupId) -> Arc<dyn crate::keyspace::KeySpace> {
+        match self {
+            Self::RocksDb { db, .. } => Arc::new(crate::keyspace::RocksKeySpace::new(db.clone(), group)),
+            Self::Memory(memory) => Arc::new(memory.key_space(group)),
+        }
+    }
+
     /// The snapshot store.
     pub fn snapshots(&self) -> SharedSnapshotStore {
         match self {

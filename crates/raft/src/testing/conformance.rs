@@ -72,9 +72,9 @@ where
     let mut twin = new();
     for (i, c) in commands.iter().enumerate() {
         let index = i as u64 + 1;
-        let a = guarded(|| reference.apply(index, c))
+        let a = guarded(|| ok(reference.apply(index, c)))
             .unwrap_or_else(|p| fail(format!("apply panicked on command {i} {c:?}: {p}")));
-        let b = guarded(|| twin.apply(index, c))
+        let b = guarded(|| ok(twin.apply(index, c)))
             .unwrap_or_else(|p| fail(format!("apply panicked on command {i} {c:?}: {p}")));
         if a != b {
             fail(format!(
@@ -88,13 +88,13 @@ where
     //    such replica; then it must answer exactly as the replica the snapshot came from, command by command.
     let other_state = |replica: &mut A| {
         for (i, c) in commands.iter().rev().take(50).enumerate() {
-            replica.apply(i as u64 + 1, c);
+            ok(replica.apply(i as u64 + 1, c));
         }
     };
     for cut in [0, rng.random_range(0..=commands.len()), commands.len()] {
         let mut source = new();
         for (i, c) in commands[..cut].iter().enumerate() {
-            source.apply(i as u64 + 1, c);
+            ok(source.apply(i as u64 + 1, c));
         }
         let snapshot = snapshot_of(&source)
             .unwrap_or_else(|e| fail(format!("snapshot after {cut} commands failed: {e}")));
@@ -118,7 +118,7 @@ where
         let tail = commands[cut..].iter().chain(commands.iter().take(50));
         for (n, c) in tail.enumerate() {
             let index = (cut + n) as u64 + 1;
-            let (want, got) = (source.apply(index, c), restored.apply(index, c));
+            let (want, got) = (ok(source.apply(index, c)), ok(restored.apply(index, c)));
             if got != want {
                 fail(format!(
                     "after a snapshot taken at command {cut}, restored into a replica holding other state, \
@@ -136,7 +136,7 @@ where
     restore(&mut from_empty, &empty)
         .unwrap_or_else(|e| fail(format!("restoring the empty state's snapshot failed: {e}")));
     if let Some(c) = commands.first() {
-        let (got, want) = (from_empty.apply(1, c), new().apply(1, c));
+        let (got, want) = (ok(from_empty.apply(1, c)), ok(new().apply(1, c)));
         if got != want {
             fail(format!(
                 "after restoring the empty snapshot, the first command answered {got:?}, a new replica {want:?}"
@@ -241,4 +241,9 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a non-string panic".into())
     })
+}
+
+/// An apply's answer; a storage error fails the check (an in-memory application has no storage to fail).
+fn ok(result: std::io::Result<Vec<u8>>) -> Vec<u8> {
+    result.unwrap_or_else(|e| panic!("apply failed with a storage error: {e}"))
 }

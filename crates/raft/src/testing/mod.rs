@@ -7,6 +7,7 @@
 mod conformance;
 mod snapshot_store;
 
+pub use crate::keyspace::conformance::check_key_space;
 pub use conformance::check_group_app;
 pub use snapshot_store::check_snapshot_store;
 
