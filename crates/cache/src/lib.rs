@@ -1,7 +1,26 @@
-//! # trestle-cache
+#![doc = include_str!("../README.md")]
 //!
-//! **Status: not started.** This crate has no functionality yet and exports nothing; a later issue brings it.
+//! # Map of the crate
 //!
-//! What it will be: a sharded, replicated in-memory cache in the EVCache/mcrouter class: a client that routes
-//! through `trestle-shard-router` with zone-aware replicas, and cache nodes that speak gRPC and the memcached
-//! protocol.
+//! - The memcached protocol, sans-IO: [`protocol`] ([`Decoder`] for requests, [`ReplyDecoder`] for meta replies,
+//!   [`Command`]).
+//! - The node's store: [`Store`] with [`StoreConfig`] (byte budget, TTLs, CAS, quick_cache eviction).
+//! - The node's protocol logic: [`Engine`] executes frames against a store and writes replies.
+//! - The node's server: [`server`] ([`serve`], [`ServerConfig`]): TCP for memcached, HTTP for `/metrics` and
+//!   `/health`, graceful shutdown. Counters: [`NodeMetrics`].
+//! - Errors: [`ConfigError`].
+
+mod engine;
+mod error;
+mod metrics;
+pub mod protocol;
+mod store;
+
+pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
+pub use error::ConfigError;
+pub use metrics::{NodeMetrics, command_index};
+pub use protocol::{Command, Decoder, DecoderConfig, Frame, ProtocolError, ReplyDecoder};
+pub use store::{
+    ArithOutcome, DebugInfo, DeleteOutcome, Hit, ITEM_OVERHEAD, MetaGetOptions, MetaHit, Store, StoreConfig,
+    StoreOutcome,
+};
