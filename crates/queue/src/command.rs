@@ -284,8 +284,10 @@ pub struct Redriven {
     pub moved: Vec<MessageId>,
     /// Matching dead letters that could not move (their source queue is gone), with why.
     pub skipped: Vec<(MessageId, String)>,
-    /// Matching dead letters left for later commands.
-    pub remaining: u64,
+    /// Whether matching dead letters are left for later commands (the redrive stops reading at the first one past
+    /// its count, so that a command's work is bounded by its count, not by the dead-letter queue's size, when most
+    /// dead letters match).
+    pub more: bool,
 }
 
 /// The successful result of an [`Op`].

@@ -400,15 +400,16 @@ impl<S: Storage> Partition<S> {
             .transpose()
     }
 
-    /// Metadata of messages the indexes list, read before a change: an absent one is a storage fault.
+    /// Metadata of a message the indexes list: an absent one is a storage fault.
+    fn stored_meta(&self, id: MessageId) -> Result<MessageMeta, QueueError> {
+        self.meta(id)?.ok_or_else(|| QueueError::Storage {
+            detail: format!("message {id} is indexed but not stored"),
+        })
+    }
+
+    /// Metadata of messages the indexes list, read before a change.
     fn metas(&self, ids: impl IntoIterator<Item = MessageId>) -> Result<Vec<MessageMeta>, QueueError> {
-        ids.into_iter()
-            .map(|id| {
-                self.meta(id)?.ok_or_else(|| QueueError::Storage {
-                    detail: format!("message {id} is indexed but not stored"),
-                })
-            })
-            .collect()
+        ids.into_iter().map(|id| self.stored_meta(id)).collect()
     }
 
     /// Takes a message out of the indexes to change it; [`Partition::put`] puts it back. A storage failure
@@ -1040,16 +1041,25 @@ impl<S: Storage> Partition<S> {
             }
             true
         };
-        // Everything is read before anything changes.
-        let candidates: Vec<MessageMeta> = self
-            .metas(self.queue(qid).dead.iter().copied())?
-            .into_iter()
-            .filter(|m| matches(m))
-            .collect();
-        let mut out = Redriven::default();
-        let take = (max as usize).min(candidates.len());
-        out.remaining = (candidates.len() - take) as u64;
-        for meta in candidates.into_iter().take(take) {
+        // Everything is read before anything changes, up to one match past the count.
+        let mut candidates = Vec::new();
+        let mut more = false;
+        for meta in self.queue(qid).dead.iter().map(|&id| self.stored_meta(id)) {
+            let meta = meta?;
+            if !matches(&meta) {
+                continue;
+            }
+            if candidates.len() == max as usize {
+                more = true;
+                break;
+            }
+            candidates.push(meta);
+        }
+        let mut out = Redriven {
+            more,
+            ..Redriven::default()
+        };
+        for meta in candidates {
             let id = meta.id;
             let target = if meta.state == MessageState::Parked {
                 Some(qid)
@@ -1104,12 +1114,25 @@ impl<S: Storage> Partition<S> {
     pub fn peek(&self, queue: &str, max: u32) -> Result<Vec<PeekedMessage>, QueueError> {
         let q = self.queue(self.queue_id(queue)?);
         Self::check_count("max", max)?;
-        let first: Vec<MessageId> = q.ready.iter().map(|&(_, id)| id).collect();
-        let mut skip: BTreeSet<MessageId> = first.iter().copied().collect();
-        skip.extend(q.in_flight.iter().map(|&(_, id)| id));
-        let rest = q.messages.iter().copied().filter(|id| !skip.contains(id));
-        let ids: Vec<MessageId> = first.iter().copied().chain(rest).take(max as usize).collect();
-        self.metas(ids)?
+        let max = max as usize;
+        let mut metas = self.metas(q.ready.iter().take(max).map(|&(_, id)| id))?;
+        if metas.len() < max {
+            // Then the rest, by id: what the ready order does not hold and is not in flight. Reads stop at `max`.
+            let listed: BTreeSet<MessageId> = metas.iter().map(|m| m.id).collect();
+            for &id in &q.messages {
+                if metas.len() == max {
+                    break;
+                }
+                if listed.contains(&id) {
+                    continue;
+                }
+                let meta = self.stored_meta(id)?;
+                if !matches!(meta.state, MessageState::InFlight { .. }) {
+                    metas.push(meta);
+                }
+            }
+        }
+        metas
             .into_iter()
             .map(|meta| {
                 let body = self.body(meta.id)?;

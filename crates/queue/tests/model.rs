@@ -198,7 +198,7 @@ enum Obs {
     Sent(Vec<(u64, bool)>),
     Received(Vec<(u64, u32, u64)>),
     Done,
-    Redriven(Vec<u64>, u64),
+    Redriven(Vec<u64>, bool),
     Stats([u64; 7]),
     Barrier(u64, Vec<u64>),
     Purged(u64),
@@ -566,7 +566,7 @@ impl Model {
                     .map(|(&id, _)| id)
                     .collect();
                 let take = (*max as usize).min(candidates.len());
-                let remaining = (candidates.len() - take) as u64;
+                let more = candidates.len() > take;
                 let moved: Vec<u64> = candidates.into_iter().take(take).collect();
                 for id in &moved {
                     let m = self.msgs.get_mut(id).expect("listed");
@@ -577,7 +577,7 @@ impl Model {
                     m.deliveries = 0;
                     m.dead = false;
                 }
-                Obs::Redriven(moved, remaining)
+                Obs::Redriven(moved, more)
             }
             Action::Barrier { tasks } => {
                 let barrier = self.next_barrier;
@@ -750,7 +750,7 @@ fn observe_outcome(outcome: &Result<Outcome, QueueError>) -> Obs {
         ),
         Ok(Outcome::Redriven(r)) => {
             assert!(r.skipped.is_empty());
-            Obs::Redriven(r.moved.clone(), r.remaining)
+            Obs::Redriven(r.moved.clone(), r.more)
         }
         Ok(Outcome::Stats(s)) => Obs::Stats([
             s.depth,

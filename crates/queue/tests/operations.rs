@@ -406,7 +406,7 @@ fn nack_retries_then_dead_letters_with_history_and_redrive_brings_it_back() {
     }) else {
         panic!()
     };
-    assert_eq!((r.moved, r.remaining), (vec![id], 0));
+    assert_eq!((r.moved, r.more), (vec![id], false));
     let d = h.receive("q", 1).remove(0);
     assert_eq!((d.receipt.id, d.receipt.delivery, d.dead_letter), (id, 1, None));
 }
