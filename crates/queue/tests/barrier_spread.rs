@@ -50,9 +50,9 @@ impl Node {
         self.apply(op).outcome.expect("applies")
     }
 
-    fn receive_one(&mut self) -> trestle_queue::Delivery {
+    fn receive_one(&mut self, queue: &str) -> trestle_queue::Delivery {
         match self.ok(Op::Receive {
-            queue: "tasks".into(),
+            queue: queue.into(),
             max: 1,
             visibility_timeout_ms: None,
         }) {
@@ -75,9 +75,10 @@ proptest! {
         let mut home = Node::new(HOME);
         let mut others = [Node::new(2), Node::new(3)];
         home.ok(Op::CreateQueue { name: "done".into(), settings: QueueSettings::default() });
-        for node in &mut others {
-            node.ok(Op::CreateQueue {
-                name: "tasks".into(),
+        // One queue per task, so that a redrive moves only that task.
+        for (slot, node) in (0..fates.len()).map(|slot| (slot, slot % 2)) {
+            others[node].ok(Op::CreateQueue {
+                name: format!("tasks{slot}"),
                 settings: QueueSettings::default().with_max_deliveries(1),
             });
         }
@@ -92,25 +93,26 @@ proptest! {
         // Each task runs its fate in one of the other partitions; their outboxes fill.
         for (slot, fate) in fates.iter().enumerate() {
             let node = &mut others[slot % 2];
+            let queue = format!("tasks{slot}");
             let task = BarrierRef { partition: HOME, barrier, slot: slot as u32 };
-            node.ok(Op::Send { queue: "tasks".into(), messages: vec![NewMessage::new("t").with_barrier(task)] });
-            let d = node.receive_one();
+            node.ok(Op::Send { queue: queue.clone(), messages: vec![NewMessage::new("t").with_barrier(task)] });
+            let d = node.receive_one(&queue);
             let result = Some(vec![slot as u8]);
             match fate {
                 Fate::Acked => {
-                    node.ok(Op::Ack { queue: "tasks".into(), acks: vec![AckEntry { receipt: d.receipt, result }] });
+                    node.ok(Op::Ack { queue, acks: vec![AckEntry { receipt: d.receipt, result }] });
                 }
                 Fate::Parked | Fate::ParkedThenAcked => {
                     node.ok(Op::Nack {
-                        queue: "tasks".into(),
+                        queue: queue.clone(),
                         receipts: vec![d.receipt],
                         retry_after_ms: 0,
                         error: Some("failed".into()),
                     });
                     if matches!(fate, Fate::ParkedThenAcked) {
-                        node.ok(Op::Redrive { queue: "tasks".into(), filter: RedriveFilter::all(), max: 10 });
-                        let d = node.receive_one();
-                        node.ok(Op::Ack { queue: "tasks".into(), acks: vec![AckEntry { receipt: d.receipt, result }] });
+                        node.ok(Op::Redrive { queue: queue.clone(), filter: RedriveFilter::all(), max: 10 });
+                        let d = node.receive_one(&queue);
+                        node.ok(Op::Ack { queue, acks: vec![AckEntry { receipt: d.receipt, result }] });
                     }
                 }
             }
