@@ -11,7 +11,8 @@
 //! State lives in a [`Storage`] (each message's body and metadata, queues, remembered keys, barriers, the outbox);
 //! in memory are only the indexes (`index.rs`: ready order, delays, in-flight deadlines, ages, FIFO groups,
 //! idempotency keys), rebuilt by one scan on [`Partition::open`] and [`Partition::restore`]. An operation reads
-//! what it needs from the storage (seeing its own writes first) and its writes go to the storage as one batch.
+//! what it needs from the storage (seeing the command's own writes first); a command's writes, its operations' and the
+//! timers' and the partition record with the applied index, go to the storage as one batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -31,7 +32,7 @@ use crate::message::{
 };
 use crate::record::{self, DedupRecord, PartitionRecord, QueueRecord, key64};
 use crate::settings::{MAX_VISIBILITY_TIMEOUT_MS, QueueSettings, validate_name};
-use crate::storage::{Storage, WriteBatch};
+use crate::storage::{Pairs, Storage, WriteBatch};
 
 /// The longest delay a message or a nack may ask for (7 days).
 pub const MAX_DELAY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -248,9 +249,9 @@ impl<S: Storage> Partition<S> {
         self.state.clock_ms = now;
         self.state.last_index = index;
         self.advance(now);
-        self.save_state();
-        self.flush();
         let outcome = self.apply_op(command.op, now);
+        // One write batch per command, the partition's record (clock, last applied index) included: on a disk
+        // that applies batches atomically, a command is applied wholly or not at all, together with its index.
         self.save_state();
         self.flush();
         let outcome = match &self.poisoned {
@@ -284,6 +285,26 @@ impl<S: Storage> Partition<S> {
         }
     }
 
+    /// A prefix scan as the current operation sees it: the storage's pairs with the operation's writes over them.
+    fn scan(&self, prefix: &[u8]) -> Result<Pairs, QueueError> {
+        let mut pairs: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .storage
+            .scan_prefix(prefix)
+            .map_err(|e| QueueError::Storage { detail: e.0 })?
+            .into_iter()
+            .collect();
+        for (key, value) in self.pending.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match value {
+                Some(value) => pairs.insert(key.clone(), value.clone()),
+                None => pairs.remove(key),
+            };
+        }
+        Ok(pairs.into_iter().collect())
+    }
+
     fn save_state(&mut self) {
         self.stage_put(vec![record::STATE], record::encode(&self.state));
     }
@@ -306,7 +327,7 @@ impl<S: Storage> Partition<S> {
     }
 
     fn apply_op(&mut self, op: Op, now: u64) -> Result<Outcome, QueueError> {
-        let result = match op {
+        match op {
             Op::Batch(ops) => Ok(Outcome::Batch(
                 ops.into_iter().map(|op| self.apply_op(op, now)).collect(),
             )),
@@ -361,9 +382,7 @@ impl<S: Storage> Partition<S> {
                 outcome,
             } => self.barrier_task_done(barrier, slot, &outcome, now),
             Op::OutboxDone { seq } => self.outbox_done(seq),
-        };
-        self.flush();
-        result
+        }
     }
 
     // ---- lookups -------------------------------------------------------------------------------------------------
@@ -1154,9 +1173,7 @@ impl<S: Storage> Partition<S> {
     /// The outbox: outcomes of tasks of other partitions' barriers, waiting for the host to deliver them as
     /// [`Op::BarrierTaskDone`] to their home partition, then clear them with [`Op::OutboxDone`].
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, QueueError> {
-        self.storage
-            .scan_prefix(&[record::OUTBOX])
-            .map_err(|e| QueueError::Storage { detail: e.0 })?
+        self.scan(&[record::OUTBOX])?
             .iter()
             .map(|(_, v)| record::decode(v).map_err(|detail| QueueError::Storage { detail }))
             .collect()
@@ -1326,10 +1343,7 @@ impl<S: Storage> Partition<S> {
     }
 
     fn outbox_done(&mut self, seq: u64) -> Result<Outcome, QueueError> {
-        let pairs = self
-            .storage
-            .scan_prefix(&[record::OUTBOX])
-            .map_err(|e| QueueError::Storage { detail: e.0 })?;
+        let pairs = self.scan(&[record::OUTBOX])?;
         let upto = key64(record::OUTBOX, seq);
         for (key, _) in pairs {
             if key <= upto {

@@ -1,5 +1,5 @@
-//! An operation's storage reads are bounded by its own size (its batch, its count), not by the queue's: counted
-//! through a `Storage` wrapper over a queue of thousands of messages.
+//! An operation's storage reads are bounded by its own size (its batch, its count), not by the queue's, and every
+//! command is written as one batch: counted through a `Storage` wrapper over a queue of thousands of messages.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,11 +9,12 @@ use trestle_queue::{
     Storage, StorageError, WriteBatch,
 };
 
-/// Counts reads (gets, and pairs returned by scans).
+/// Counts reads (gets, and pairs returned by scans) and write batches.
 #[derive(Default)]
 struct Counting {
     inner: MemStorage,
     reads: AtomicU64,
+    writes: u64,
 }
 
 impl Storage for Counting {
@@ -29,6 +30,7 @@ impl Storage for Counting {
     }
 
     fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.writes += 1;
         self.inner.write(batch)
     }
 }
