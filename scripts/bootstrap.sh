@@ -26,6 +26,8 @@ need etcd-client       "etcdctl: compatibility tests against Trestle and etcd"  
 need iproute2          "ip and ss: network namespaces for the chaos suite, port checks" cmd  ip
 need nftables          "nft: partitions between namespaces in the chaos suite"       cmd  nft
 need procps            "pkill and free, used by the benchmark scripts"               cmd  pkill
+need memcached         "memcached 1.6: the cache conformance test runs it beside a Trestle node" file /usr/bin/memcached
+need libmemcached-tools "memcslap: the cache benchmark's load generator"           cmd  memcslap
 
 present() { # KIND TARGET
     case $1 in
@@ -74,7 +76,7 @@ for entry in "${needs[@]}"; do
     fi
 done
 ((failed == 0)) || die "the build's needs are not met (see above)"
-say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft"
+say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcslap"
 
 command -v cargo >/dev/null || die "cargo is not on PATH: install a Rust toolchain with rustup (https://rustup.rs) first"
 

@@ -329,19 +329,15 @@ impl Engine {
     }
 
     fn meta_set(&self, key: Bytes, data: Bytes, flags: &MetaFlags, out: &mut BytesMut) {
-        let (Ok(client_flags), Ok(ttl), Ok(compare), Ok(vivify)) = (
+        let (Ok(client_flags), Ok(ttl), Ok(compare)) = (
             flags.number::<u32>(b'F').transpose(),
             flags.number::<i64>(b'T').transpose(),
             flags.number::<u64>(b'C').transpose(),
-            flags.number::<i64>(b'N').transpose(),
         ) else {
             return Self::bad_format(out);
         };
-        let mode = match flags
-            .token(b'M')
-            .and_then(|t| t.first())
-            .map(u8::to_ascii_uppercase)
-        {
+        // memcached 1.6.18 takes the modes in upper case only, and ignores N (vivify) on ms.
+        let mode = match flags.token(b'M').and_then(|t| t.first()).copied() {
             None | Some(b'S') => StoreMode::Set,
             Some(b'E') => StoreMode::Add,
             Some(b'A') => StoreMode::Append,
@@ -357,7 +353,7 @@ impl Engine {
             data,
             compare,
             flags.has(b'I'),
-            vivify,
+            None,
         );
         let (status, cas): (&[u8], _) = match outcome {
             StoreOutcome::Stored(cas) => (b"HD", Some(cas)),

@@ -35,4 +35,12 @@ pub enum ConfigError {
         /// Which limit.
         name: &'static str,
     },
+    /// The server and the store disagree on the largest value.
+    #[error("the server's largest value ({server} bytes) differs from the store's ({store} bytes)")]
+    MaxItemSizeMismatch {
+        /// The store's.
+        store: usize,
+        /// The server's.
+        server: usize,
+    },
 }

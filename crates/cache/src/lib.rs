@@ -6,20 +6,25 @@
 //!   [`Command`]).
 //! - The node's store: [`Store`] with [`StoreConfig`] (byte budget, TTLs, CAS, quick_cache eviction).
 //! - The node's protocol logic: [`Engine`] executes frames against a store and writes replies.
-//! - The node's server: [`server`] ([`serve`], [`ServerConfig`]): TCP for memcached, HTTP for `/metrics` and
-//!   `/health`, graceful shutdown. Counters: [`NodeMetrics`].
-//! - Errors: [`ConfigError`].
+//! - The node's server: [`server`] ([`server::serve`], [`ServerConfig`]): TCP for memcached, HTTP for `/metrics`
+//!   and `/health` ([`server::serve_http`]), graceful shutdown. Counters: [`NodeMetrics`].
+//! - A whole node in one call: [`RunningNode::start`] with a [`NodeConfig`].
+//! - Errors: [`ConfigError`], [`StartError`].
 
 mod engine;
 mod error;
 mod metrics;
+mod node;
 pub mod protocol;
+pub mod server;
 mod store;
 
 pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
 pub use error::ConfigError;
 pub use metrics::{NodeMetrics, command_index};
+pub use node::{NodeConfig, RunningNode, StartError};
 pub use protocol::{Command, Decoder, DecoderConfig, Frame, ProtocolError, ReplyDecoder};
+pub use server::ServerConfig;
 pub use store::{
     ArithOutcome, DebugInfo, DeleteOutcome, Hit, ITEM_OVERHEAD, MetaGetOptions, MetaHit, Store, StoreConfig,
     StoreOutcome,

@@ -103,6 +103,14 @@ pub enum ProtocolError {
         /// The limit.
         max: usize,
     },
+    /// An error in a command with a data block, whose data is discarded.
+    #[error("{error} (its {len} data bytes are discarded)")]
+    WithData {
+        /// The error.
+        error: Box<ProtocolError>,
+        /// The data block's length.
+        len: usize,
+    },
     /// A line over the length limit without a newline; the connection closes.
     #[error("command line of over {max} bytes")]
     LineTooLong {
@@ -124,6 +132,7 @@ impl ProtocolError {
             ProtocolError::BadDataChunk { .. } => "CLIENT_ERROR bad data chunk",
             ProtocolError::TooLarge { .. } => "SERVER_ERROR object too large for cache",
             ProtocolError::LineTooLong { .. } => "CLIENT_ERROR line too long",
+            ProtocolError::WithData { error, .. } => error.reply(),
         }
     }
 
@@ -239,6 +248,10 @@ impl Decoder {
                     }
                     self.pending = Some((command, len));
                 }
+                Err(ProtocolError::WithData { error, len }) => {
+                    self.swallow = len.saturating_add(2);
+                    return Some(Frame::Error(*error));
+                }
                 Err(e) => return Some(Frame::Error(e)),
             }
         }
@@ -314,7 +327,8 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
             }
         }
         b"gat" | b"gats" => {
-            if args.len() < 2 {
+            // `gat <exptime>` without keys is answered END, as memcached does.
+            if args.is_empty() {
                 return Err(unknown());
             }
             let exptime = num(&args[0]).ok_or_else(|| ProtocolError::InvalidExptime {
@@ -437,20 +451,27 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
             }
         }
         b"ms" => {
-            if args.len() < 2 {
+            if args.len() < 2 || args[0].len() > MAX_KEY_LEN {
                 return Err(bad());
             }
             let len: usize = num(&args[1]).ok_or_else(bad)?;
-            let flags = meta_flags(&args[2..], MS_FLAGS)?;
-            let key = meta_key(&args[0], &flags, line)?;
-            return Ok((
-                Command::MetaSet {
-                    key,
-                    data: Bytes::new(),
-                    flags,
-                },
-                Some(len),
-            ));
+            // Once the length is known, memcached discards the data of a refused ms.
+            let parsed = meta_flags(&args[2..], MS_FLAGS)
+                .and_then(|flags| Ok((meta_key(&args[0], &flags, line)?, flags)));
+            return match parsed {
+                Ok((key, flags)) => Ok((
+                    Command::MetaSet {
+                        key,
+                        data: Bytes::new(),
+                        flags,
+                    },
+                    Some(len),
+                )),
+                Err(error) => Err(ProtocolError::WithData {
+                    error: Box::new(error),
+                    len,
+                }),
+            };
         }
         _ => return Err(unknown()),
     };

@@ -1,0 +1,111 @@
+//! Helpers shared by the network tests: a raw protocol connection and waiting with a deadline.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw connection that sends bytes and reads replies up to a terminator.
+pub struct Raw {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Sends `request` followed by `mn\r\n`, and returns everything answered before the `MN\r\n` that ends it.
+    pub async fn exchange(&mut self, request: &[u8]) -> String {
+        self.stream.write_all(request).await.expect("write");
+        self.stream.write_all(b"mn\r\n").await.expect("write");
+        // The request's own `mn`s are answered too: wait for all of them and ours.
+        let text = String::from_utf8_lossy(request);
+        let noops = text.split("\r\n").filter(|line| *line == "mn").count() + 1;
+        let mut reply = Vec::new();
+        for _ in 0..noops {
+            reply.extend(self.read_until(b"MN\r\n").await);
+        }
+        String::from_utf8_lossy(&reply[..reply.len() - 4]).into_owned()
+    }
+
+    /// Reads until the replies end with `end` (5 s deadline).
+    pub async fn read_until(&mut self, end: &[u8]) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(at) = self.pending.windows(end.len()).position(|w| w == end) {
+                let rest = self.pending.split_off(at + end.len());
+                return std::mem::replace(&mut self.pending, rest);
+            }
+            let mut buf = [0u8; 65536];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {:?} within 5 s; got {:?}",
+                        String::from_utf8_lossy(end),
+                        String::from_utf8_lossy(&self.pending)
+                    )
+                })
+                .expect("read");
+            assert!(
+                n > 0,
+                "connection closed; got {:?}",
+                String::from_utf8_lossy(&self.pending)
+            );
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads until the peer closes; returns what it sent.
+    pub async fn read_to_close(&mut self) -> String {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), self.stream.read_to_end(&mut rest))
+            .await
+            .expect("closed within 5 s")
+            .expect("read");
+        self.pending.extend_from_slice(&rest);
+        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
+    }
+}
+
+/// Polls `check` every 10 ms until it holds or `within` passes (real time).
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status line and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or("").to_owned(), body.to_owned())
+}
