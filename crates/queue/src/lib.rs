@@ -43,4 +43,4 @@ pub use settings::{
     MAX_DEDUP_WINDOW_MS, MAX_DELIVERIES_LIMIT, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME_LEN,
     MAX_VISIBILITY_TIMEOUT_MS, MIN_RETENTION_MS, QueueSettings, validate_name,
 };
-pub use storage::{MemStorage, Pairs, Storage, WriteBatch, WriteOp};
+pub use storage::{Detached, MemStorage, Pairs, Storage, WriteBatch, WriteOp};

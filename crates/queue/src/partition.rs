@@ -166,6 +166,41 @@ impl<S: Storage> Partition<S> {
         self.poisoned = None;
     }
 
+    /// The same partition over another storage, and the storage it had: the indexes move over as they are, so
+    /// `storage` must hold what the old one held (the same key space, seen through another handle).
+    ///
+    /// This is how a host that hands out its key space per command (trestle-raft's `DiskStateMachine` gives each
+    /// entry a transaction) runs a partition: keep a `Partition<Detached>` between commands, and for each one
+    /// attach a storage over the command's transaction, apply, and detach again. Moving costs nothing: no index is
+    /// rebuilt.
+    pub fn with_storage<T: Storage>(self, storage: T) -> (Partition<T>, S) {
+        let Self {
+            storage: old,
+            partition,
+            state,
+            queues,
+            names,
+            open_barriers,
+            pending,
+            events,
+            poisoned,
+        } = self;
+        (
+            Partition {
+                storage,
+                partition,
+                state,
+                queues,
+                names,
+                open_barriers,
+                pending,
+                events,
+                poisoned,
+            },
+            old,
+        )
+    }
+
     /// This partition's id.
     pub fn id(&self) -> u64 {
         self.partition

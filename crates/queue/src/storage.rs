@@ -117,6 +117,42 @@ impl Storage for MemStorage {
     }
 }
 
+/// No storage: a partition between two commands of a host that attaches a storage per command (see
+/// [`crate::Partition::with_storage`]). Every read and write fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Detached;
+
+impl Storage for Detached {
+    fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Err(detached())
+    }
+
+    fn scan_prefix(&self, _prefix: &[u8]) -> Result<Pairs, StorageError> {
+        Err(detached())
+    }
+
+    fn write(&mut self, _batch: WriteBatch) -> Result<(), StorageError> {
+        Err(detached())
+    }
+}
+
+fn detached() -> StorageError {
+    StorageError("the partition is detached from its storage".to_owned())
+}
+
+/// The first key after every key that starts with `prefix` (`None` when there is none: the prefix is empty or
+/// all `0xff`): the exclusive end of a range scan standing for a prefix scan.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// A conformance check any [`Storage`] runs in one line (`storage::check_conformance(MyStore::new())`): puts,
 /// overwrites, deletes, batch order, prefix scans and their order. Panics with what failed.
 pub fn check_conformance<S: Storage>(mut store: S) {
@@ -160,5 +196,13 @@ mod tests {
     #[test]
     fn mem_storage_conforms() {
         check_conformance(MemStorage::new());
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"m"), Some(b"n".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
     }
 }

@@ -840,3 +840,78 @@ fn a_partition_can_be_shared_across_threads() {
     send_sync::<Command>();
     send_sync::<Response>();
 }
+
+/// A storage over one command's transaction, as a host that hands out its key space per command provides: reads
+/// go to the stored state, the command's batch is kept for the host to commit.
+struct PerCommand<'a> {
+    base: &'a MemStorage,
+    batch: Option<trestle_queue::WriteBatch>,
+}
+
+impl trestle_queue::Storage for PerCommand<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, trestle_queue::StorageError> {
+        self.base.get(key)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<trestle_queue::Pairs, trestle_queue::StorageError> {
+        self.base.scan_prefix(prefix)
+    }
+
+    fn write(&mut self, batch: trestle_queue::WriteBatch) -> Result<(), trestle_queue::StorageError> {
+        self.batch = Some(batch);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_host_can_attach_a_storage_per_command() {
+    use trestle_queue::{Detached, Storage};
+    let mut owned = Harness::new();
+    let mut stored = MemStorage::new();
+    let mut detached = Partition::open(MemStorage::new(), 1)
+        .expect("open")
+        .with_storage(Detached)
+        .0;
+    let ops = vec![
+        Op::CreateQueue {
+            name: "q".into(),
+            settings: QueueSettings::default().with_visibility_timeout_ms(10),
+        },
+        Op::Send {
+            queue: "q".into(),
+            messages: vec![NewMessage::new("a"), NewMessage::new("b").with_priority(2)],
+        },
+        Op::Receive {
+            queue: "q".into(),
+            max: 1,
+            visibility_timeout_ms: None,
+        },
+        Op::Tick,
+        Op::Receive {
+            queue: "q".into(),
+            max: 5,
+            visibility_timeout_ms: None,
+        },
+        Op::Peek {
+            queue: "q".into(),
+            max: 5,
+        },
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        owned.now += 10;
+        let expected = owned.full(op.clone());
+        let (mut attached, _) = detached.with_storage(PerCommand {
+            base: &stored,
+            batch: None,
+        });
+        let response = attached.apply(i as u64 + 1, Command::new(owned.now, op));
+        let (back, txn) = attached.with_storage(Detached);
+        detached = back;
+        let batch = txn.batch.expect("one batch per command");
+        stored.write(batch).expect("commit");
+        assert_eq!(response, expected, "command {i}");
+    }
+    assert_eq!(&stored, owned.p.storage());
+    let (reopened, _) = detached.with_storage(stored);
+    assert!(reopened == owned.p);
+}
