@@ -110,6 +110,61 @@ async fn leader_endpoint(endpoints: &[String], deadline: Instant) -> Result<Stri
     }
 }
 
+/// Starts the stopped member again with its own command line, until it stays up and answers. A process that
+/// stopped gracefully may still hold its data directory's lock for a moment after its ports closed (etcd
+/// does), and the new one then exits at once: it is started again.
+async fn restart(command: &[String], cwd: &std::path::Path, endpoint: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut child = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot restart {}: {e}", command[0]))?;
+        let exited = loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| format!("cannot watch {}: {e}", command[0]))?
+            {
+                break Some(status);
+            }
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(200))
+                .with_timeout(Duration::from_millis(300));
+            let answers = async {
+                let mut client = Client::connect([endpoint], Some(options)).await.ok()?;
+                client.status().await.ok()
+            }
+            .await
+            .is_some();
+            if answers {
+                break None;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the restarted member at {endpoint} did not answer within 30 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match exited {
+            None => return Ok(()),
+            Some(status) if Instant::now() < deadline => {
+                tracing::debug!(%status, endpoint, "the restarted member exited at once; starting it again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Some(status) => {
+                return Err(format!(
+                    "the restarted member at {endpoint} keeps exiting ({status})"
+                ));
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(args: FailoverArgs) -> Result<(), String> {
     if args.rounds == 0 {
         return Err("--rounds must be at least 1".into());
@@ -160,14 +215,7 @@ pub(crate) async fn run(args: FailoverArgs) -> Result<(), String> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        std::process::Command::new(&command[0])
-            .args(&command[1..])
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot restart {}: {e}", command[0]))?;
+        restart(&command, &cwd, &leader).await?;
         println!(
             "round {round}: stopped the leader at {leader} (pid {pid}, {signal}); first acknowledged write after {took:.2?}"
         );
