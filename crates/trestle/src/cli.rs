@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchCommand;
+use crate::cache::CacheCommand;
 use crate::local_cluster::LocalClusterArgs;
 use crate::serve::ServeArgs;
 use crate::snapshot::SnapshotCommand;
@@ -32,6 +33,9 @@ pub enum Command {
     /// Backups: seed a new cluster from what `etcdctl snapshot save` wrote.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// A memcached-compatible cache node.
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -50,6 +54,7 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::LocalCluster(args) => runtime.block_on(crate::local_cluster::run(args)),
         Command::Snapshot(SnapshotCommand::Restore(args)) => runtime.block_on(crate::snapshot::restore(args)),
+        Command::Cache(CacheCommand::Serve(args)) => runtime.block_on(crate::cache::serve(args)),
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(crate::bench::run(args)).map(|_| ()),
         Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(crate::bench_lock::lock(args)),
         Command::Bench(BenchCommand::ElectionFailover(args)) => {

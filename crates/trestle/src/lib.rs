@@ -15,6 +15,7 @@
 mod bench;
 mod bench_failover;
 mod bench_lock;
+mod cache;
 mod cli;
 pub mod coordination;
 mod local_cluster;
@@ -24,6 +25,7 @@ mod snapshot;
 pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
 pub use bench_failover::FailoverArgs;
 pub use bench_lock::{CandidateArgs, FailoverBenchArgs, LockBenchArgs};
+pub use cache::{CacheCommand, CacheServeArgs};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
 pub use serve::{ServeArgs, ServeError, coordination_routes, parse_url_addr};
