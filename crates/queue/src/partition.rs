@@ -284,7 +284,11 @@ impl<S: Storage> Partition<S> {
         self.state.clock_ms = now;
         self.state.last_index = index;
         self.advance(now);
-        let outcome = self.apply_op(command.op, now);
+        let outcome = if self.poisoned.is_none() {
+            self.apply_op(command.op, now)
+        } else {
+            Ok(Outcome::Ticked)
+        };
         // One write batch per command, the partition's record (clock, last applied index) included: on a disk
         // that applies batches atomically, a command is applied wholly or not at all, together with its index.
         self.save_state();
@@ -501,14 +505,17 @@ impl<S: Storage> Partition<S> {
         self.stage_delete(key64(record::BODY, meta.id));
     }
 
-    /// Removes a message for good, failing its barrier task with `reason`.
-    fn discard(&mut self, id: MessageId, reason: &str, now: u64) {
-        if let Some(meta) = self.take(id) {
-            self.delete(&meta);
-            if let Some(task) = meta.barrier {
-                self.task_outcome(task, TaskOutcome::Failed(reason.to_owned()), now);
-            }
+    /// Removes a message for good, failing its barrier task with `reason`. False when the message could not be
+    /// read (the partition is poisoned).
+    fn discard(&mut self, id: MessageId, reason: &str, now: u64) -> bool {
+        let Some(meta) = self.take(id) else {
+            return false;
+        };
+        self.delete(&meta);
+        if let Some(task) = meta.barrier {
+            self.task_outcome(task, TaskOutcome::Failed(reason.to_owned()), now);
         }
+        true
     }
 
     /// Enqueues a validated message into queue `queue`.
@@ -621,23 +628,27 @@ impl<S: Storage> Partition<S> {
                 if until > now {
                     break;
                 }
-                if let Some(mut meta) = self.take(id) {
-                    meta.state = MessageState::Ready;
-                    self.put(meta);
-                }
+                // A message the indexes list but the storage cannot give poisoned the partition: stop here
+                // (the entry would stay first in the index forever).
+                let Some(mut meta) = self.take(id) else {
+                    return;
+                };
+                meta.state = MessageState::Ready;
+                self.put(meta);
             }
             while let Some(&(deadline, id)) = self.queues.get(&qid).and_then(|q| q.in_flight.first()) {
                 if deadline > now {
                     break;
                 }
                 let max = self.queue(qid).settings.max_deliveries;
-                if let Some(mut meta) = self.take(id) {
-                    if meta.deliveries >= max {
-                        self.exhaust(meta, REASON_MAX_DELIVERIES, now);
-                    } else {
-                        meta.state = MessageState::Ready;
-                        self.put(meta);
-                    }
+                let Some(mut meta) = self.take(id) else {
+                    return;
+                };
+                if meta.deliveries >= max {
+                    self.exhaust(meta, REASON_MAX_DELIVERIES, now);
+                } else {
+                    meta.state = MessageState::Ready;
+                    self.put(meta);
                 }
             }
             if let Some(retention) = self.queues.get(&qid).and_then(|q| q.settings.retention_ms) {
@@ -645,7 +656,9 @@ impl<S: Storage> Partition<S> {
                     if sent.saturating_add(retention) > now {
                         break;
                     }
-                    self.discard(id, "retention expired", now);
+                    if !self.discard(id, "retention expired", now) {
+                        return;
+                    }
                     let queue = self.queue(qid).name.clone();
                     self.events.push(Event::Expired { id, queue });
                 }

@@ -915,3 +915,123 @@ fn a_host_can_attach_a_storage_per_command() {
     let (reopened, _) = detached.with_storage(stored);
     assert!(reopened == owned.p);
 }
+
+/// A storage whose reads or writes can be made to fail.
+#[derive(Default)]
+struct Flaky {
+    inner: MemStorage,
+    fail_reads: bool,
+    fail_writes: bool,
+}
+
+impl trestle_queue::Storage for Flaky {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, trestle_queue::StorageError> {
+        if self.fail_reads {
+            return Err(trestle_queue::StorageError("disk on fire".into()));
+        }
+        self.inner.get(key)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<trestle_queue::Pairs, trestle_queue::StorageError> {
+        self.inner.scan_prefix(prefix)
+    }
+
+    fn write(&mut self, batch: trestle_queue::WriteBatch) -> Result<(), trestle_queue::StorageError> {
+        if self.fail_writes {
+            return Err(trestle_queue::StorageError("disk full".into()));
+        }
+        self.inner.write(batch)
+    }
+}
+
+/// Changes the storage under a partition (moving it out and back in).
+fn tweak(p: Partition<Flaky>, change: impl FnOnce(&mut Flaky)) -> Partition<Flaky> {
+    let (detached, mut storage) = p.with_storage(trestle_queue::Detached);
+    change(&mut storage);
+    detached.with_storage(storage).0
+}
+
+fn flaky_partition() -> Partition<Flaky> {
+    let mut p = Partition::open(Flaky::default(), 1).expect("open");
+    let ops = [
+        Op::CreateQueue {
+            name: "q".into(),
+            settings: QueueSettings::default().with_visibility_timeout_ms(10),
+        },
+        Op::Send {
+            queue: "q".into(),
+            messages: vec![NewMessage::new("a")],
+        },
+        Op::Receive {
+            queue: "q".into(),
+            max: 1,
+            visibility_timeout_ms: None,
+        },
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        assert!(p.apply(i as u64 + 1, Command::new(0, op)).outcome.is_ok());
+    }
+    p
+}
+
+#[test]
+fn a_storage_failure_stops_the_partition_instead_of_diverging_or_hanging() {
+    // A read failing while a deadline fires: the tick answers the storage error, and so does every later command.
+    let mut p = flaky_partition();
+    p = tweak(p, |s| s.fail_reads = true);
+    let response = p.apply(4, Command::new(10, Op::Tick));
+    assert!(
+        matches!(response.outcome, Err(QueueError::Storage { .. })),
+        "{response:?}"
+    );
+    p = tweak(p, |s| s.fail_reads = false);
+    let later = p.apply(5, Command::new(20, Op::Stats { queue: "q".into() }));
+    assert!(matches!(later.outcome, Err(QueueError::Storage { .. })));
+
+    // A write failing: the same.
+    let mut p = flaky_partition();
+    p = tweak(p, |s| s.fail_writes = true);
+    let response = p.apply(4, Command::new(1, Op::Tick));
+    assert!(matches!(response.outcome, Err(QueueError::Storage { .. })));
+    p = tweak(p, |s| s.fail_writes = false);
+    assert!(p.apply(5, Command::new(2, Op::Tick)).outcome.is_err());
+
+    // A read failing before anything changed (a receive reads bodies first): refused, the partition goes on.
+    let mut p = flaky_partition();
+    p.apply(
+        4,
+        Command::new(
+            1,
+            Op::Send {
+                queue: "q".into(),
+                messages: vec![NewMessage::new("b")],
+            },
+        ),
+    );
+    p = tweak(p, |s| s.fail_reads = true);
+    let response = p.apply(
+        5,
+        Command::new(
+            2,
+            Op::Receive {
+                queue: "q".into(),
+                max: 1,
+                visibility_timeout_ms: None,
+            },
+        ),
+    );
+    assert!(matches!(response.outcome, Err(QueueError::Storage { .. })));
+    p = tweak(p, |s| s.fail_reads = false);
+    let response = p.apply(
+        6,
+        Command::new(
+            3,
+            Op::Receive {
+                queue: "q".into(),
+                max: 1,
+                visibility_timeout_ms: None,
+            },
+        ),
+    );
+    assert!(matches!(response.outcome, Ok(Outcome::Received(d)) if d.len() == 1));
+}
