@@ -2,7 +2,7 @@
 //!
 //! # Map of the crate
 //!
-//! - [`Partition`]: one queue partition's replicated state machine (`partition.rs`): apply a [`Command`], get a
+//! - [`Partition`]: one queue partition's replicated state machine (`partition/`): apply a [`Command`], get a
 //!   [`Response`]; snapshot and restore.
 //! - [`Command`], [`Op`], [`Response`], [`Outcome`], [`Event`]: what is replicated and what it returns, with their
 //!   versioned encoding (`command.rs`).
