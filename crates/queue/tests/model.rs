@@ -3,10 +3,11 @@
 //!
 //! The model (below) is deliberately naive: a flat map of messages scanned linearly for every question, no indexes.
 //! It covers visibility and redelivery, delivery counts and receipts (stale, expired, unknown), idempotency keys
-//! and their window, delays, priorities, FIFO groups, dead-lettering and parking, redrive, and barriers. Mid-sequence
-//! the real partition is replaced by one restored from its snapshot, or reopened from its storage, and the sequence
-//! goes on: a restored partition must behave exactly as the original would. On every other step the deadlines fire
-//! in a tick of their own first, and a refused action must leave the stored records as they were.
+//! and their window, delays, priorities, FIFO groups, dead-lettering and parking, redrive, purge, barriers, and
+//! changing a live queue's max deliveries and visibility timeout. Mid-sequence the real partition is replaced by
+//! one restored from its snapshot, or reopened from its storage, and the sequence goes on: a restored partition
+//! must behave exactly as the original would. On every other step the deadlines fire in a tick of their own first,
+//! and a refused action must leave the stored records as they were.
 //!
 //! # Reproducing a failure
 //!
@@ -92,6 +93,11 @@ enum Action {
         a: usize,
         b: usize,
     },
+    /// New max deliveries and visibility timeout for q.
+    Retune {
+        max_deliveries: u32,
+        visibility_ms: u64,
+    },
     Purge {
         queue: usize,
     },
@@ -148,6 +154,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Action::AckPair { a, b }),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Action::BatchAcks { a, b }),
         1 => queue().prop_map(|queue| Action::Purge { queue }),
+        1 => (1u32..4, prop_oneof![Just(20u64), Just(30), Just(40)])
+            .prop_map(|(max_deliveries, visibility_ms)| Action::Retune { max_deliveries, visibility_ms }),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, retry)| Action::Nack { pick, retry }),
         1 => any::<usize>().prop_map(|pick| Action::Extend { pick }),
         1 => any::<usize>().prop_map(|pick| Action::Terminate { pick }),
@@ -596,6 +604,13 @@ impl Model {
                 Obs::Barrier(barrier, ids)
             }
             Action::Stats { queue } => Obs::Stats(self.stats(*queue)),
+            Action::Retune {
+                max_deliveries,
+                visibility_ms,
+            } => {
+                self.settings[Q] = retuned(*max_deliveries, *visibility_ms);
+                Obs::Done
+            }
             Action::Tick | Action::Restore | Action::Reopen => Obs::Done,
         }
     }
@@ -613,6 +628,14 @@ impl Model {
             in_queue().map(|m| self.now - m.sent_at).max().unwrap_or(0),
         ]
     }
+}
+
+/// q's settings with another max deliveries and visibility timeout (changes that are safe on a live queue).
+fn retuned(max_deliveries: u32, visibility_ms: u64) -> QueueSettings {
+    settings()[Q]
+        .clone()
+        .with_max_deliveries(max_deliveries)
+        .with_visibility_timeout_ms(visibility_ms)
 }
 
 fn plain() -> Msg {
@@ -719,6 +742,13 @@ fn op_for(action: &Action, pool: &[(usize, Receipt)]) -> Op {
             tasks: (0..*tasks).map(|_| new_message(&plain())).collect(),
             completion: Target::new(NAMES[DONE], new_message(&plain())),
             failure: Target::new(NAMES[DONE], new_message(&plain())),
+        },
+        Action::Retune {
+            max_deliveries,
+            visibility_ms,
+        } => Op::UpdateSettings {
+            name: NAMES[Q].into(),
+            settings: retuned(*max_deliveries, *visibility_ms),
         },
         Action::Stats { queue } => Op::Stats {
             queue: NAMES[*queue].into(),
