@@ -60,6 +60,14 @@ impl From<ForwardError> for Status {
 pub trait ForwardHandler: Send + Sync + 'static {
     /// Handles one forwarded request on the node that received it.
     async fn forward(&self, payload: Vec<u8>) -> Result<Vec<u8>, ForwardError>;
+
+    /// Resolves once this member has caught up with the group's leader, or says why it has not: what the
+    /// node's `/readyz` asks. The default answers at once (the node checks that a leader is known); the
+    /// replicated-service layer runs a read barrier (a read index from the leader, then the local apply
+    /// reaching it).
+    async fn caught_up(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -117,6 +125,18 @@ impl GroupRegistry {
             .get(&group)
             .map(|r| r.forward.clone())
             .ok_or_else(|| Status::unavailable(format!("raft group {group} is not hosted on this node")))
+    }
+
+    /// Every group with its forward handler, in id order.
+    pub fn handlers(&self) -> Vec<(GroupId, Raft, Arc<dyn ForwardHandler>)> {
+        let mut all: Vec<_> = self
+            .groups
+            .read()
+            .iter()
+            .map(|(id, r)| (*id, r.raft.clone(), r.forward.clone()))
+            .collect();
+        all.sort_unstable_by_key(|(id, _, _)| *id);
+        all
     }
 
     /// Every hosted group's Raft handle.

@@ -883,6 +883,11 @@ fn spawn_http(
                 }
             }),
         );
+    let live_groups = groups.clone();
+    let ready_groups = groups;
+    let router = router
+        .route("/livez", get(move || async move { livez(&live_groups) }))
+        .route("/readyz", get(move || async move { readyz(&ready_groups).await }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(token.cancelled_owned())
@@ -891,6 +896,66 @@ fn spawn_http(
             warn!(node_id, error = %e, "metrics server stopped");
         }
     })
+}
+
+/// `/livez`: local only (no peer is asked, so a partition or a lost quorum does not make an orchestrator
+/// restart healthy members): 200 while no group hosted here has stopped on a fatal error.
+fn livez(groups: &GroupRegistry) -> (StatusCode, String) {
+    let stopped: Vec<String> = groups
+        .all()
+        .iter()
+        .filter_map(
+            |(group, raft)| match &raft.metrics().borrow_watched().running_state {
+                Err(fatal) => Some(format!("raft group {group} stopped: {fatal}")),
+                Ok(()) => None,
+            },
+        )
+        .collect();
+    if stopped.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, stopped.join("\n") + "\n")
+    }
+}
+
+/// How long `/readyz` waits for a member to show it has caught up: under an orchestrator's default probe
+/// timeout (Kubernetes: 1 s), so a member that cannot is reported unready rather than timing the probe out.
+const READY_WAIT: Duration = Duration::from_millis(800);
+
+/// `/readyz`: 200 once every group hosted here has a leader and this member has caught up with it (the
+/// group's read barrier: a read index from the leader, and the local apply reaching it, within 0.8 s). A member
+/// still installing a snapshot or replaying a long log is not ready, so a rolling update waits for it before
+/// stopping the next one.
+async fn readyz(groups: &GroupRegistry) -> (StatusCode, String) {
+    let handlers = groups.handlers();
+    if handlers.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no raft group is hosted yet\n".to_string(),
+        );
+    }
+    let checks = handlers.into_iter().map(|(group, raft, handler)| async move {
+        if raft.metrics().borrow_watched().current_leader.is_none() {
+            return Err(format!("raft group {group}: no leader"));
+        }
+        match tokio::time::timeout(READY_WAIT, handler.caught_up()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(format!("raft group {group}: not caught up: {why}")),
+            Err(_) => Err(format!(
+                "raft group {group}: not caught up with the leader within {READY_WAIT:?}"
+            )),
+        }
+    });
+    let failures: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if failures.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, failures.join("\n") + "\n")
+    }
 }
 
 /// Publishes each group's Raft state as Prometheus gauges.

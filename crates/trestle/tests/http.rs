@@ -1,5 +1,6 @@
-//! Every `trestle serve` process answers `/health` and `/metrics`: the binary installs the Prometheus recorder
-//! that the library's metrics go to.
+//! Every `trestle serve` process answers `/health` and `/metrics` (the binary installs the Prometheus recorder
+//! that the library's metrics go to), and the orchestrator's probes: `/livez` (local) and `/readyz` (caught up
+//! with a leader).
 
 mod common;
 
@@ -25,8 +26,8 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_serves_health_and_prometheus_metrics() {
-    let cluster = ProcessCluster::start(3);
+async fn every_node_serves_health_probes_and_prometheus_metrics() {
+    let mut cluster = ProcessCluster::start(3);
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     // A leader needs only a quorum: the client below balances over every endpoint, so wait for all of them.
     cluster
@@ -63,5 +64,27 @@ async fn every_node_serves_health_and_prometheus_metrics() {
             "node {i} renders no Prometheus text:\n{}",
             metrics.1
         );
+
+        assert_eq!(get(&addr, "/livez").await, Some((200, "ok\n".into())), "node {i}");
+        let ready = wait_for("a ready /readyz", Duration::from_secs(10), || {
+            let addr = addr.clone();
+            async move { get(&addr, "/readyz").await.filter(|(status, _)| *status == 200) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("node {i}: {e}\n{}", cluster.logs()));
+        assert_eq!(ready.1, "ok\n", "node {i}");
     }
+
+    // Alone, a member cannot catch up with any leader: not ready, but alive (a restart would not help).
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let addr = cluster.http_addr(0);
+    let not_ready = wait_for("an unready /readyz", Duration::from_secs(15), || {
+        let addr = addr.clone();
+        async move { get(&addr, "/readyz").await.filter(|(status, _)| *status == 503) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(not_ready.1.contains("raft group"), "{}", not_ready.1);
+    assert_eq!(get(&addr, "/livez").await, Some((200, "ok\n".into())));
 }

@@ -667,6 +667,12 @@ impl<S: Service> ForwardHandler for Replicated<S> {
         .ok_or_else(|| ForwardError::unexecuted(S::status(Failure::NoLeader)))?;
         encode(&reply).map_err(|e| ForwardError::from(Status::internal(e.to_string())))
     }
+
+    async fn caught_up(&self) -> Result<(), String> {
+        self.read_barrier()
+            .await
+            .map_err(|status| status.message().to_string())
+    }
 }
 
 #[cfg(test)]
