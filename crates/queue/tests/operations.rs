@@ -979,11 +979,13 @@ fn a_storage_failure_stops_the_partition_instead_of_diverging_or_hanging() {
     // A read failing while a deadline fires: the tick answers the storage error, and so does every later command.
     let mut p = flaky_partition();
     p = tweak(p, |s| s.fail_reads = true);
+    assert_eq!(p.storage_failure(), None);
     let response = p.apply(4, Command::new(10, Op::Tick));
     assert!(
         matches!(response.outcome, Err(QueueError::Storage { .. })),
         "{response:?}"
     );
+    assert_eq!(p.storage_failure(), Some("disk on fire"));
     p = tweak(p, |s| s.fail_reads = false);
     let later = p.apply(5, Command::new(20, Op::Stats { queue: "q".into() }));
     assert!(matches!(later.outcome, Err(QueueError::Storage { .. })));

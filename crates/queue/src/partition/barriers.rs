@@ -112,7 +112,7 @@ impl<S: Storage> Partition<S> {
             // A local barrier is never deleted, so only a storage failure gets here.
             Err(QueueError::UnknownBarrier { .. }) => {}
             Err(e) => {
-                self.poisoned.get_or_insert(e.to_string());
+                self.poison(e);
             }
         }
     }

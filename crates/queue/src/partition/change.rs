@@ -34,7 +34,7 @@ impl<S: Storage> Partition<S> {
         let meta = match self.meta(id) {
             Ok(meta) => meta?,
             Err(e) => {
-                self.poisoned.get_or_insert(e.to_string());
+                self.poison(e);
                 return None;
             }
         };

@@ -212,6 +212,13 @@ impl<S: Storage> Partition<S> {
         )
     }
 
+    /// Why the partition stopped, if its storage failed in the middle of a change: from then on every command
+    /// answers [`QueueError::Storage`], and the host should stop the group (its state may no longer match the
+    /// other replicas') and restore it from a snapshot.
+    pub fn storage_failure(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
     /// This partition's id.
     pub fn id(&self) -> u64 {
         self.partition
@@ -357,6 +364,15 @@ impl<S: Storage> Partition<S> {
 
     fn save_state(&mut self) {
         self.stage_put(vec![record::STATE], record::encode(&self.state));
+    }
+
+    /// Stops the partition after a storage failure in the middle of a change.
+    fn poison(&mut self, error: QueueError) {
+        let detail = match error {
+            QueueError::Storage { detail } => detail,
+            other => other.to_string(),
+        };
+        self.poisoned.get_or_insert(detail);
     }
 
     /// Writes the pending batch; a failure poisons the partition.
