@@ -143,7 +143,9 @@ proptest! {
             let Ok(Outcome::BarrierTaskRecorded { counted }) = response.outcome else {
                 panic!("{response:?}")
             };
-            let closed = fired.iter().any(|e| matches!(e, Event::BarrierFailed { .. } | Event::BarrierCompleted { .. }));
+            let closed = fired
+                .iter()
+                .any(|e| matches!(e, Event::BarrierFailed { .. } | Event::BarrierCompleted { .. }));
             let fresh = !first.contains_key(&entry.task.slot);
             prop_assert_eq!(counted, fresh && !closed, "counted only a slot's first outcome while open");
             if fresh && !closed {
