@@ -114,6 +114,8 @@ pub struct Barrier {
     pub id: BarrierId,
     /// How many tasks.
     pub tasks: u32,
+    /// The tasks' message ids, by slot, when they were submitted with the barrier (empty otherwise).
+    pub task_ids: Vec<MessageId>,
     /// Results of the tasks done so far, by slot.
     pub done: BTreeMap<u32, Vec<u8>>,
     /// Where it is.
@@ -192,6 +194,7 @@ mod tests {
         Barrier {
             id: 7,
             tasks,
+            task_ids: Vec::new(),
             done: BTreeMap::new(),
             state: BarrierState::Open,
             completion: Target::new("done", NewMessage::new("c")),

@@ -217,6 +217,9 @@ pub enum Op {
         completion: Target,
         /// Enqueued instead when a task fails.
         failure: Target,
+        /// A repeated key within the tasks queue's dedup window returns the first submission's barrier and tasks
+        /// and creates nothing (a client's retry).
+        idempotency_key: Option<String>,
     },
     /// Creates a barrier whose tasks are sent separately (to any partition, each with a
     /// [`crate::BarrierRef`] naming this partition, the barrier and its slot).
@@ -227,6 +230,9 @@ pub enum Op {
         completion: Target,
         /// Enqueued instead when a task fails.
         failure: Target,
+        /// A repeated key within the completion queue's dedup window returns the first barrier and creates
+        /// nothing.
+        idempotency_key: Option<String>,
     },
     /// Records the outcome of a barrier's task that lives in another partition. Idempotent: the first outcome of
     /// a slot counts, repeats change nothing (the response says whether it counted).
@@ -334,11 +340,15 @@ pub enum Outcome {
         barrier: BarrierId,
         /// The tasks' ids, by slot.
         tasks: Vec<MessageId>,
+        /// Whether the idempotency key was seen: nothing was created.
+        duplicate: bool,
     },
     /// A barrier without tasks yet.
     BarrierCreated {
         /// The barrier.
         barrier: BarrierId,
+        /// Whether the idempotency key was seen: nothing was created.
+        duplicate: bool,
     },
     /// A task's outcome, and whether it counted (false for a repeat, or a closed barrier).
     BarrierTaskRecorded {

@@ -82,10 +82,11 @@ proptest! {
                 settings: QueueSettings::default().with_max_deliveries(1),
             });
         }
-        let Outcome::BarrierCreated { barrier } = home.ok(Op::CreateBarrier {
+        let Outcome::BarrierCreated { barrier, .. } = home.ok(Op::CreateBarrier {
             tasks: fates.len() as u32,
             completion: Target::new("done", NewMessage::new("complete")),
             failure: Target::new("done", NewMessage::new("failed")),
+            idempotency_key: None,
         }) else {
             panic!()
         };

@@ -742,6 +742,7 @@ fn op_for(action: &Action, pool: &[(usize, Receipt)]) -> Op {
             tasks: (0..*tasks).map(|_| new_message(&plain())).collect(),
             completion: Target::new(NAMES[DONE], new_message(&plain())),
             failure: Target::new(NAMES[DONE], new_message(&plain())),
+            idempotency_key: None,
         },
         Action::Retune {
             max_deliveries,
@@ -791,7 +792,7 @@ fn observe_outcome(outcome: &Result<Outcome, QueueError>) -> Obs {
             s.dead_letters,
             s.oldest_age_ms,
         ]),
-        Ok(Outcome::BarrierSubmitted { barrier, tasks }) => Obs::Barrier(*barrier, tasks.clone()),
+        Ok(Outcome::BarrierSubmitted { barrier, tasks, .. }) => Obs::Barrier(*barrier, tasks.clone()),
         Ok(_) => Obs::Done,
     }
 }

@@ -577,11 +577,12 @@ fn a_barrier_completes_exactly_once_with_every_result() {
     h.create("tasks", QueueSettings::default().with_visibility_timeout_ms(10));
     h.create("done", QueueSettings::default());
     let (completion, failure) = targets();
-    let Outcome::BarrierSubmitted { barrier, tasks } = h.ok(Op::SubmitBarrier {
+    let Outcome::BarrierSubmitted { barrier, tasks, .. } = h.ok(Op::SubmitBarrier {
         queue: "tasks".into(),
         tasks: vec![NewMessage::new("t0"), NewMessage::new("t1")],
         completion,
         failure,
+        idempotency_key: None,
     }) else {
         panic!()
     };
@@ -647,6 +648,7 @@ fn a_dead_lettered_task_fails_the_barrier_once() {
         ],
         completion,
         failure,
+        idempotency_key: None,
     }) else {
         panic!()
     };
@@ -706,6 +708,7 @@ fn two_tasks_exhausted_in_one_tick_fail_their_barrier_once() {
         tasks: vec![NewMessage::new("t0"), NewMessage::new("t1")],
         completion,
         failure,
+        idempotency_key: None,
     });
     h.receive("tasks", 2);
     h.now += 10;
@@ -725,10 +728,11 @@ fn barrier_tasks_in_another_partition_report_through_the_outbox() {
     home.create("done", QueueSettings::default());
     other.create("tasks", QueueSettings::default());
     let (completion, failure) = targets();
-    let Outcome::BarrierCreated { barrier } = home.ok(Op::CreateBarrier {
+    let Outcome::BarrierCreated { barrier, .. } = home.ok(Op::CreateBarrier {
         tasks: 1,
         completion,
         failure,
+        idempotency_key: None,
     }) else {
         panic!()
     };
@@ -1036,4 +1040,67 @@ fn a_storage_failure_stops_the_partition_instead_of_diverging_or_hanging() {
         ),
     );
     assert!(matches!(response.outcome, Ok(Outcome::Received(d)) if d.len() == 1));
+}
+
+#[test]
+fn a_retried_barrier_submission_creates_nothing_twice() {
+    let mut h = Harness::new();
+    h.create("tasks", QueueSettings::default().with_dedup_window_ms(1_000));
+    h.create("done", QueueSettings::default());
+    let (completion, failure) = targets();
+    let submit = Op::SubmitBarrier {
+        queue: "tasks".into(),
+        tasks: vec![NewMessage::new("t0"), NewMessage::new("t1")],
+        completion: completion.clone(),
+        failure: failure.clone(),
+        idempotency_key: Some("batch-7".into()),
+    };
+    let Outcome::BarrierSubmitted {
+        barrier,
+        tasks,
+        duplicate: false,
+    } = h.ok(submit.clone())
+    else {
+        panic!()
+    };
+    assert_eq!(
+        h.ok(submit.clone()),
+        Outcome::BarrierSubmitted {
+            barrier,
+            tasks: tasks.clone(),
+            duplicate: true
+        }
+    );
+    assert_eq!(h.stats("tasks").depth, 2);
+    // After the window the key is forgotten: a new barrier.
+    h.now += 1_000;
+    assert!(matches!(
+        h.ok(submit),
+        Outcome::BarrierSubmitted { barrier: b, duplicate: false, .. } if b != barrier
+    ));
+
+    let create = Op::CreateBarrier {
+        tasks: 3,
+        completion,
+        failure,
+        idempotency_key: Some("remote-1".into()),
+    };
+    let Outcome::BarrierCreated { barrier, .. } = h.ok(create.clone()) else {
+        panic!()
+    };
+    assert_eq!(
+        h.ok(create),
+        Outcome::BarrierCreated {
+            barrier,
+            duplicate: true
+        }
+    );
+    // A message's key cannot pose as a barrier's.
+    assert!(matches!(
+        h.op(Op::Send {
+            queue: "tasks".into(),
+            messages: vec![NewMessage::new("x").with_idempotency_key("\0barrier:batch-7")]
+        }),
+        Err(QueueError::InvalidRequest { .. })
+    ));
 }

@@ -87,7 +87,7 @@ impl<S: Storage> Partition<S> {
         let id = self.state.next_message;
         self.state.next_message += 1;
         let q = self.queue(queue);
-        let (fifo, window) = (q.settings.fifo, q.settings.dedup_window_ms);
+        let fifo = q.settings.fifo;
         let state = if message.delay_ms > 0 {
             MessageState::Delayed {
                 until_ms: now.saturating_add(message.delay_ms),
@@ -95,22 +95,8 @@ impl<S: Storage> Partition<S> {
         } else {
             MessageState::Ready
         };
-        if let Some(key) = &message.idempotency_key
-            && window > 0
-        {
-            let expires_ms = now.saturating_add(window);
-            self.stage_put(
-                record::dedup_key(queue, key),
-                record::encode(&DedupRecord {
-                    queue,
-                    key: key.clone(),
-                    id,
-                    expires_ms,
-                }),
-            );
-            if let Some(q) = self.queues.get_mut(&queue) {
-                q.remember(key.clone(), id, expires_ms);
-            }
+        if let Some(key) = &message.idempotency_key {
+            self.remember_key(queue, key.clone(), id, now);
         }
         let body = Body {
             payload: message.payload,
@@ -133,6 +119,27 @@ impl<S: Storage> Partition<S> {
             barrier: message.barrier,
         });
         id
+    }
+
+    /// Remembers an idempotency key of queue `queue` for its dedup window (not at all when the window is 0).
+    pub(super) fn remember_key(&mut self, queue: u32, key: String, id: u64, now: u64) {
+        let window = self.queue(queue).settings.dedup_window_ms;
+        if window == 0 {
+            return;
+        }
+        let expires_ms = now.saturating_add(window);
+        self.stage_put(
+            record::dedup_key(queue, &key),
+            record::encode(&DedupRecord {
+                queue,
+                key: key.clone(),
+                id,
+                expires_ms,
+            }),
+        );
+        if let Some(q) = self.queues.get_mut(&queue) {
+            q.remember(key, id, expires_ms);
+        }
     }
 
     /// A taken message whose deliveries are over: to the dead-letter queue, or parked.

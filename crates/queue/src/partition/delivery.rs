@@ -42,6 +42,11 @@ impl<S: Storage> Partition<S> {
                     )));
                 }
             }
+            if m.idempotency_key.as_deref().is_some_and(|k| k.starts_with('\0')) {
+                return Err(invalid(format!(
+                    "message {index}: an idempotency key may not start with a NUL (reserved for barriers)"
+                )));
+            }
             if m.group.is_some() && !q.settings.fifo {
                 return Err(invalid(format!(
                     "message {index}: a group key, but queue {:?} is not FIFO",

@@ -50,6 +50,10 @@ pub const MAX_DELAY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// The most messages one receive, peek or redrive handles.
 pub const MAX_BATCH: u32 = 10_000;
 
+/// What a barrier's idempotency key is remembered under, in its queue's keys (a message's key cannot start with
+/// a NUL).
+const BARRIER_KEY_PREFIX: &str = "\0barrier:";
+
 /// The reason recorded when a message's last delivery fails.
 pub const REASON_MAX_DELIVERIES: &str = "max deliveries";
 
@@ -433,15 +437,14 @@ impl<S: Storage> Partition<S> {
                 tasks,
                 completion,
                 failure,
-            } => self.submit_barrier(&queue, tasks, completion, failure, now),
+                idempotency_key,
+            } => self.submit_barrier(&queue, tasks, completion, failure, idempotency_key, now),
             Op::CreateBarrier {
                 tasks,
                 completion,
                 failure,
-            } => self.create_barrier(tasks, completion, failure).map(|barrier| {
-                self.state.next_barrier = barrier + 1;
-                Outcome::BarrierCreated { barrier }
-            }),
+                idempotency_key,
+            } => self.create_barrier_op(tasks, completion, failure, idempotency_key, now),
             Op::BarrierTaskDone {
                 barrier,
                 slot,
