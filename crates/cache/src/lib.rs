@@ -9,8 +9,11 @@
 //! - The node's server: [`server`] ([`server::serve`], [`ServerConfig`]): TCP for memcached, HTTP for `/metrics`
 //!   and `/health` ([`server::serve_http`]), graceful shutdown. Counters: [`NodeMetrics`].
 //! - A whole node in one call: [`RunningNode::start`] with a [`NodeConfig`].
-//! - Errors: [`ConfigError`], [`StartError`].
+//! - The client: [`client`] ([`Client`] with [`ClientConfig`], [`NodeSpec`], [`Ack`]): consistent hashing per
+//!   zone, writes to every zone, reads with zone fallback and read repair, breakers, coalesced `get_or_load`.
+//! - Errors: [`ConfigError`], [`StartError`], [`ClientError`], [`ClientConfigError`].
 
+pub mod client;
 mod engine;
 mod error;
 mod metrics;
@@ -19,6 +22,7 @@ pub mod protocol;
 pub mod server;
 mod store;
 
+pub use client::{Ack, Client, ClientConfig, ClientConfigError, ClientError, NodeSpec};
 pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
 pub use error::ConfigError;
 pub use metrics::{NodeMetrics, command_index};
