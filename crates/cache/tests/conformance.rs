@@ -121,6 +121,8 @@ const CASES: &[&str] = &[
     "set t 0 100 1\r\nx\r\ntouch t 200\r\ntouch nope 1\r\ngat 0 t nope\r\ngats 0 t\r\nmg t t\r\n",
     "set g 0 -1 1\r\nx\r\nget g\r\nset h 0 0 0\r\n\r\nget h\r\n",
     "verbosity 1\r\nversion\r\nflush_all\r\nflush_all 0\r\nflush_all noreply\r\n",
+    "verbosity foo bar my\r\nverbosity 1 2 3\r\nverbosity 1 2\r\nverbosity foo\r\nverbosity 1 noreply\r\n",
+    "verbosity noreply\r\nverbosity\r\nversion foo bar\r\nversion noreply\r\n",
     "set f 0 0 1\r\nx\r\nflush_all\r\nget f\r\n",
     // Errors.
     "bogus\r\n\r\nget\r\nset x 0 0 abc\r\n",
@@ -204,5 +206,40 @@ async fn oversized_values_like_memcached() {
             "from {addr}"
         );
     }
+    node.shutdown().await;
+}
+
+/// libmemcached's own protocol checker (`memccapable` from Debian's libmemcached-tools), ASCII tests only: the
+/// binary protocol is not implemented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcapable_ascii_suite_passes() {
+    const MEMCAPABLE: &str = "/usr/bin/memccapable";
+    assert!(
+        std::path::Path::new(MEMCAPABLE).exists(),
+        "{MEMCAPABLE} is missing: install Debian's libmemcached-tools (scripts/bootstrap.sh does)"
+    );
+    let node = RunningNode::start(
+        NodeConfig::new("127.0.0.1:0".parse().expect("addr")).with_store(StoreConfig::with_memory(64 << 20)),
+    )
+    .await
+    .expect("node");
+    let port = node.memcached_addr().port().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(MEMCAPABLE)
+            .args(["-a", "-t", "5", "-h", "127.0.0.1", "-p", &port])
+            .output()
+    })
+    .await
+    .expect("thread")
+    .expect("memccapable runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.contains("All tests passed"),
+        "{report}"
+    );
     node.shutdown().await;
 }

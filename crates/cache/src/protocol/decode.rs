@@ -423,8 +423,14 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
             Command::FlushAll { delay, noreply }
         }
         b"stats" if args.is_empty() => Command::Stats,
-        b"version" if args.is_empty() => Command::Version,
-        b"verbosity" if !args.is_empty() && args.len() <= 2 => Command::Verbosity { noreply },
+        // memcached ignores extra arguments to these.
+        b"version" => Command::Version,
+        b"verbosity" if (1..=2).contains(&args.len()) => {
+            if !noreply && num::<u32>(&args[0]).is_none() {
+                return Err(bad());
+            }
+            Command::Verbosity { noreply }
+        }
         b"quit" => Command::Quit,
         b"mn" => Command::MetaNoop,
         b"me" => {
