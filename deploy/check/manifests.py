@@ -272,6 +272,8 @@ class Checker:
         for k in ("/metrics",):
             if k not in paths:
                 self.fail(where, f"{k} is not served by trestle serve")
+        if env_value(c, "CLUSTER_STATE") != "new":
+            self.fail(where, f"CLUSTER_STATE {env_value(c, 'CLUSTER_STATE')!r}: the manifests found a new cluster")
         founders = (env_value(c, "FOUNDERS") or "").split(",")
         expected = [f"{s['metadata']['name']}-{i}" for i in range(replicas)]
         if founders != expected:
@@ -333,12 +335,16 @@ class Checker:
             stub = pathlib.Path(tmp, "trestle")
             stub.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
             stub.chmod(0o755)
-            for ordinal in (0, replicas):
+            # A founder while the cluster is new, the same founder's ordinal on an empty volume once the cluster
+            # exists, and a member joining beyond the founders.
+            for ordinal, cluster_state, founds in ((0, None, True), (0, "existing", False), (replicas, None, False)):
                 pod_name = f"{s['metadata']['name']}-{ordinal}"
                 env = {"PATH": "/usr/bin:/bin", "POD_NAME": pod_name, "POD_NAMESPACE": NAMESPACE}
                 for e in env_list(c):
                     if "value" in e:
                         env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+                if cluster_state:
+                    env["CLUSTER_STATE"] = cluster_state
                 run = subprocess.run(
                     ["/bin/sh", "-ec", script.replace(STORE_BINARY, str(stub))],
                     env=env, capture_output=True, text=True, timeout=30,
@@ -347,10 +353,10 @@ class Checker:
                     self.fail(where, f"the start script failed for {pod_name}: {run.stderr.strip()}")
                     continue
                 argv = json.loads(run.stdout)
-                self.serve_argv(f"{where} ({pod_name})", argv, pod_name, ordinal < replicas, replicas, service,
-                                ports, tls, serve_flags)
+                self.serve_argv(f"{where} ({pod_name}, CLUSTER_STATE={env.get('CLUSTER_STATE')})", argv, pod_name,
+                                ordinal < replicas, founds, replicas, service, ports, tls, serve_flags)
 
-    def serve_argv(self, where, argv, pod_name, founder, replicas, service, ports, tls, serve_flags) -> None:
+    def serve_argv(self, where, argv, pod_name, founder, founds, replicas, service, ports, tls, serve_flags) -> None:
         if argv[:1] != ["serve"]:
             self.fail(where, f"runs `trestle {' '.join(argv[:1])}`, not `trestle serve`")
             return
@@ -371,7 +377,7 @@ class Checker:
             "--name": pod_name,
             "--initial-advertise-peer-urls": f"{scheme}://{host}:{ports['peer']}",
             "--advertise-client-urls": f"{scheme}://{host}:{ports['client']}",
-            "--initial-cluster-state": "new" if founder else "existing",
+            "--initial-cluster-state": "new" if founds else "existing",
         }
         for flag, value in want.items():
             if flags.get(flag) != value:
@@ -507,6 +513,10 @@ FAULTS = {
     "env used before defined": lambda d: store_container(d)["env"].insert(0, {"name": "X", "value": "$(POD_NAME)"}),
     "wrong peer port in script": lambda d: store_container(d)["command"].__setitem__(
         2, store_container(d)["command"][2].replace("0.0.0.0:2380", "0.0.0.0:2390")),
+    "founders always found": lambda d: store_container(d)["command"].__setitem__(
+        2, store_container(d)["command"][2].replace('[ "${CLUSTER_STATE}" = new ]', "true")),
+    "joiners found too": lambda d: store_container(d)["command"].__setitem__(
+        2, store_container(d)["command"][2].replace("state=existing\n", "state=new\n")),
     "unknown serve flag": lambda d: store_container(d)["command"].__setitem__(
         2, store_container(d)["command"][2].replace("--data-dir", "--datadir")),
     "scrape port wrong": lambda d: find(d, "StatefulSet", "trestle-store")["spec"]["template"]["metadata"]["annotations"].update(
