@@ -14,10 +14,14 @@
 //!   the state lives in (`storage.rs`); the layout of its records is in `record.rs`, the in-memory indexes in
 //!   `index.rs`.
 //! - [`QueueError`], [`StorageError`], [`SnapshotError`]: errors (`error.rs`).
+//! - [`host`] (feature `raft`, on by default): a partition on a Raft group of trestle-raft, its state in the
+//!   group's key space of the node's RocksDB, with a leader clock and a handle to run operations from any node.
 
 mod barrier;
 mod command;
 mod error;
+#[cfg(feature = "raft")]
+pub mod host;
 mod index;
 mod message;
 mod partition;

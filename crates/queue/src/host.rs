@@ -1,0 +1,256 @@
+//! A partition on a Raft group of trestle-raft: its state in the group's key space of the node's RocksDB
+//! ([`QueueMachine`], a `DiskStateMachine`), a leader clock that proposes [`Op::Tick`] when a deadline passes
+//! ([`QueueService`]), and [`PartitionHandle`] to run operations from any node (followers forward to the leader).
+//!
+//! Commands cross the log in the partition's own versioned encoding ([`Command::encode`]): a replica that meets a
+//! newer version answers [`QueueError::Undecodable`] and changes nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use trestle_raft::{
+    DiskBacked, DiskStateMachine, GroupId, KeyRead, NoRequest, Node, NodeError, Replicated,
+    ReplicatedSettings, Service, SnapshotError, StateTxn,
+};
+
+use crate::storage::{Detached, Pairs, Storage, WriteBatch, WriteOp, prefix_end};
+use crate::{Command, Op, Outcome, Partition, QueueError, Response, StorageError};
+
+/// How often the leader looks for passed deadlines (visibility timeouts, delays, retention, dedup windows).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A command or response in the partition's versioned encoding, as it crosses the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encoded(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// One entry's transaction as the partition's storage.
+struct Entry<'t, 'a>(&'t mut StateTxn<'a>);
+
+/// The key space as a read-only storage, for loading the indexes.
+struct Loading<'a>(&'a dyn KeyRead);
+
+fn storage_error(e: std::io::Error) -> StorageError {
+    StorageError(e.to_string())
+}
+
+fn scan(read: &dyn KeyRead, prefix: &[u8]) -> Result<Pairs, StorageError> {
+    read.scan(prefix, prefix_end(prefix).as_deref(), usize::MAX)
+        .map_err(storage_error)
+}
+
+impl Storage for Entry<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        KeyRead::get(&*self.0, key).map_err(storage_error)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StorageError> {
+        scan(&*self.0, prefix)
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        for op in batch.into_ops() {
+            match op {
+                WriteOp::Put(key, value) => self.0.put(key, value),
+                WriteOp::Delete(key) => self.0.delete(key),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage for Loading<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.get(key).map_err(storage_error)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Pairs, StorageError> {
+        scan(self.0, prefix)
+    }
+
+    fn write(&mut self, _batch: WriteBatch) -> Result<(), StorageError> {
+        Err(StorageError("loading a partition writes nothing".into()))
+    }
+}
+
+/// A partition as a trestle-raft `DiskStateMachine`: run it as `DiskBacked<QueueMachine>`.
+#[derive(Debug)]
+pub struct QueueMachine {
+    id: u64,
+    /// Detached between entries; `None` only before the first load.
+    partition: Option<Partition<Detached>>,
+}
+
+impl QueueMachine {
+    /// Partition `id` (loaded from the key space when `DiskBacked::open` runs it).
+    pub fn new(id: u64) -> Self {
+        Self { id, partition: None }
+    }
+
+    /// The partition between entries (its indexes: [`Partition::next_deadline_ms`], [`Partition::queues`], ...).
+    pub fn partition(&self) -> Option<&Partition<Detached>> {
+        self.partition.as_ref()
+    }
+}
+
+impl DiskStateMachine for QueueMachine {
+    type Command = Encoded;
+    type Response = Encoded;
+
+    fn apply(&mut self, index: u64, command: Encoded, state: &mut StateTxn<'_>) -> Encoded {
+        let Some(detached) = self.partition.take() else {
+            return Encoded(
+                Response {
+                    outcome: Err(QueueError::Storage {
+                        detail: "the partition was not loaded".into(),
+                    }),
+                    events: Vec::new(),
+                }
+                .encode(),
+            );
+        };
+        let (mut partition, _) = detached.with_storage(Entry(state));
+        let reply = partition.apply_encoded(index, &command.0);
+        self.partition = Some(partition.with_storage(Detached).0);
+        Encoded(reply)
+    }
+
+    fn undecodable(&mut self, _index: u64, detail: String) -> Encoded {
+        Encoded(
+            Response {
+                outcome: Err(QueueError::Undecodable { detail }),
+                events: Vec::new(),
+            }
+            .encode(),
+        )
+    }
+
+    fn batch(commands: Vec<Encoded>) -> Encoded {
+        // Every command here was encoded by this node's proposer: they decode.
+        let decoded: Vec<Command> = commands
+            .iter()
+            .filter_map(|c| Command::decode(&c.0).ok())
+            .collect();
+        Encoded(Command::batch(decoded).encode())
+    }
+
+    fn unbatch(response: Encoded, count: usize) -> Option<Vec<Encoded>> {
+        let responses = Response::decode(&response.0).ok()?.unbatch(count)?;
+        Some(responses.into_iter().map(|r| Encoded(r.encode())).collect())
+    }
+
+    fn load(&mut self, state: &dyn KeyRead) -> Result<(), SnapshotError> {
+        let partition = Partition::open(Loading(state), self.id).map_err(SnapshotError::invalid)?;
+        self.partition = Some(partition.with_storage(Detached).0);
+        Ok(())
+    }
+}
+
+/// The partition service: no leader requests; the leader clock proposes [`Op::Tick`] once a deadline passed.
+#[derive(Debug, Default)]
+pub struct QueueService;
+
+/// Milliseconds since the Unix epoch by this node's clock (a command's time; the partition never moves back).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Service for QueueService {
+    type Machine = DiskBacked<QueueMachine>;
+    type LeaderRequest = NoRequest;
+    type LeaderReply = NoRequest;
+
+    async fn on_leader(
+        &self,
+        _host: &Replicated<Self>,
+        request: &NoRequest,
+    ) -> Result<Option<NoRequest>, tonic::Status> {
+        match *request {}
+    }
+
+    async fn on_clock(&self, host: &Replicated<Self>, leading: bool) {
+        if !leading {
+            return;
+        }
+        let deadline = host.read(|m| m.machine().partition().and_then(Partition::next_deadline_ms));
+        let now = now_ms();
+        if deadline.is_some_and(|d| d <= now) {
+            let tick = Encoded(Command::new(now, Op::Tick).encode());
+            if let Err(status) = host.propose_local(&tick).await {
+                tracing::debug!(%status, "tick not proposed");
+            }
+        }
+    }
+}
+
+/// Why an operation on a partition did not happen, or may not have.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PartitionError {
+    /// The partition refused the operation; it changed nothing.
+    #[error(transparent)]
+    Refused(#[from] QueueError),
+    /// The replicated-service layer failed (no leader, timed out, leader lost): for a write, its fate may be
+    /// unknown (the status says which).
+    #[error("{0}")]
+    Unavailable(tonic::Status),
+    /// The reply could not be decoded.
+    #[error("undecodable reply: {0}")]
+    Reply(QueueError),
+}
+
+/// Why a partition could not start on a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartPartitionError {
+    /// Its state in the node's key space could not be loaded.
+    #[error("queue partition {partition}: loading its state: {source}")]
+    State {
+        /// The partition.
+        partition: u64,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The node refused the group.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// A partition running on a node: operations from any member, forwarded to the leader.
+#[derive(Clone, Debug)]
+pub struct PartitionHandle {
+    service: Replicated<QueueService>,
+}
+
+impl PartitionHandle {
+    /// Starts (or restarts) partition `partition` as Raft group `group` on `node`, with its leader clock. The
+    /// caller founds a new group (`Node::found_group`) or joins an existing one.
+    pub async fn start(node: &Node, group: GroupId, partition: u64) -> Result<Self, StartPartitionError> {
+        let machine = DiskBacked::open(QueueMachine::new(partition), node.key_space(group))
+            .map_err(|source| StartPartitionError::State { partition, source })?;
+        let service = node
+            .start_service(group, machine, QueueService, ReplicatedSettings::default())
+            .await?;
+        // The clock ends with the group's Raft.
+        drop(service.spawn_clock(TICK_INTERVAL));
+        Ok(Self { service })
+    }
+
+    /// The replicated service underneath (its Raft handle, leadership, read barrier).
+    pub fn service(&self) -> &Replicated<QueueService> {
+        &self.service
+    }
+
+    /// Runs `op` at this node's time; its outcome and the events it caused.
+    pub async fn run(&self, op: Op) -> Result<(Outcome, Vec<crate::Event>), PartitionError> {
+        let command = Encoded(Command::new(now_ms(), op).encode());
+        let reply = self
+            .service
+            .propose(command)
+            .await
+            .map_err(PartitionError::Unavailable)?;
+        let response = Response::decode(&reply.0).map_err(PartitionError::Reply)?;
+        Ok((response.outcome?, response.events))
+    }
+}
