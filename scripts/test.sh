@@ -17,6 +17,8 @@ step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step features env CARGO_BUILD_JOBS="$(nproc)" bash crates/breaker/scripts/check-features.sh
 # trestle-etcd as a client only (what trestle-lock, trestle-election and the shard router build): no RocksDB.
 step etcd-client-only cargo clippy -p trestle-etcd --no-default-features --locked -- -D warnings
+# trestle-queue's partition alone (no Raft host, no RocksDB).
+step queue-core-only cargo clippy -p trestle-queue --no-default-features --locked -- -D warnings
 step docs cargo doc --workspace --no-deps --locked
 step tests cargo nextest run --workspace --locked --no-fail-fast
 step doctests cargo test --workspace --doc --locked

@@ -23,6 +23,9 @@ pub enum BenchCommand {
     ElectionFailover(crate::bench_lock::FailoverBenchArgs),
     /// Raft leader failover: kill -9 the leader while writing; time to the first acknowledged write.
     Failover(crate::bench_failover::FailoverArgs),
+    /// A rolling restart: SIGTERM and restart each member in turn while clients write; the longest write pause
+    /// and the acknowledged writes lost (none expected).
+    RollingRestart(crate::bench_rolling::RollingRestartArgs),
     /// A candidate that leads until killed (used by `election-failover`).
     #[command(hide = true)]
     ElectionCandidate(crate::bench_lock::CandidateArgs),

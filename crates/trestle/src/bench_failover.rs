@@ -29,7 +29,7 @@ pub struct FailoverArgs {
 }
 
 /// The process listening on a loopback port, as `ss` reports it.
-fn listener_pid(port: u16) -> Result<i32, String> {
+pub(crate) fn listener_pid(port: u16) -> Result<i32, String> {
     let output = std::process::Command::new("ss")
         .args(["-Hltnp", &format!("sport = :{port}")])
         .output()
@@ -45,7 +45,7 @@ fn listener_pid(port: u16) -> Result<i32, String> {
 }
 
 /// The command line and working directory of a process, to start it again.
-fn command_of(pid: i32) -> Result<(Vec<String>, PathBuf), String> {
+pub(crate) fn command_of(pid: i32) -> Result<(Vec<String>, PathBuf), String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|e| format!("process {pid}: {e}"))?;
     let args: Vec<String> = raw
         .split(|b| *b == 0)
@@ -59,7 +59,7 @@ fn command_of(pid: i32) -> Result<(Vec<String>, PathBuf), String> {
     Ok((args, cwd))
 }
 
-fn port_of(endpoint: &str) -> Result<u16, String> {
+pub(crate) fn port_of(endpoint: &str) -> Result<u16, String> {
     endpoint
         .rsplit(':')
         .next()
@@ -68,7 +68,7 @@ fn port_of(endpoint: &str) -> Result<u16, String> {
 }
 
 /// The endpoint of the member every endpoint names as leader, once all answer and agree.
-async fn leader_endpoint(endpoints: &[String], deadline: Instant) -> Result<String, String> {
+pub(crate) async fn leader_endpoint(endpoints: &[String], deadline: Instant) -> Result<String, String> {
     loop {
         let mut leader = None;
         let mut agreed = true;
@@ -113,7 +113,7 @@ async fn leader_endpoint(endpoints: &[String], deadline: Instant) -> Result<Stri
 /// Starts the stopped member again with its own command line, until it stays up and answers. A process that
 /// stopped gracefully may still hold its data directory's lock for a moment after its ports closed (etcd
 /// does), and the new one then exits at once: it is started again.
-async fn restart(command: &[String], cwd: &std::path::Path, endpoint: &str) -> Result<(), String> {
+pub(crate) async fn restart(command: &[String], cwd: &std::path::Path, endpoint: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut child = std::process::Command::new(&command[0])

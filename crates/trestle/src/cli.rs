@@ -61,6 +61,9 @@ pub fn run(cli: Cli) -> ExitCode {
             runtime.block_on(crate::bench_lock::election_failover(args))
         }
         Command::Bench(BenchCommand::Failover(args)) => runtime.block_on(crate::bench_failover::run(args)),
+        Command::Bench(BenchCommand::RollingRestart(args)) => {
+            runtime.block_on(crate::bench_rolling::run(args))
+        }
         Command::Bench(BenchCommand::ElectionCandidate(args)) => {
             runtime.block_on(crate::bench_lock::candidate(args))
         }

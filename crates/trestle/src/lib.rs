@@ -15,6 +15,7 @@
 mod bench;
 mod bench_failover;
 mod bench_lock;
+mod bench_rolling;
 mod cache;
 mod cli;
 pub mod coordination;
@@ -25,6 +26,7 @@ mod snapshot;
 pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
 pub use bench_failover::FailoverArgs;
 pub use bench_lock::{CandidateArgs, FailoverBenchArgs, LockBenchArgs};
+pub use bench_rolling::RollingRestartArgs;
 pub use cache::{CacheCommand, CacheServeArgs};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
