@@ -7,9 +7,23 @@
 #   4. deploy/check/manifests.py cross-checks the objects with each other and with the binary's flags and
 #      routes, runs the store's start script, and must catch every fault it plants.
 # Every tool must be there (scripts/bootstrap.sh installs them): a missing one fails the check, never skips it.
+#
+#   --cluster   then also runs the dev overlay's store pods as real processes on loopback
+#               (deploy/check/loopback.py: the cluster forms, a rolling update under writes loses no acknowledged
+#               write, a member is added as a learner, promoted and removed). Needs root and the `trestle`
+#               binary: $TRESTLE_BINARY, or else it is built here (cargo build -p trestle, the debug profile).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TRESTLE_ROOT"
+
+cluster=0
+for arg in "$@"; do
+    case $arg in
+        --cluster) cluster=1 ;;
+        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$arg' (expected --cluster or --help)" ;;
+    esac
+done
 
 # Where scripts/bootstrap.sh installs the Python tools (keep the two in step).
 venv=${TRESTLE_DEPLOY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/trestle/deploy-venv}
@@ -48,4 +62,18 @@ done
 
 say "cross-check the rendered objects (deploy/check/manifests.py, with planted faults)"
 "$venv/bin/python" deploy/check/manifests.py --repo "$TRESTLE_ROOT" --self-test "${rendered[@]}"
+
+if ((cluster)); then
+    [[ $(id -u) -eq 0 ]] || die "--cluster needs root: each pod process gets its own /etc/hosts in a mount namespace"
+    for tool in etcdctl unshare; do command -v "$tool" >/dev/null || die "$tool is missing: run scripts/bootstrap.sh"; done
+    binary=${TRESTLE_BINARY:-}
+    if [[ -z $binary ]]; then
+        rocksdb_notice debug "about 7 minutes"
+        step build-trestle cargo build --locked -p trestle
+        binary=$CARGO_TARGET_DIR/debug/trestle
+    fi
+    [[ -x $binary ]] || die "no trestle binary at $binary"
+    say "the dev overlay's store pods as processes on loopback (deploy/check/loopback.py, $binary)"
+    "$venv/bin/python" deploy/check/loopback.py --binary "$binary" "$out/dev.yaml"
+fi
 say "deploy checks passed"
