@@ -30,6 +30,8 @@ need memcached         "memcached 1.6: the cache conformance test runs it beside
 need libmemcached-tools "memcslap: the cache benchmark's load generator"           cmd  memcslap
 need kubernetes-client "kubectl: its kustomize renders deploy/k8s in the deploy check" cmd  kubectl
 need python3-venv      "Python 3 with venv: the deploy check's tools install into one" file '/usr/lib/python3*/ensurepip/__init__.py'
+need openssl           "openssl: test certificates for the deploy check's TLS cluster (--cluster)" cmd openssl
+need libfaketime       "libfaketime: the chaos suite's clock nemesis skews node clocks with it" file '/usr/lib/*/faketime/libfaketimeMT.so.1'
 
 present() { # KIND TARGET
     case $1 in
@@ -78,7 +80,7 @@ for entry in "${needs[@]}"; do
     fi
 done
 ((failed == 0)) || die "the build's needs are not met (see above)"
-say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcslap, kubectl, python3-venv"
+say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcslap, kubectl, python3-venv, openssl"
 
 # The deploy check's Python tools (scripts/check-deploy.sh: kubernetes-validate, hadolint), pinned in
 # deploy/check/requirements.txt, in a virtualenv beside the build directory; made again when that file changes.

@@ -8,10 +8,10 @@
 #      routes, runs the store's start script, and must catch every fault it plants.
 # Every tool must be there (scripts/bootstrap.sh installs them): a missing one fails the check, never skips it.
 #
-#   --cluster   then also runs the dev overlay's store pods as real processes on loopback
-#               (deploy/check/loopback.py: the cluster forms, a rolling update under writes loses no acknowledged
-#               write, a member is added as a learner, promoted and removed). Needs root and the `trestle`
-#               binary: $TRESTLE_BINARY, or else it is built here (cargo build -p trestle, the debug profile).
+#   --cluster   then also runs every overlay's store pods as real processes on loopback (deploy/check/loopback.py:
+#               the cluster forms, with TLS where the overlay has it; a rolling update under writes loses no
+#               acknowledged write; a member is added as a learner, promoted and removed). Needs root and the
+#               `trestle` binary: $TRESTLE_BINARY, or else it is built here (cargo build -p trestle, debug).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TRESTLE_ROOT"
@@ -65,7 +65,9 @@ say "cross-check the rendered objects (deploy/check/manifests.py, with planted f
 
 if ((cluster)); then
     [[ $(id -u) -eq 0 ]] || die "--cluster needs root: each pod process gets its own /etc/hosts in a mount namespace"
-    for tool in etcdctl unshare; do command -v "$tool" >/dev/null || die "$tool is missing: run scripts/bootstrap.sh"; done
+    for tool in etcdctl unshare openssl; do
+        command -v "$tool" >/dev/null || die "$tool is missing: run scripts/bootstrap.sh"
+    done
     binary=${TRESTLE_BINARY:-}
     if [[ -z $binary ]]; then
         rocksdb_notice debug "about 7 minutes"
@@ -73,7 +75,9 @@ if ((cluster)); then
         binary=$CARGO_TARGET_DIR/debug/trestle
     fi
     [[ -x $binary ]] || die "no trestle binary at $binary"
-    say "the dev overlay's store pods as processes on loopback (deploy/check/loopback.py, $binary)"
-    "$venv/bin/python" deploy/check/loopback.py --binary "$binary" "$out/dev.yaml"
+    for item in "${rendered[@]}"; do
+        say "the ${item%%=*} overlay's store pods as processes on loopback (deploy/check/loopback.py, $binary)"
+        "$venv/bin/python" deploy/check/loopback.py --binary "$binary" "${item#*=}"
+    done
 fi
 say "deploy checks passed"

@@ -6,7 +6,10 @@
 Each pod is the container's own start script (/bin/sh) with the pod's environment; only what Kubernetes would
 provide is stood in for: pod N's network is the address 127.0.0.(10+N) (the script's 0.0.0.0 becomes that
 address), cluster DNS is a hosts file that maps each pod's name in the headless Service to its address (bind-
-mounted over /etc/hosts in a mount namespace of the pod's own), and the volume is a temporary directory.
+mounted over /etc/hosts in a mount namespace of the pod's own), and the volume is a temporary directory. When the
+overlay turns TLS on, openssl makes a CA and one certificate the way deploy/README.md asks cert-manager to (every
+member's name by wildcard, 127.0.0.1, server and client use; plus the stand-in pod addresses, which etcdctl dials
+here), in place of the Secret's files.
 
 It then does what deploy/README.md tells an operator to do, with Debian's etcdctl:
   1. the founders form a cluster: every member ready (/readyz), a write and a read through each;
@@ -36,6 +39,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import manifests  # noqa: E402  (the checker: rendered objects, environment, start script)
 
 NAMESPACE = "trestle-check"
+TLS_MOUNT = "/etc/trestle/tls"
+ETCDCTL_TLS: list[str] = []
 
 
 def log(message: str) -> None:
@@ -49,6 +54,9 @@ class Pods:
         self.service = self.sts["spec"]["serviceName"]
         self.script = self.container["command"][2].replace(manifests.STORE_BINARY, binary)
         self.work = work
+        self.tls = manifests.env_value(self.container, "TRESTLE_CERT_FILE") is not None
+        if self.tls:
+            self.make_certificates(work / "tls")
         self.procs: dict[int, subprocess.Popen] = {}
         self.hosts = work / "hosts"
         self.hosts.write_text(
@@ -64,13 +72,31 @@ class Pods:
         return f"127.0.0.{10 + i}"
 
     def client(self, i: int) -> str:
-        return f"http://{self.ip(i)}:{manifests.port_number(self.container, 'client')}"
+        scheme = manifests.env_value(self.container, "CLIENT_SCHEME")
+        return f"{scheme}://{self.ip(i)}:{manifests.port_number(self.container, 'client')}"
+
+    def make_certificates(self, tls: pathlib.Path) -> None:
+        tls.mkdir()
+        ssl = ["openssl"]
+        def run(*args: str) -> None:
+            subprocess.run(ssl + list(args), cwd=tls, check=True, capture_output=True)
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+            "-subj", "/CN=trestle loopback CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=trestle-store")
+        names = [f"DNS:*.{self.service}.{NAMESPACE}.svc", "IP:127.0.0.1"] + [f"IP:{self.ip(i)}" for i in range(10)]
+        (tls / "ext.cnf").write_text(
+            f"subjectAltName={','.join(names)}\nextendedKeyUsage=serverAuth,clientAuth\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n")
+        run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "tls.crt", "-days", "1", "-extfile", "ext.cnf")
+        ETCDCTL_TLS[:] = [f"--cacert={tls / 'ca.crt'}", f"--cert={tls / 'tls.crt'}", f"--key={tls / 'tls.key'}"]
 
     def start(self, i: int) -> None:
         env = {"PATH": "/usr/bin:/bin", "POD_NAME": self.name(i), "POD_NAMESPACE": NAMESPACE}
         for e in manifests.env_list(self.container):
             if "value" in e:
-                env[e["name"]] = e["value"]
+                env[e["name"]] = e["value"].replace(TLS_MOUNT, str(self.work / "tls"))
         data = self.work / self.name(i)
         data.mkdir(exist_ok=True)
         script = self.script.replace("0.0.0.0", self.ip(i)).replace("/var/lib/trestle", str(data))
@@ -120,7 +146,7 @@ class Pods:
 
 def etcdctl(endpoints: list[str], *args: str, timeout: float = 10) -> str:
     run = subprocess.run(
-        ["etcdctl", "--endpoints", ",".join(endpoints), "--command-timeout=5s", *args],
+        ["etcdctl", "--endpoints", ",".join(endpoints), "--command-timeout=5s", *ETCDCTL_TLS, *args],
         env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, timeout=timeout,
     )
     if run.returncode != 0:
@@ -179,7 +205,7 @@ def main() -> int:
     pods = Pods(os.path.abspath(args.binary), docs, work)
     replicas = pods.sts["spec"]["replicas"]
     founders = list(range(replicas))
-    log(f"{replicas} founders from {args.rendered}; logs and data in {work}")
+    log(f"{replicas} founders from {args.rendered}{' with TLS' if pods.tls else ''}; logs and data in {work}")
     try:
         # 1. The founders form a cluster.
         for i in founders:
@@ -216,7 +242,7 @@ def main() -> int:
 
         # 3. Scale up by one: learner, join, catch up, promote.
         new = replicas
-        peer = f"http://{pods.name(new)}.{pods.service}.{NAMESPACE}.svc:{manifests.port_number(pods.container, 'peer')}"
+        peer = f"{manifests.env_value(pods.container, 'PEER_SCHEME')}://{pods.name(new)}.{pods.service}.{NAMESPACE}.svc:{manifests.port_number(pods.container, 'peer')}"
         log(etcdctl(endpoints, "member", "add", pods.name(new), "--learner", f"--peer-urls={peer}").splitlines()[0])
         pods.start(new)
         log(f"{pods.name(new)} (learner) ready after {pods.ready(new):.1f} s")
