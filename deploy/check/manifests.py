@@ -547,6 +547,25 @@ def self_test(checker: Checker, overlay: str, docs: list[dict]) -> list[str]:
     return problems
 
 
+def dockerfile_problems(repo: pathlib.Path) -> list[str]:
+    """The image's dependency layer copies every workspace member's manifest (cargo --locked needs them all) and
+    puts a placeholder at every bench and test target that a manifest declares by name."""
+    import tomllib
+    dockerfile = (repo / "deploy/docker/trestle.Dockerfile").read_text(encoding="utf-8")
+    members = tomllib.loads((repo / "Cargo.toml").read_text(encoding="utf-8"))["workspace"]["members"]
+    problems = []
+    for member in members:
+        if f"COPY {member}/Cargo.toml {member}/Cargo.toml" not in dockerfile:
+            problems.append(f"trestle.Dockerfile: the dependency layer does not copy {member}/Cargo.toml")
+        manifest = tomllib.loads((repo / member / "Cargo.toml").read_text(encoding="utf-8"))
+        for kind, folder in (("bench", "benches"), ("test", "tests")):
+            for target in manifest.get(kind, []):
+                if "path" not in target and f"{member}/{folder}/{target['name']}.rs" not in dockerfile and not (
+                    f"{member}/{folder}/$" in dockerfile and target["name"] in dockerfile):
+                    problems.append(f"trestle.Dockerfile: no placeholder for {member}/{folder}/{target['name']}.rs")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", required=True, type=pathlib.Path)
@@ -566,6 +585,9 @@ def main() -> int:
             problems += caught
             n = len(FAULTS) + (len(TLS_FAULTS) if EXPECT.get(overlay, {}).get("tls") else 0)
             print(f"{overlay}: self-test: {n - len(caught)} of {n} planted faults caught")
+    docker = dockerfile_problems(args.repo)
+    print(f"trestle.Dockerfile: {len(docker)} problems with the workspace's members and targets")
+    problems += docker
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     return 1 if problems else 0
