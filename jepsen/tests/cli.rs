@@ -162,7 +162,6 @@ fn bad_command_lines_exit_254() {
 #[test]
 fn test_rejects_what_it_cannot_do_before_starting_anything() {
     for (args, code, says) in [
-        (&["test", "--nemesis", "clock"][..], 254, "libfaketime"),
         (&["test", "--nemesis", "fire"][..], 254, "unknown nemesis"),
         (
             &["test", "--nemesis", "partition-ring", "--nodes", "3"][..],

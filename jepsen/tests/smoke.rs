@@ -234,3 +234,17 @@ async fn election_under_partitions_and_kills_has_one_leader_per_term() {
     assert!(ok_count(&outcome, "write") > 50, "{}", outcome.summary);
     assert!(outcome.summary.contains("election: VALID"), "{}", outcome.summary);
 }
+
+/// Wall clocks skewed by up to ±30 s or strobed (libfaketime) on a minority, and pauses: locks stay safe, since
+/// leases and Raft's timers run on the monotonic clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_lock_under_clock_skew_and_pauses_is_safe() {
+    let mut run = Smoke::new("lock", NetMode::Auto);
+    run.nemesis = "clock,pause";
+    run.groups = &["clock", "pause"];
+    let Some(outcome) = smoke(run).await else {
+        return;
+    };
+    assert!(ok_count(&outcome, "append") > 50, "{}", outcome.summary);
+    assert!(outcome.summary.contains("lock: VALID"), "{}", outcome.summary);
+}

@@ -90,6 +90,8 @@ struct NodeSlot {
     joining: bool,
     log: PathBuf,
     data: PathBuf,
+    /// The libfaketime offset file the node reads its wall clock's skew from (clock nemesis runs only).
+    clock: PathBuf,
 }
 
 /// Everything the proxies and teardown share.
@@ -114,6 +116,8 @@ pub(crate) struct Cluster {
     data_root: PathBuf,
     ledger: Ledger,
     torn_down: bool,
+    /// libfaketime, preloaded into every node when the run has a clock nemesis.
+    faketime: Option<PathBuf>,
 }
 
 /// What the cluster needs to start.
@@ -126,6 +130,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) net: NetMode,
     pub(crate) run_id: String,
     pub(crate) seed: u64,
+    /// Preload this libfaketime into every node, so that the clock nemesis can skew their wall clocks.
+    pub(crate) faketime: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -164,6 +170,7 @@ impl Cluster {
             data_root,
             ledger,
             torn_down: false,
+            faketime: spec.faketime.clone(),
         };
         // From here on, an error drops `cluster`, which tears down whatever was made.
         if mode == NetMode::Namespaces {
@@ -210,6 +217,7 @@ impl Cluster {
             joining: false,
             log: spec.logs.join(format!("n{i}.log")),
             data: self.data_root.join(format!("n{i}")),
+            clock: self.data_root.join(format!("n{i}.faketime")),
         }
     }
 
@@ -426,10 +434,19 @@ impl Cluster {
                 "--initial-cluster-state",
                 if node.joining { "existing" } else { "new" },
             ])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            .env("NO_COLOR", "1");
+        if let Some(lib) = &self.faketime {
+            // The wall clock only (an NTP step, not a clock running at another rate): openraft's timers and the
+            // leases run on the monotonic clock. The offset file is read again at most once a second.
+            if !node.clock.exists() {
+                fs::write(&node.clock, "+0\n").map_err(|e| HarnessError::io(&node.clock, e))?;
+            }
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &node.clock)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_CACHE_DURATION", "1");
+        }
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let child = cmd.spawn().map_err(|e| HarnessError::Spawn {
             node: i,
             binary: self.binary.clone(),
@@ -468,6 +485,24 @@ impl Cluster {
     }
 
     /// `kill -9` node `i`. Returns whether a running process died of SIGKILL.
+    /// Sets node `i`'s wall-clock offset (seconds; libfaketime reads it within a second). Whether the offset was
+    /// written and the running node has libfaketime loaded.
+    pub(crate) fn set_clock(&self, i: usize, offset_s: i64) -> bool {
+        let node = &self.nodes[i];
+        if self.faketime.is_none() || fs::write(&node.clock, format!("{offset_s:+}\n")).is_err() {
+            return false;
+        }
+        let Some(pid) = node.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains("libfaketime"))
+    }
+
+    /// The nodes' clock offset files (for a strobe running beside the cluster).
+    pub(crate) fn clock_files(&self) -> Vec<PathBuf> {
+        self.nodes.iter().map(|n| n.clock.clone()).collect()
+    }
+
     pub(crate) fn kill_node(&mut self, i: usize) -> bool {
         let Some(mut child) = self.nodes[i].child.take() else {
             return false;

@@ -169,6 +169,15 @@ pub async fn run_test(config: &TestConfig) -> Result<TestOutcome, HarnessError> 
     }
 }
 
+/// Debian's multithreaded libfaketime, for whichever architecture is installed.
+fn find_faketime() -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir("/usr/lib").ok()?;
+    entries
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file())
+}
+
 fn say(config: &TestConfig, line: &str) {
     if config.progress {
         eprintln!("{line}");
@@ -188,6 +197,22 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         reason: e.to_string(),
     })?;
     let binary = find_trestle(config.trestle_bin.as_deref())?;
+    let faketime = if groups
+        .iter()
+        .any(|g| g.kinds.contains(&crate::NemesisKind::Clock))
+    {
+        Some(find_faketime().ok_or_else(|| {
+            HarnessError::Config {
+                field: "nemesis",
+                value: config.nemesis.clone(),
+                reason: "the clock nemesis needs libfaketime (Debian package libfaketime: \
+                     /usr/lib/<arch>/faketime/libfaketimeMT.so.1); scripts/bootstrap.sh installs it"
+                    .into(),
+            }
+        })?)
+    } else {
+        None
+    };
     for line in clean_leftovers() {
         say(config, &format!("cleanup: {line}"));
     }
@@ -200,6 +225,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         net: config.net,
         run_id: run_id.clone(),
         seed: config.seed,
+        faketime,
     };
     let sched_config = ScheduleConfig {
         time_limit: config.time_limit,

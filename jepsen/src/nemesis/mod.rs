@@ -62,6 +62,8 @@ struct Active {
     needs_traffic_proof: bool,
     /// A member nemesis removed its node (so the stop must add it back).
     removed: bool,
+    /// A clock strobe flipping offsets every second until the window stops.
+    strobe: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Carries out windows one by one.
@@ -125,6 +127,7 @@ impl Nemesis {
             counters,
             needs_traffic_proof: false,
             removed: false,
+            strobe: None,
         };
         let effect: Option<bool> = match &w.fault {
             Fault::Partition { cut, groups, .. } => {
@@ -231,6 +234,35 @@ impl Nemesis {
                 active.removed = removed;
                 Some(removed)
             }
+            Fault::Clock {
+                nodes,
+                offset_s,
+                strobe,
+            } => {
+                fields.push(("nodes", nodes_value(nodes)));
+                fields.push(("offset_s", Value::Int(*offset_s)));
+                fields.push(("strobe", Value::Bool(*strobe)));
+                let mut all = true;
+                for &i in nodes {
+                    all &= c.set_clock(i, *offset_s);
+                }
+                if *strobe {
+                    // Back and forth every second (libfaketime reads the file at most once a second).
+                    let files: Vec<_> = nodes.iter().map(|&i| c.clock_files()[i].clone()).collect();
+                    let offset = *offset_s;
+                    active.strobe = Some(tokio::spawn(async move {
+                        let mut sign = -1;
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            for file in &files {
+                                let _ = std::fs::write(file, format!("{:+}\n", sign * offset));
+                            }
+                            sign = -sign;
+                        }
+                    }));
+                }
+                Some(all)
+            }
             Fault::Loss(p) => {
                 fields.push(("loss", Value::Number(format!("{p}"))));
                 let fault = LinkFault {
@@ -288,6 +320,15 @@ impl Nemesis {
                 fields.push(("resumed", nodes_value(nodes)));
             }
             Fault::Delay { .. } | Fault::Loss(_) => c.set_link_faults(BTreeMap::new()),
+            Fault::Clock { nodes, .. } => {
+                if let Some(strobe) = &active.strobe {
+                    strobe.abort();
+                }
+                for &i in nodes {
+                    c.set_clock(i, 0);
+                }
+                fields.push(("reset", nodes_value(nodes)));
+            }
             Fault::Member(x) => {
                 if active.removed {
                     let url = c.peer_url(*x);
@@ -330,6 +371,9 @@ impl Nemesis {
             fields.push(("error", Value::Str(e.to_string())));
         }
         c.set_link_faults(BTreeMap::new());
+        for i in 0..c.len() {
+            c.set_clock(i, 0);
+        }
         let mut restarted = Vec::new();
         for i in 0..c.len() {
             c.resume_node(i);

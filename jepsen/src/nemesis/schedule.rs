@@ -40,11 +40,14 @@ pub enum NemesisKind {
     /// Remove a random node from the cluster (MemberRemove), kill it and wipe its data; at the end of the window
     /// add it back (MemberAdd) and start it empty, to catch up from the others.
     Member,
+    /// Skew the wall clock of a minority of nodes by up to ±30 s, or strobe it (jump back and forth every second),
+    /// through libfaketime; reset when the window ends. Monotonic clocks are left alone, as an NTP step would.
+    Clock,
 }
 
 impl NemesisKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [NemesisKind; 10] = [
+    pub const ALL: [NemesisKind; 11] = [
         NemesisKind::PartitionHalves,
         NemesisKind::PartitionOne,
         NemesisKind::PartitionLeader,
@@ -55,6 +58,7 @@ impl NemesisKind {
         NemesisKind::Delay,
         NemesisKind::Loss,
         NemesisKind::Member,
+        NemesisKind::Clock,
     ];
 
     /// The name on the command line and in histories.
@@ -70,6 +74,7 @@ impl NemesisKind {
             NemesisKind::Delay => "delay",
             NemesisKind::Loss => "loss",
             NemesisKind::Member => "member",
+            NemesisKind::Clock => "clock",
         }
     }
 
@@ -105,7 +110,7 @@ pub enum NemesisError {
     /// Not a nemesis.
     #[error(
         "unknown nemesis {0:?}: expected none, all, partition, partition-halves, partition-one, partition-leader, \
-         partition-ring, partition-bridge, kill, pause, delay, loss, member"
+         partition-ring, partition-bridge, kill, pause, delay, loss, member, clock"
     )]
     Unknown(String),
     /// A nemesis this harness cannot provide, and why.
@@ -148,15 +153,7 @@ pub fn parse_nemeses(list: &str, nodes: usize) -> Result<Vec<NemesisGroup>, Neme
                 .into_iter()
                 .filter(|k| k.name().starts_with("partition-") && k.min_nodes() <= nodes)
                 .collect(),
-            "clock" | "clock-skew" => {
-                return Err(NemesisError::Unsupported {
-                    name: name.into(),
-                    reason: "clock skew needs libfaketime (Debian package faketime) loaded into the nodes with \
-                             LD_PRELOAD; it is not installed by scripts/bootstrap.sh, and Raft's safety does not \
-                             depend on clocks (leases aside)"
-                        .into(),
-                });
-            }
+            "clock-skew" => vec![NemesisKind::Clock],
             other => {
                 let kind = NemesisKind::ALL
                     .into_iter()
@@ -217,6 +214,16 @@ pub enum Fault {
     Loss(f64),
     /// Remove this node, then add it back empty.
     Member(usize),
+    /// Move these nodes' wall clocks by `offset_s` seconds; with `strobe`, back and forth between `+offset_s` and
+    /// `-offset_s` every second.
+    Clock {
+        /// The nodes.
+        nodes: Vec<usize>,
+        /// The offset, in seconds (never zero).
+        offset_s: i64,
+        /// Alternate the sign every second.
+        strobe: bool,
+    },
 }
 
 impl Fault {
@@ -229,6 +236,7 @@ impl Fault {
             Fault::Delay { .. } => NemesisKind::Delay,
             Fault::Loss(_) => NemesisKind::Loss,
             Fault::Member(_) => NemesisKind::Member,
+            Fault::Clock { .. } => NemesisKind::Clock,
         }
     }
 }
@@ -401,6 +409,18 @@ pub fn draw_fault(rng: &mut ChaCha8Rng, kind: NemesisKind, n: usize) -> Fault {
         }
         NemesisKind::Loss => Fault::Loss(0.05),
         NemesisKind::Member => Fault::Member(order[0]),
+        NemesisKind::Clock => {
+            let magnitude = rng.random_range(1..=30i64);
+            Fault::Clock {
+                nodes: minority(rng, &order),
+                offset_s: if rng.random_bool(0.5) {
+                    magnitude
+                } else {
+                    -magnitude
+                },
+                strobe: rng.random_bool(0.5),
+            }
+        }
     }
 }
 
@@ -529,10 +549,10 @@ mod tests {
         assert_eq!(g.len(), 2);
         assert!(!g[0].kinds.contains(&NemesisKind::PartitionRing), "ring needs 5");
         assert_eq!(parse_nemeses("partition", 5).map(|g| g[0].kinds.len()), Ok(5));
-        assert!(matches!(
-            parse_nemeses("clock", 3),
-            Err(NemesisError::Unsupported { .. })
-        ));
+        assert_eq!(
+            parse_nemeses("clock-skew", 3).map(|g| g[0].kinds.clone()),
+            Ok(vec![NemesisKind::Clock])
+        );
         assert!(matches!(
             parse_nemeses("partition-ring", 3),
             Err(NemesisError::TooFewNodes { .. })
