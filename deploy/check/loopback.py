@@ -16,7 +16,10 @@ It then does what deploy/README.md tells an operator to do, with Debian's etcdct
   2. a rolling update under write load: SIGTERM to each member, highest ordinal first, start it again and wait
      until it is ready before the next, while a writer puts keys; afterwards every acknowledged key is there;
   3. scaling up by one: `member add --learner`, the next ordinal's pod started (it joins), ready, `member promote`;
-  4. scaling down again: `member remove`, its pod stopped; writes still succeed.
+  4. scaling down again: `member remove`, its pod stopped; writes still succeed;
+  5. with --replace-volume, a founder's volume replaced, with CLUSTER_STATE=existing: `member remove`, its pod
+     stopped and its data deleted, `member add --learner` with the same peer URL, the pod started (it should
+     join), `member promote`. This fails with today's `trestle serve`: the member stays unstarted.
 Exit status 0 when every step held. Not part of scripts/test.sh: it needs root and a built `trestle`.
 """
 
@@ -92,11 +95,12 @@ class Pods:
             "-out", "tls.crt", "-days", "1", "-extfile", "ext.cnf")
         ETCDCTL_TLS[:] = [f"--cacert={tls / 'ca.crt'}", f"--cert={tls / 'tls.crt'}", f"--key={tls / 'tls.key'}"]
 
-    def start(self, i: int) -> None:
+    def start(self, i: int, **overrides: str) -> None:
         env = {"PATH": "/usr/bin:/bin", "POD_NAME": self.name(i), "POD_NAMESPACE": NAMESPACE}
         for e in manifests.env_list(self.container):
             if "value" in e:
                 env[e["name"]] = e["value"].replace(TLS_MOUNT, str(self.work / "tls"))
+        env.update(overrides)
         data = self.work / self.name(i)
         data.mkdir(exist_ok=True)
         script = self.script.replace("0.0.0.0", self.ip(i)).replace("/var/lib/trestle", str(data))
@@ -196,6 +200,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", required=True)
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+    parser.add_argument("--replace-volume", action="store_true", help="also step 5 (fails today)")
     parser.add_argument("rendered")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -273,6 +278,44 @@ def main() -> int:
         members = etcdctl(endpoints, "member", "list")
         assert len(members.strip().splitlines()) == replicas, members
         log("after scale-down:\n" + members.rstrip())
+
+        if not args.replace_volume:
+            log("all steps held")
+            return 0
+
+        # 5. Replace the highest founder's volume: remove it, wipe it, add it back as a learner, promote it.
+        last = founders[-1]
+        others = [pods.client(i) for i in founders if i != last]
+        old_id = member_id(endpoints, pods.name(last))
+        log(etcdctl(others, "member", "remove", old_id).strip())
+        pods.stop(last)
+        shutil.rmtree(work / pods.name(last))
+        peer = f"{manifests.env_value(pods.container, 'PEER_SCHEME')}://{pods.name(last)}.{pods.service}.{NAMESPACE}.svc:{manifests.port_number(pods.container, 'peer')}"
+        log(etcdctl(others, "member", "add", pods.name(last), "--learner", f"--peer-urls={peer}").splitlines()[0])
+        pods.start(last, CLUSTER_STATE="existing")
+        log(f"{pods.name(last)} (new volume, learner) ready after {pods.ready(last):.1f} s")
+        deadline = time.monotonic() + 30
+        while pods.name(last) not in [line.split(", ")[2] for line in etcdctl(others, "member", "list").splitlines()]:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{pods.name(last)} joined nobody within 30 s (its member stays unstarted):\n"
+                                 + etcdctl(others, "member", "list").rstrip())
+            time.sleep(0.5)
+        learner = member_id(others, pods.name(last))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                log(etcdctl(others, "member", "promote", learner).strip())
+                break
+            except RuntimeError as e:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"promote failed: {e}")
+                time.sleep(0.5)
+        for i in founders:
+            got = etcdctl([pods.client(i)], "get", "--print-value-only", "scaled").strip()
+            assert got == "down", f"{pods.name(i)} reads {got!r}"
+        members = etcdctl(endpoints, "member", "list")
+        assert len(members.strip().splitlines()) == replicas, members
+        log("after replacing a founder's volume:\n" + members.rstrip())
         log("all steps held")
         return 0
     finally:
