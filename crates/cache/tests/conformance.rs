@@ -138,6 +138,9 @@ const CASES: &[&str] = &[
     "set a 0 0 1\r\nx\r\nmg a v T10 t\r\nmg a t\r\n",
     "mg YQ== b v\r\nset a 0 0 2\r\nzz\r\nmg YQ== v b k\r\nmg a s v b\r\n",
     "mg a zz\r\nmg\r\n",
+    "md k z\r\nma k z\r\nmg k E5\r\nmd k E5\r\nma k E5\r\nms k 1 z\r\nx\r\nms k 1 E500 c\r\ny\r\n",
+    "md k q q\r\nmg k v v\r\nms k 1 T1 T2\r\nx\r\nma k q q\r\nset k 5 0 1\r\nq\r\nmd k x\r\n",
+    "ms k 1 c\r\nx\r\nms k 1 I C1\r\nz\r\nmg k v\r\n",
     // Meta set.
     "ms m 2 T0 F3\r\nhi\r\nms m 2 c O123\r\nhi\r\nmg m f v\r\nms m S2 c\r\nhi\r\n",
     "ms a 2 MA\r\nzz\r\nms a 2 MA N0\r\nzz\r\nmg a v\r\nms a 2 ME\r\nyy\r\nms a 1 MP\r\n<\r\nmg a v\r\n",

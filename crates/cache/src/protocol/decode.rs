@@ -75,10 +75,20 @@ pub enum ProtocolError {
         exptime: String,
     },
     /// A meta flag the command does not know.
-    #[error("invalid meta flag {flag:?}")]
+    #[error("invalid meta flag {flag:?} for {command}")]
     InvalidFlag {
         /// The flag token.
         flag: String,
+        /// The command (`mg`, `ms`, `md`, `ma`).
+        command: &'static str,
+    },
+    /// A meta flag given twice.
+    #[error("meta flag {flag:?} given twice to {command}")]
+    DuplicateFlag {
+        /// The flag token.
+        flag: String,
+        /// The command.
+        command: &'static str,
     },
     /// A meta key marked base64 (`b`) that does not decode.
     #[error("cannot decode base64 key {key:?}")]
@@ -127,7 +137,15 @@ impl ProtocolError {
             ProtocolError::BadFormat { .. } => "CLIENT_ERROR bad command line format",
             ProtocolError::InvalidDelta { .. } => "CLIENT_ERROR invalid numeric delta argument",
             ProtocolError::InvalidExptime { .. } => "CLIENT_ERROR invalid exptime argument",
+            // memcached 1.6.18 words these differently for mg/ms and md/ma.
+            ProtocolError::InvalidFlag {
+                command: "md" | "ma", ..
+            }
+            | ProtocolError::DuplicateFlag {
+                command: "md" | "ma", ..
+            } => "CLIENT_ERROR invalid or duplicate flag",
             ProtocolError::InvalidFlag { .. } => "CLIENT_ERROR invalid flag",
+            ProtocolError::DuplicateFlag { .. } => "CLIENT_ERROR duplicate flag",
             ProtocolError::KeyDecode { .. } => "CLIENT_ERROR error decoding key",
             ProtocolError::BadDataChunk { .. } => "CLIENT_ERROR bad data chunk",
             ProtocolError::TooLarge { .. } => "SERVER_ERROR object too large for cache",
@@ -443,12 +461,12 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
             if args.is_empty() {
                 return Err(unknown());
             }
-            let allowed = match &name[..] {
-                b"mg" => MG_FLAGS,
-                b"md" => MD_FLAGS,
-                _ => MA_FLAGS,
+            let (allowed, command) = match &name[..] {
+                b"mg" => (MG_FLAGS, "mg"),
+                b"md" => (MD_FLAGS, "md"),
+                _ => (MA_FLAGS, "ma"),
             };
-            let flags = meta_flags(&args[1..], allowed)?;
+            let flags = meta_flags(&args[1..], allowed, command)?;
             let key = meta_key(&args[0], &flags, line)?;
             match &name[..] {
                 b"mg" => Command::MetaGet { key, flags },
@@ -462,7 +480,7 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
             }
             let len: usize = num(&args[1]).ok_or_else(bad)?;
             // Once the length is known, memcached discards the data of a refused ms.
-            let parsed = meta_flags(&args[2..], MS_FLAGS)
+            let parsed = meta_flags(&args[2..], MS_FLAGS, "ms")
                 .and_then(|flags| Ok((meta_key(&args[0], &flags, line)?, flags)));
             return match parsed {
                 Ok((key, flags)) => Ok((
@@ -484,12 +502,21 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
     Ok((command, None))
 }
 
-fn meta_flags(tokens: &[Bytes], allowed: &[u8]) -> Result<MetaFlags, ProtocolError> {
+fn meta_flags(tokens: &[Bytes], allowed: &[u8], command: &'static str) -> Result<MetaFlags, ProtocolError> {
     let mut flags = MetaFlags::new();
     for token in tokens {
         let flag = token[0];
         if !allowed.contains(&flag) {
-            return Err(ProtocolError::InvalidFlag { flag: excerpt(token) });
+            return Err(ProtocolError::InvalidFlag {
+                flag: excerpt(token),
+                command,
+            });
+        }
+        if flags.has(flag) {
+            return Err(ProtocolError::DuplicateFlag {
+                flag: excerpt(token),
+                command,
+            });
         }
         flags.push(MetaFlag::new(flag, token.slice(1..)));
     }

@@ -74,8 +74,9 @@ impl MetaFlags {
     }
 }
 
-/// The flags each meta command accepts (memcached answers any other with `CLIENT_ERROR invalid flag`).
-pub(crate) const MG_FLAGS: &[u8] = b"bcfhklOqstuvENRT";
-pub(crate) const MS_FLAGS: &[u8] = b"bcCEFIkOqsSTMN";
-pub(crate) const MD_FLAGS: &[u8] = b"bCEIkOqTx";
-pub(crate) const MA_FLAGS: &[u8] = b"bCENJDTMOqtcvk";
+/// The flags each meta command accepts, as memcached 1.6.18 does (it answers any other with a `CLIENT_ERROR`; it
+/// has no `E` and no `md ... x` yet).
+pub(crate) const MG_FLAGS: &[u8] = b"bcfhklOqstuvNRT";
+pub(crate) const MS_FLAGS: &[u8] = b"bcCFIkOqsSTMN";
+pub(crate) const MD_FLAGS: &[u8] = b"bCIkOqT";
+pub(crate) const MA_FLAGS: &[u8] = b"bCNJDTMOqtcvk";
