@@ -379,6 +379,49 @@ async fn an_invalidated_value_is_served_stale_while_one_caller_refreshes() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_zone_down_reads_and_writes_go_to_the_other() {
+    let mut cluster = cluster().await;
+    let client = cluster.client("a", Ack::All);
+    for i in 0..50 {
+        client
+            .set(key(i).as_bytes(), Bytes::from(format!("v{i}")), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+    cluster.kill("a1").await;
+    cluster.kill("a2").await;
+    for i in 0..50 {
+        let value = client.get(key(i).as_bytes()).await.expect("zone b answers");
+        assert_eq!(value, Some(Bytes::from(format!("v{i}"))));
+    }
+    let keys: Vec<String> = (0..50).map(key).collect();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    assert_eq!(client.get_many(&refs).await.expect("multi-get").len(), 50);
+    // One zone of two can acknowledge Ack::One, not Ack::Quorum (two of two).
+    let one = cluster.client("a", Ack::One);
+    one.set(b"new", Bytes::from_static(b"n"), Duration::ZERO)
+        .await
+        .expect("Ack::One");
+    let quorum = cluster.client("a", Ack::Quorum);
+    let err = quorum
+        .set(b"new", Bytes::from_static(b"n"), Duration::ZERO)
+        .await
+        .expect_err("no quorum");
+    assert!(
+        matches!(err, ClientError::NotEnoughAcks { needed: 2, .. }),
+        "{err}"
+    );
+    // With every zone down, reads fail instead of reporting a miss.
+    cluster.kill("b1").await;
+    cluster.kill("b2").await;
+    let err = client.get(b"user:1").await.expect_err("nothing answers");
+    assert!(
+        matches!(err, ClientError::AllZonesFailed { ref errors } if errors.len() == 2),
+        "{err}"
+    );
+}
+
 #[test]
 fn config_validation_names_the_problem() {
     let addr = "127.0.0.1:1".parse().expect("addr");
