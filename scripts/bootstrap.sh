@@ -27,7 +27,7 @@ need iproute2          "ip and ss: network namespaces for the chaos suite, port 
 need nftables          "nft: partitions between namespaces in the chaos suite"       cmd  nft
 need procps            "pkill and free, used by the benchmark scripts"               cmd  pkill
 need memcached         "memcached 1.6: the cache conformance test runs it beside a Trestle node" file /usr/bin/memcached
-need libmemcached-tools "memcslap: the cache benchmark's load generator"           cmd  memcslap
+need libmemcached-tools "memcaslap and memccapable: the cache benchmark's load and protocol check" cmd memcaslap
 need kubernetes-client "kubectl: its kustomize renders deploy/k8s in the deploy check" cmd  kubectl
 need python3-venv      "Python 3 with venv: the deploy check's tools install into one" file '/usr/lib/python3*/ensurepip/__init__.py'
 need openssl           "openssl: test certificates for the deploy check's TLS cluster (--cluster)" cmd openssl
@@ -80,7 +80,7 @@ for entry in "${needs[@]}"; do
     fi
 done
 ((failed == 0)) || die "the build's needs are not met (see above)"
-say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcslap, kubectl, python3-venv, openssl"
+say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcaslap, kubectl, python3-venv, openssl"
 
 # The deploy check's Python tools (scripts/check-deploy.sh: kubernetes-validate, hadolint), pinned in
 # deploy/check/requirements.txt, in a virtualenv beside the build directory; made again when that file changes.
