@@ -422,6 +422,48 @@ async fn a_whole_zone_down_reads_and_writes_go_to_the_other() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_trial_call_gives_its_half_open_slot_back() {
+    use trestle_breaker::{CircuitBreakerConfig, SlidingWindow, WaitInOpen};
+    // A node that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let breaker = CircuitBreakerConfig::default()
+        .with_sliding_window(SlidingWindow::Count { size: 1 })
+        .with_minimum_calls(1)
+        .with_permitted_calls_in_half_open(1)
+        .with_wait_in_open(WaitInOpen::Fixed(Duration::from_millis(20)));
+    let config = ClientConfig::new(vec![NodeSpec::new("silent", addr, "a")], "a")
+        .with_timeout(Duration::from_millis(100))
+        .with_breaker(breaker);
+    let client = Client::new(config).expect("client");
+    let open = |e: &ClientError| matches!(e, ClientError::AllZonesFailed { errors } if matches!(errors[..], [ClientError::CircuitOpen { .. }]));
+    // The timeout opens the breaker.
+    let err = client.get(b"k").await.expect_err("timeout");
+    assert!(
+        matches!(&err, ClientError::AllZonesFailed { errors } if matches!(errors[..], [ClientError::Timeout { .. }])),
+        "{err}"
+    );
+    assert!(open(&client.get(b"k").await.expect_err("open")));
+    // Once the wait is over a trial call is let through; the caller gives up on it (drops the future).
+    let admitted = eventually(Duration::from_secs(5), async || {
+        tokio::time::timeout(Duration::from_millis(5), client.get(b"k"))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(admitted, "no trial call was let through");
+    // The slot came back: the next call is let through too, instead of failing fast forever.
+    let next = tokio::time::timeout(Duration::from_millis(5), client.get(b"k")).await;
+    assert!(next.is_err(), "the half-open slot leaked: {next:?}");
+}
+
 #[test]
 fn config_validation_names_the_problem() {
     let addr = "127.0.0.1:1".parse().expect("addr");

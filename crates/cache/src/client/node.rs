@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trestle_breaker::Outcome;
-use trestle_breaker::machine::BreakerMachine;
+use trestle_breaker::machine::{BreakerMachine, Permit};
 
 use super::ClientError;
 use crate::protocol::{Command, MetaReply, MetaStatus, ReplyDecoder};
@@ -55,6 +55,12 @@ impl NodeClient {
                 node: self.id.clone(),
             })?
         };
+        // If the caller drops this future mid-request, the permit goes back unrecorded (a half-open slot would
+        // otherwise leak and keep the node skipped).
+        let mut guard = PermitGuard {
+            breaker: &self.breaker,
+            permit: Some(permit),
+        };
         let started = now();
         let result = match tokio::time::timeout(self.timeout, self.exchange_inner(commands)).await {
             Ok(result) => result,
@@ -67,9 +73,11 @@ impl NodeClient {
             Ok(_) | Err(ClientError::Server { .. }) => Outcome::Success,
             Err(_) => Outcome::Failure,
         };
-        self.breaker
-            .lock()
-            .record(permit, outcome, started.elapsed(), now());
+        if let Some(permit) = guard.permit.take() {
+            self.breaker
+                .lock()
+                .record(permit, outcome, started.elapsed(), now());
+        }
         result
     }
 
@@ -123,6 +131,19 @@ impl NodeClient {
                     message: "connection closed".into(),
                 });
             }
+        }
+    }
+}
+
+struct PermitGuard<'a> {
+    breaker: &'a Mutex<BreakerMachine>,
+    permit: Option<Permit>,
+}
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.lock().release(permit);
         }
     }
 }
