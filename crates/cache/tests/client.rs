@@ -464,6 +464,35 @@ async fn a_cancelled_trial_call_gives_its_half_open_slot_back() {
     assert!(next.is_err(), "the half-open slot leaked: {next:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_share_a_few_connections() {
+    let cluster = cluster().await;
+    let config = ClientConfig::new(cluster.specs.clone(), "a")
+        .with_max_connections_per_node(4)
+        .with_timeout(Duration::from_secs(5));
+    let client = Client::new(config).expect("client");
+    client
+        .set(b"k", Bytes::from_static(b"v"), Duration::ZERO)
+        .await
+        .expect("set");
+    let node = client.node_for("a", b"k").expect("node");
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get(b"k").await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.expect("task").expect("get"),
+            Some(Bytes::from_static(b"v"))
+        );
+    }
+    let engine = cluster.nodes[&node].engine();
+    let total = engine.connections().total.load(Ordering::Relaxed);
+    assert!(total <= 4, "{total} connections opened to {node}");
+}
+
 #[test]
 fn config_validation_names_the_problem() {
     let addr = "127.0.0.1:1".parse().expect("addr");

@@ -74,6 +74,9 @@ pub struct ClientConfig {
     pub breaker: CircuitBreakerConfig,
     /// Idle connections kept per node. Default 8.
     pub max_idle_connections: usize,
+    /// Connections open to one node at once; more concurrent requests wait for one, within their timeout.
+    /// Default 64 (a node refuses connections over its own limit, 1024 by default).
+    pub max_connections_per_node: usize,
     /// How long `get_or_load` holds the right to load a missing key (the `N` token's TTL): others wait for the
     /// winner's value this long at most, then load themselves. Default 5 s.
     pub load_lease: Duration,
@@ -130,6 +133,7 @@ impl ClientConfig {
                     max: Duration::from_secs(30),
                 }),
             max_idle_connections: 8,
+            max_connections_per_node: 64,
             load_lease: Duration::from_secs(5),
         }
     }
@@ -155,6 +159,12 @@ impl ClientConfig {
     /// Sets each node's circuit breaker.
     pub fn with_breaker(mut self, breaker: CircuitBreakerConfig) -> Self {
         self.breaker = breaker;
+        self
+    }
+
+    /// Sets the most connections open to one node at once.
+    pub fn with_max_connections_per_node(mut self, max: usize) -> Self {
+        self.max_connections_per_node = max;
         self
     }
 
@@ -197,6 +207,11 @@ impl ClientConfig {
         }
         if self.timeout.is_zero() {
             return Err(ClientConfigError::Zero { name: "timeout" });
+        }
+        if self.max_connections_per_node == 0 {
+            return Err(ClientConfigError::Zero {
+                name: "max_connections_per_node",
+            });
         }
         if self.load_lease.is_zero() {
             return Err(ClientConfigError::Zero { name: "load_lease" });

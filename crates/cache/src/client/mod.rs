@@ -179,6 +179,7 @@ impl Client {
                     spec.id.clone(),
                     spec.addr,
                     config.max_idle_connections,
+                    config.max_connections_per_node,
                     config.timeout,
                     breaker,
                 );

@@ -20,6 +20,8 @@ pub(crate) struct NodeClient {
     addr: SocketAddr,
     idle: Mutex<Vec<TcpStream>>,
     max_idle: usize,
+    /// Caps the connections open to the node at once; a request waits for one (within its timeout).
+    open: tokio::sync::Semaphore,
     timeout: Duration,
     breaker: Mutex<BreakerMachine>,
 }
@@ -33,6 +35,7 @@ impl NodeClient {
         id: String,
         addr: SocketAddr,
         max_idle: usize,
+        max_open: usize,
         timeout: Duration,
         breaker: BreakerMachine,
     ) -> Self {
@@ -41,6 +44,7 @@ impl NodeClient {
             addr,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            open: tokio::sync::Semaphore::new(max_open),
             timeout,
             breaker: Mutex::new(breaker),
         }
@@ -86,6 +90,10 @@ impl NodeClient {
             node: self.id.clone(),
             message: e.to_string(),
         };
+        let _slot = self.open.acquire().await.map_err(|_| ClientError::Io {
+            node: self.id.clone(),
+            message: "client closed".into(),
+        })?;
         let pooled = self.idle.lock().pop();
         let mut stream = match pooled {
             Some(stream) => stream,
