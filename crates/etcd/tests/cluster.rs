@@ -714,3 +714,74 @@ async fn past_the_quota_writes_stop_until_space_is_made_and_the_alarm_disarmed()
     client.put("after", "room", None).await.unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_update_moves_a_member_to_a_new_peer_url_and_it_stays_the_same_member() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut client = cluster.any_client().await;
+    client.put("before", "1", None).await.unwrap();
+    // A follower moves (a leader moved while it runs is unreachable at its new URL until it restarts there).
+    let moved = (cluster.wait_for_leader().await + 1) % 3;
+    let list = client.member_list().await.unwrap();
+    let id = list
+        .members()
+        .iter()
+        .find(|m| m.peer_urls() == [cluster.members[moved].peer_url()])
+        .map(|m| m.id())
+        .expect("the follower is a member");
+
+    // Refused: an unknown member, and another member's URL. Nothing changes.
+    let err = client
+        .member_update(12345, [format!("http://127.0.0.1:{}", common::free_port())])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("member not found"), "{err}");
+    let err = client
+        .member_update(id, [cluster.members[(moved + 1) % 3].peer_url()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("peerURL exists"), "{err}");
+
+    let new_peer = common::free_port();
+    let new_url = format!("http://127.0.0.1:{new_peer}");
+    let updated = client.member_update(id, [new_url.clone()]).await.unwrap();
+    let member = updated
+        .members()
+        .iter()
+        .find(|m| m.id() == id)
+        .expect("still a member");
+    assert_eq!(member.peer_urls(), std::slice::from_ref(&new_url));
+
+    // The member restarts on its data directory, advertising the new URL: the same member (its id kept by its
+    // data directory), reached there by the others.
+    cluster.stop(moved).await;
+    cluster.members[moved].peer = new_peer;
+    cluster.restart(moved).await;
+    assert_eq!(cluster.node(moved).id(), id, "the moved member changed its id");
+    client.put("after", "2", None).await.unwrap();
+    wait_for(
+        "the moved member to catch up",
+        Duration::from_secs(10),
+        || async {
+            let mut c = cluster.client(moved).await;
+            let got = c
+                .get("after", Some(GetOptions::new().with_serializable()))
+                .await
+                .ok()?;
+            (!got.kvs().is_empty()).then_some(())
+        },
+    )
+    .await;
+    let mut through_moved = cluster.client(moved).await;
+    through_moved.put("via-moved", "3", None).await.unwrap();
+    let list = client.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 3);
+    assert!(
+        list.members()
+            .iter()
+            .any(|m| m.id() == id && m.peer_urls() == [new_url.clone()])
+    );
+    cluster.shutdown().await;
+}

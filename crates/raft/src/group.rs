@@ -187,7 +187,7 @@ pub async fn start_group<A: GroupApp>(
         .map_err(|source| StartGroupError::Storage { group, source })?;
     let network = NetworkFactory::new(
         group,
-        channels,
+        channels.clone(),
         usize::try_from(config.snapshot_max_chunk_size).unwrap_or(usize::MAX),
         std::time::Duration::from_millis(config.install_snapshot_timeout),
     );
@@ -200,8 +200,34 @@ pub async fn start_group<A: GroupApp>(
             Raft::new(node_id, config, network, memory.log(group), state_machine).await
         }
     };
-    started.map_err(|e| StartGroupError::Raft {
+    let raft = started.map_err(|e| StartGroupError::Raft {
         group,
         message: e.to_string(),
-    })
+    })?;
+    spawn_address_book(&raft, channels);
+    Ok(raft)
+}
+
+/// Keeps `channels`' address book up to date with the group's membership as this node applies it, so that a
+/// member moved to another peer URL is reached there. Ends when the group's Raft stops.
+fn spawn_address_book(raft: &Raft, channels: PeerChannels) {
+    use openraft::async_runtime::WatchReceiver as _;
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let nodes: Vec<(NodeId, String)> = metrics
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.peer_url.clone()))
+                .collect();
+            for (id, url) in nodes {
+                channels.set_address(id, &url);
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }

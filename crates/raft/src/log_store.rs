@@ -48,6 +48,29 @@ pub(crate) fn meta_key(group: GroupId, tag: &[u8]) -> Vec<u8> {
     key
 }
 
+/// The node's id as its data directory records it; when it records none (a new directory, or one written by an
+/// older version, which derived the id the same way), `derive()`, recorded with a synced write.
+pub(crate) fn node_id(db: &DB, derive: impl FnOnce() -> u64) -> io::Result<u64> {
+    let cf = db.cf_handle(CF_META).ok_or_else(|| rocksdb_missing_cf(CF_META))?;
+    const KEY: &[u8] = b"node/id";
+    if let Some(raw) = db
+        .get_cf(&cf, KEY)
+        .map_err(|e| io_err("reading the node id", e))?
+    {
+        let bytes: [u8; 8] = raw.as_slice().try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the recorded node id has {} bytes, not 8", raw.len()),
+            )
+        })?;
+        return Ok(u64::from_be_bytes(bytes));
+    }
+    let id = derive();
+    db.put_cf_opt(&cf, KEY, id.to_be_bytes(), &synced())
+        .map_err(|e| io_err("recording the node id", e))?;
+    Ok(id)
+}
+
 fn synced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);

@@ -54,6 +54,10 @@ pub type ConnectFn = Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Each member's current peer URL, as the memberships applied on this node record it: a member moved to
+    /// another URL (MemberUpdate) is reached there, though openraft keeps the replication stream it opened with
+    /// the old one.
+    addresses: Arc<Mutex<HashMap<NodeId, String>>>,
     tls: Option<ClientTlsConfig>,
     connect: Option<ConnectFn>,
 }
@@ -72,6 +76,7 @@ impl PeerChannels {
     pub fn new(tls: Option<ClientTlsConfig>) -> Self {
         Self {
             channels: Arc::default(),
+            addresses: Arc::default(),
             tls,
             connect: None,
         }
@@ -83,9 +88,23 @@ impl PeerChannels {
     pub fn with_connect(connect: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Self {
         Self {
             channels: Arc::default(),
+            addresses: Arc::default(),
             tls: None,
             connect: Some(Arc::new(connect)),
         }
+    }
+
+    /// Records `node`'s current peer URL (from an applied membership).
+    pub fn set_address(&self, node: NodeId, url: &str) {
+        let mut addresses = self.addresses.lock();
+        if addresses.get(&node).is_none_or(|known| known != url) {
+            addresses.insert(node, url.to_owned());
+        }
+    }
+
+    /// `node`'s current peer URL, if a membership recorded one ([`PeerChannels::set_address`]).
+    pub fn address(&self, node: NodeId) -> Option<String> {
+        self.addresses.lock().get(&node).cloned()
     }
 
     /// The channel to `url`, created on first use. Connecting happens on the first request.
@@ -174,7 +193,11 @@ enum Rpc {
 
 impl PeerClient {
     fn client(&self) -> Result<RaftPeerClient<Channel>, Unreachable<TypeConfig>> {
-        let channel = self.channels.get(&self.url).map_err(|e| Unreachable::new(&e))?;
+        let url = self
+            .channels
+            .address(self.target)
+            .unwrap_or_else(|| self.url.clone());
+        let channel = self.channels.get(&url).map_err(|e| Unreachable::new(&e))?;
         Ok(RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX))
     }
 

@@ -218,7 +218,8 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// This node's id (derived from its advertised peer URL).
+    /// The id a node with this configuration gets when its data directory is new (derived from its advertised
+    /// peer URL). A node keeps the id its data directory was created with ([`Node::node_id`]).
     pub fn node_id(&self) -> NodeId {
         node_id_for(&self.advertise_peer_url)
     }
@@ -466,27 +467,34 @@ impl Node {
     /// is bound (so a taken port fails the start) and serves once [`Node::serve_clients`] is called.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
-        let node_id = config.node_id();
-        let span = info_span!("node", id = node_id, name = %config.name);
-        async move {
-            let storage = match &config.storage {
-                NodeStorage::Disk => {
-                    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
-                        path: config.data_dir.clone(),
-                        message: e.to_string(),
-                    })?;
-                    let db_path = config.data_dir.join("db");
-                    let db = open_db(&db_path).map_err(|e| NodeError::DataDir {
+        let (storage, node_id) = match &config.storage {
+            NodeStorage::Disk => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+                    path: config.data_dir.clone(),
+                    message: e.to_string(),
+                })?;
+                let db_path = config.data_dir.join("db");
+                let db = open_db(&db_path).map_err(|e| NodeError::DataDir {
+                    path: db_path.clone(),
+                    message: e.to_string(),
+                })?;
+                // The id is derived from the advertised peer URL once, when the data directory is new, and kept:
+                // a member whose URL changes (MemberUpdate, then a restart on the new URL) stays the same member.
+                let node_id =
+                    crate::log_store::node_id(&db, || config.node_id()).map_err(|e| NodeError::DataDir {
                         path: db_path,
                         message: e.to_string(),
                     })?;
-                    GroupStorage::rocksdb(db).map_err(|e| NodeError::DataDir {
-                        path: config.data_dir.clone(),
-                        message: format!("starting the WAL sync thread: {e}"),
-                    })?
-                }
-                NodeStorage::Memory(memory) => GroupStorage::memory(memory.clone()),
-            };
+                let storage = GroupStorage::rocksdb(db).map_err(|e| NodeError::DataDir {
+                    path: config.data_dir.clone(),
+                    message: format!("starting the WAL sync thread: {e}"),
+                })?;
+                (storage, node_id)
+            }
+            NodeStorage::Memory(memory) => (GroupStorage::memory(memory.clone()), config.node_id()),
+        };
+        let span = info_span!("node", id = node_id, name = %config.name);
+        async move {
             let db_handles_at_rest = match &storage {
                 GroupStorage::RocksDb { db, .. } => Arc::strong_count(db),
                 _ => 0,
@@ -1010,7 +1018,8 @@ fn spawn_publish_attributes<S: Service>(
                 }
             };
             match current {
-                Some(Some(node)) if node == me => return,
+                // Published: the name and client URLs are there (the peer URL is the membership's to keep).
+                Some(Some(node)) if node.name == me.name && node.client_urls == me.client_urls => return,
                 Some(Some(_)) => match service
                     .change_member(MemberChange::SetAttributes(service.node_id(), me.clone()))
                     .await

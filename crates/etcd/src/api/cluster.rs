@@ -34,6 +34,14 @@ impl EtcdServer {
         members
     }
 
+    /// The members once this node has applied everything committed before the call (a change just made through
+    /// the leader included), so a response lists its own change. Without a leader, after a short wait, this
+    /// node's view.
+    async fn members_now(&self) -> Vec<PbMember> {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.store.read_barrier()).await;
+        self.members()
+    }
+
     fn member_header(&self) -> etcd_client::proto::PbResponseHeader {
         let revision = self.store.read(|app| app.store().revision());
         self.header(revision)
@@ -82,7 +90,7 @@ impl PbClusterService for EtcdServer {
                 client_ur_ls: Vec::new(),
                 is_learner: req.is_learner,
             }),
-            members: self.members(),
+            members: self.members_now().await,
         }))
     }
 
@@ -94,7 +102,7 @@ impl PbClusterService for EtcdServer {
         self.store.change_member(MemberChange::Remove(id)).await?;
         Ok(Response::new(PbMemberRemoveResponse {
             header: Some(self.member_header()),
-            members: self.members(),
+            members: self.members_now().await,
         }))
     }
 
@@ -102,11 +110,15 @@ impl PbClusterService for EtcdServer {
         &self,
         request: Request<PbMemberUpdateRequest>,
     ) -> Result<Response<PbMemberUpdateResponse>, Status> {
-        let _ = request;
-        // A member's id derives from its peer URL, so moving a member is remove + add with a fresh data directory.
-        Err(Status::unimplemented(
-            "etcdserver: MemberUpdate is not supported: remove the member and add it at its new URL",
-        ))
+        let req = request.into_inner();
+        let peer_url = one_peer_url(&req.peer_ur_ls)?;
+        self.store
+            .change_member(MemberChange::UpdatePeerUrl(req.id, peer_url))
+            .await?;
+        Ok(Response::new(PbMemberUpdateResponse {
+            header: Some(self.member_header()),
+            members: self.members_now().await,
+        }))
     }
 
     async fn member_list(
@@ -131,7 +143,7 @@ impl PbClusterService for EtcdServer {
         self.store.change_member(MemberChange::Promote(id)).await?;
         Ok(Response::new(PbMemberPromoteResponse {
             header: Some(self.member_header()),
-            members: self.members(),
+            members: self.members_now().await,
         }))
     }
 }

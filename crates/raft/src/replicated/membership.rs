@@ -26,8 +26,12 @@ pub enum MemberChange {
     Promote(NodeId),
     /// Remove a member (voter or learner).
     Remove(NodeId),
-    /// Record a member's name and client URLs (a starting node publishes its own).
+    /// Record a member's name and client URLs (a starting node publishes its own). The peer URL is the
+    /// membership's (moved only by [`MemberChange::UpdatePeerUrl`]), whatever the given node says.
     SetAttributes(NodeId, PeerNode),
+    /// Move a member to another peer URL (etcd's MemberUpdate): it keeps its id, name and client URLs, and the
+    /// others reach it at the new URL; restart it advertising that URL, on its data directory.
+    UpdatePeerUrl(NodeId, String),
 }
 
 /// Runs `change` on this node, which believes it leads. `Ok(None)`: not the leader (any more), or another
@@ -84,17 +88,38 @@ pub(crate) async fn change_member_local<S: Service>(
             };
             (*id, raft.change_membership(change, false).await)
         }
-        MemberChange::SetAttributes(id, node) => {
-            if membership.get_node(id).is_none() {
+        MemberChange::UpdatePeerUrl(id, url) => {
+            let Some(current) = membership.get_node(id) else {
                 return Err(S::status(Failure::MemberNotFound));
+            };
+            let taken = membership.nodes().any(|(other, node)| {
+                other != id && (node.peer_url == *url || *other == crate::types::node_id_for(url))
+            });
+            if taken {
+                return Err(S::status(Failure::MemberExists));
             }
+            let node = PeerNode {
+                peer_url: url.clone(),
+                ..current.clone()
+            };
             (
                 *id,
-                raft.change_membership(
-                    ChangeMembers::SetNodes(BTreeMap::from([(*id, node.clone())])),
-                    true,
-                )
-                .await,
+                raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(*id, node)])), true)
+                    .await,
+            )
+        }
+        MemberChange::SetAttributes(id, node) => {
+            let Some(current) = membership.get_node(id) else {
+                return Err(S::status(Failure::MemberNotFound));
+            };
+            let node = PeerNode {
+                peer_url: current.peer_url.clone(),
+                ..node.clone()
+            };
+            (
+                *id,
+                raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(*id, node)])), true)
+                    .await,
             )
         }
     };

@@ -370,6 +370,9 @@ impl<S: Service> Replicated<S> {
                 Err(S::status(Failure::LeaderLost))
             }
             Err(RaftError::APIError(e)) => Err(Status::internal(e.to_string())),
+            // Shut down (a graceful stop) with the proposal in flight: it may have been appended and replicated,
+            // and commit through the next leader. Ambiguous, as a lost leader.
+            Err(RaftError::Fatal(openraft::error::Fatal::Stopped)) => Err(S::status(Failure::LeaderLost)),
             Err(RaftError::Fatal(e)) => Err(S::status(Failure::RaftStopped(e.to_string()))),
         }
     }
