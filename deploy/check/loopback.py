@@ -19,7 +19,7 @@ It then does what deploy/README.md tells an operator to do, with Debian's etcdct
   4. scaling down again: `member remove`, its pod stopped; writes still succeed;
   5. with --replace-volume, a founder's volume replaced, with CLUSTER_STATE=existing: `member remove`, its pod
      stopped and its data deleted, `member add --learner` with the same peer URL, the pod started (it should
-     join), `member promote`. This fails with today's `trestle serve`: the member stays unstarted.
+     join), `member promote`.
 Exit status 0 when every step held. Not part of scripts/test.sh: it needs root and a built `trestle`.
 """
 
@@ -200,7 +200,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", required=True)
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
-    parser.add_argument("--replace-volume", action="store_true", help="also step 5 (fails today)")
+    parser.add_argument("--replace-volume", action="store_true", help="also step 5")
     parser.add_argument("rendered")
     args = parser.parse_args()
     if os.geteuid() != 0:

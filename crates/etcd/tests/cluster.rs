@@ -785,3 +785,72 @@ async fn member_update_moves_a_member_to_a_new_peer_url_and_it_stays_the_same_me
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_comes_back_at_its_url_with_an_empty_data_directory() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut client = cluster.any_client().await;
+    let leader = cluster.wait_for_leader().await;
+    let gone = (leader + 1) % 3;
+    let url = cluster.members[gone].peer_url();
+    let id = client
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .find(|m| m.peer_urls() == std::slice::from_ref(&url))
+        .map(|m| m.id())
+        .unwrap();
+    client.member_remove(id).await.unwrap();
+    cluster.stop(gone).await;
+    std::fs::remove_dir_all(&cluster.members[gone].dir).unwrap();
+    client.put("while-away", "1", None).await.unwrap();
+
+    // Back as a learner at the same URL (so the same id), empty: it catches up, publishes itself, is promoted.
+    let added = client
+        .member_add(
+            [url.clone()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(added.member().unwrap().id(), id);
+    let node = cluster.start_node(gone, ClusterState::Existing).await;
+    cluster.nodes[gone] = Some(node);
+    wait_for(
+        "the returning learner to catch up",
+        Duration::from_secs(10),
+        || async {
+            let mut c = cluster.client(gone).await;
+            let got = c
+                .get("while-away", Some(GetOptions::new().with_serializable()))
+                .await
+                .ok()?;
+            (!got.kvs().is_empty()).then_some(())
+        },
+    )
+    .await;
+    let name = cluster.members[gone].name.clone();
+    wait_for(
+        "the returning member to publish its name",
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            let name = name.clone();
+            async move {
+                let list = client.member_list().await.ok()?;
+                list.members()
+                    .iter()
+                    .any(|m| m.id() == id && m.name() == name)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    client.member_promote(id).await.unwrap();
+    let list = client.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 3);
+    assert!(list.members().iter().all(|m| !m.is_learner()));
+    cluster.shutdown().await;
+}

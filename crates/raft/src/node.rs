@@ -628,7 +628,8 @@ impl Node {
 
     /// Keeps this node's name and client URLs in `service`'s membership: `MemberAdd` knows only a joining
     /// node's peer URL, so once the group has a leader the node publishes the rest itself, as etcd members do.
-    /// Runs until published or until the node shuts down.
+    /// Watches every membership change until the node shuts down, and publishes again whenever the latest lacks
+    /// them (a member removed and added back is a new entry without them).
     pub fn publish_attributes<S: Service>(&self, service: &Replicated<S>) {
         let task = spawn_publish_attributes(service.clone(), self.peer_node(), self.shutdown.clone());
         self.tasks.lock().push(task);
@@ -1018,15 +1019,18 @@ fn spawn_publish_attributes<S: Service>(
                 }
             };
             match current {
-                // Published: the name and client URLs are there (the peer URL is the membership's to keep).
-                Some(Some(node)) if node.name == me.name && node.client_urls == me.client_urls => return,
-                Some(Some(_)) => match service
-                    .change_member(MemberChange::SetAttributes(service.node_id(), me.clone()))
-                    .await
-                {
-                    Ok(_) => return,
-                    Err(status) => warn!(%status, "could not publish member attributes; will retry"),
-                },
+                // Published: the name and client URLs are there (the peer URL is the membership's to keep). Keep
+                // watching: a node catching up sees older memberships first (one where it was a member before
+                // it was removed and added again, with its name), and the latest may still lack them.
+                Some(Some(node)) if node.name == me.name && node.client_urls == me.client_urls => {}
+                Some(Some(_)) => {
+                    if let Err(status) = service
+                        .change_member(MemberChange::SetAttributes(service.node_id(), me.clone()))
+                        .await
+                    {
+                        warn!(%status, "could not publish member attributes; will retry");
+                    }
+                }
                 // Not a member (yet), or no leader: wait for the next change.
                 _ => {}
             }
