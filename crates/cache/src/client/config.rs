@@ -112,6 +112,14 @@ pub enum ClientConfigError {
     /// The breaker configuration.
     #[error("circuit breaker: {0}")]
     Breaker(String),
+    /// A zone's nodes do not form a placement ring.
+    #[error("placement of zone {zone:?}: {reason}")]
+    Placement {
+        /// The zone.
+        zone: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ClientConfig {

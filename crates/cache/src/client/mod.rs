@@ -170,7 +170,10 @@ impl Client {
         for name in config.zones() {
             let specs: Vec<&NodeSpec> = config.nodes.iter().filter(|n| n.zone == name).collect();
             let map = ShardMap::new(specs.iter().map(|n| Node::new(n.id.as_str()).with_zone(&n.zone)))
-                .map_err(|e| ClientConfigError::Breaker(e.to_string()))?;
+                .map_err(|e| ClientConfigError::Placement {
+                    zone: name.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut nodes = HashMap::new();
             for spec in specs {
                 let breaker = BreakerMachine::new(config.breaker.clone())
