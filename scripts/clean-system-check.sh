@@ -122,10 +122,12 @@ chmod +x "$root/usr/sbin/policy-rc.d"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # What Debian's installer writes on every machine; debootstrap leaves it out.
 printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
-if [[ -n ${SSL_CERT_FILE:-} && -f $SSL_CERT_FILE ]]; then
-    mkdir -p "$root$(dirname "$SSL_CERT_FILE")"
-    cp "$SSL_CERT_FILE" "$root$SSL_CERT_FILE"
-fi
+for ca in "${SSL_CERT_FILE:-}" "${PIP_CERT:-}" "${REQUESTS_CA_BUNDLE:-}" "${NODE_EXTRA_CA_CERTS:-}"; do
+    if [[ -n $ca && -f $ca ]]; then
+        mkdir -p "$root$(dirname "$ca")"
+        cp "$ca" "$root$ca"
+    fi
+done
 
 mount -t proc proc "$root/proc"
 mount -t sysfs sys "$root/sys"
@@ -146,7 +148,10 @@ in_root() {
     local env=(HOME=/root LANG=C.UTF-8 TERM=dumb
         PATH=/root/.cargo/bin:/opt/host-cargo-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
     local v
-    for v in SSL_CERT_FILE http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY; do
+    # The CA settings a machine behind a TLS-inspecting proxy needs, each tool its own: cargo and curl read
+    # SSL_CERT_FILE, pip PIP_CERT (or REQUESTS_CA_BUNDLE), node NODE_EXTRA_CA_CERTS.
+    for v in SSL_CERT_FILE PIP_CERT REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS http_proxy https_proxy HTTP_PROXY \
+        HTTPS_PROXY no_proxy NO_PROXY; do
         [[ -n ${!v:-} ]] && env+=("$v=${!v}")
     done
     chroot "$root" /usr/bin/env -i "${env[@]}" /bin/bash -c "cd /root/trestle && $1"
