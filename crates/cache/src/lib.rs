@@ -11,9 +11,11 @@
 //! - A whole node in one call: [`RunningNode::start`] with a [`NodeConfig`].
 //! - The client: [`client`] ([`Client`] with [`ClientConfig`], [`NodeSpec`], [`Ack`]): consistent hashing per
 //!   zone, writes to every zone, reads with zone fallback and read repair, breakers, coalesced `get_or_load`.
-//! - Errors: [`ConfigError`], [`StartError`], [`ClientError`], [`ClientConfigError`].
+//! - Discovery through the Trestle store (etcd v3 API): [`register_node`], [`discover_nodes`].
+//! - Errors: [`DiscoveryError`], [`ConfigError`], [`StartError`], [`ClientError`], [`ClientConfigError`].
 
 pub mod client;
+mod discovery;
 mod engine;
 mod error;
 mod metrics;
@@ -23,6 +25,7 @@ pub mod server;
 mod store;
 
 pub use client::{Ack, Client, ClientConfig, ClientConfigError, ClientError, NodeSpec};
+pub use discovery::{DiscoveryError, discover_nodes, register_node};
 pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
 pub use error::ConfigError;
 pub use metrics::{NodeMetrics, command_index};

@@ -32,11 +32,23 @@ pub struct CacheServeArgs {
     /// Most connections open at once; more are refused with memcached's SERVER_ERROR.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Trestle store (etcd v3 API) endpoints to register this node in, comma-separated; none: no registration.
+    #[arg(long, value_delimiter = ',')]
+    pub register_endpoints: Vec<String>,
+    /// Key prefix of the registration (the key is the prefix followed by the advertised address).
+    #[arg(long, default_value = "/trestle/cache/nodes/")]
+    pub register_prefix: String,
+    /// The zone this node's registration names.
+    #[arg(long, default_value = "default")]
+    pub zone: String,
+    /// The memcached address clients should use, if not the listen address.
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
 }
 
 impl CacheServeArgs {
     /// The node configuration these flags describe.
-    pub fn into_config(self) -> NodeConfig {
+    pub fn into_config(&self) -> NodeConfig {
         NodeConfig::new(self.memcached_listen)
             .with_metrics_listen(self.metrics_listen)
             .with_server(ServerConfig::default().with_max_connections(self.max_connections))
@@ -49,11 +61,35 @@ pub(crate) async fn serve(args: CacheServeArgs) -> Result<(), String> {
     let node = RunningNode::start(args.into_config())
         .await
         .map_err(|e| e.to_string())?;
+    let registration = if args.register_endpoints.is_empty() {
+        None
+    } else {
+        let addr = args.advertise.unwrap_or(node.memcached_addr());
+        let ttl = std::time::Duration::from_secs(10);
+        let registration = trestle_cache::register_node(
+            &args.register_endpoints,
+            &args.register_prefix,
+            addr,
+            &args.zone,
+            ttl,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        eprintln!(
+            "trestle cache: registered as {}{addr} (zone {})",
+            args.register_prefix, args.zone
+        );
+        Some(registration)
+    };
     eprintln!("trestle cache: memcached protocol on {}", node.memcached_addr());
     if let Some(addr) = node.metrics_addr() {
         eprintln!("trestle cache: /metrics and /health on http://{addr}");
     }
     crate::serve::wait_for_stop_signal().await;
+    // Clients stop finding the node at once rather than when its lease expires.
+    if let Some(registration) = registration {
+        let _ = registration.revoke().await;
+    }
     node.shutdown().await;
     Ok(())
 }
