@@ -219,7 +219,7 @@ impl NodeConfig {
     }
 
     /// The id a node with this configuration gets when its data directory is new (derived from its advertised
-    /// peer URL). A node keeps the id its data directory was created with ([`Node::node_id`]).
+    /// peer URL). A node keeps the id its data directory was created with ([`Node::id`]).
     pub fn node_id(&self) -> NodeId {
         node_id_for(&self.advertise_peer_url)
     }

@@ -11,7 +11,7 @@
 //! write makes everything written before it durable too), so after a crash the key space holds the writes of
 //! some prefix of the applied entries, with the mark of the last of them.
 //!
-//! [`check_key_space`](crate::testing::check_key_space) (feature `testing`) is the conformance suite both
+//! `testing::check_key_space` (feature `testing`) is the conformance suite both
 //! implementations pass.
 
 mod memory;
@@ -85,7 +85,7 @@ pub trait KeyRead {
 }
 
 /// A group's key space (see the module's documentation). Implementations must pass
-/// [`check_key_space`](crate::testing::check_key_space).
+/// `testing::check_key_space` (feature `testing`).
 pub trait KeySpace: KeyRead + Send + Sync + std::fmt::Debug + 'static {
     /// The applied mark: the log index of the last entry whose writes this key space holds.
     fn applied(&self) -> io::Result<Option<u64>>;

@@ -378,23 +378,13 @@ impl<S: Service> Replicated<S> {
     }
 
     /// Runs a batch of commands as one entry, through the leader; their responses in order.
-    async fn write_batch(&self, mut commands: Vec<CommandOf<S>>) -> Result<Vec<ResponseOf<S>>, Status> {
-        let count = commands.len();
-        self.inner.metrics.batch_commands.record(count as f64);
-        let command = if count == 1 {
-            commands.pop().ok_or_else(|| Status::internal("empty batch"))?
-        } else {
-            S::Machine::batch(commands)
-        };
+    async fn write_batch(&self, commands: Vec<CommandOf<S>>) -> Result<Vec<ResponseOf<S>>, Status> {
+        let (command, count) = self.join(commands)?;
         let response = match self.with_leader(ForwardOp::Write(command)).await? {
             ForwardReply::Written(response) => response,
             other => return Err(unexpected(&other)),
         };
-        if count == 1 {
-            return Ok(vec![response]);
-        }
-        S::Machine::unbatch(response, count)
-            .ok_or_else(|| Status::internal(format!("a batch of {count} commands did not answer as a batch")))
+        split::<S>(response, count)
     }
 
     /// Runs a batch of forwarded commands as one entry on this node, if it still leads; their responses in
@@ -405,8 +395,22 @@ impl<S: Service> Replicated<S> {
     /// timeout. The follower looks for the leader again instead.
     async fn write_batch_here(
         &self,
-        mut commands: Vec<CommandOf<S>>,
+        commands: Vec<CommandOf<S>>,
     ) -> Result<Vec<Option<ResponseOf<S>>>, Status> {
+        let (command, count) = self.join(commands)?;
+        let deadline = Instant::now() + self.inner.settings.request_timeout;
+        let response = match tokio::time::timeout_at(deadline, self.propose_local(&command)).await {
+            Ok(outcome) => outcome?,
+            Err(_elapsed) => return Err(S::status(Failure::TimedOut)),
+        };
+        match response {
+            Some(response) => Ok(split::<S>(response, count)?.into_iter().map(Some).collect()),
+            None => Ok((0..count).map(|_| None).collect()),
+        }
+    }
+
+    /// One command standing for `commands` (itself when alone), and how many it stands for.
+    fn join(&self, mut commands: Vec<CommandOf<S>>) -> Result<(CommandOf<S>, usize), Status> {
         let count = commands.len();
         self.inner.metrics.batch_commands.record(count as f64);
         let command = if count == 1 {
@@ -414,20 +418,7 @@ impl<S: Service> Replicated<S> {
         } else {
             S::Machine::batch(commands)
         };
-        let deadline = Instant::now() + self.inner.settings.request_timeout;
-        let response = match tokio::time::timeout_at(deadline, self.propose_local(&command)).await {
-            Ok(outcome) => outcome?,
-            Err(_elapsed) => return Err(S::status(Failure::TimedOut)),
-        };
-        let Some(response) = response else {
-            return Ok((0..count).map(|_| None).collect());
-        };
-        if count == 1 {
-            return Ok(vec![Some(response)]);
-        }
-        S::Machine::unbatch(response, count)
-            .map(|responses| responses.into_iter().map(Some).collect())
-            .ok_or_else(|| Status::internal(format!("a batch of {count} commands did not answer as a batch")))
+        Ok((command, count))
     }
 
     /// Waits until this node's state machine reflects every write acknowledged before the call (a read index
@@ -634,6 +625,15 @@ impl<S: Service> Replicated<S> {
             Err(RaftError::Fatal(e)) => Err(S::status(Failure::RaftStopped(e.to_string()))),
         }
     }
+}
+
+/// The responses of a command standing for `count` (see [`Replicated::join`]), in order.
+fn split<S: Service>(response: ResponseOf<S>, count: usize) -> Result<Vec<ResponseOf<S>>, Status> {
+    if count == 1 {
+        return Ok(vec![response]);
+    }
+    S::Machine::unbatch(response, count)
+        .ok_or_else(|| Status::internal(format!("a batch of {count} commands did not answer as a batch")))
 }
 
 #[tonic::async_trait]
