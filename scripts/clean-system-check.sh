@@ -128,6 +128,12 @@ for ca in "${SSL_CERT_FILE:-}" "${PIP_CERT:-}" "${REQUESTS_CA_BUNDLE:-}" "${NODE
         cp "$ca" "$root$ca"
     fi
 done
+# And where a machine keeps a local CA, so that installing Debian's ca-certificates (a package the build's
+# packages recommend) regenerates a bundle that still holds it.
+if [[ -n ${SSL_CERT_FILE:-} && -f $SSL_CERT_FILE ]]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp "$SSL_CERT_FILE" "$root/usr/local/share/ca-certificates/host-ca.crt"
+fi
 
 mount -t proc proc "$root/proc"
 mount -t sysfs sys "$root/sys"
