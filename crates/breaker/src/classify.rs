@@ -37,10 +37,10 @@ pub trait Classify<Res>: Clone + Send + Sync + 'static {
 /// The outcome a layer records: local rejections are ignored, anything else goes to the classifier.
 #[allow(dead_code)] // unused when no classifying layer is enabled
 pub(crate) fn outcome<Res, C: Classify<Res>>(classifier: &C, result: Result<&Res, &BoxError>) -> Outcome {
-    if let Err(e) = result {
-        if crate::reject::is_local_rejection(&**e) {
-            return Outcome::Ignored;
-        }
+    if let Err(e) = result
+        && crate::reject::is_local_rejection(&**e)
+    {
+        return Outcome::Ignored;
     }
     classifier.classify(result)
 }

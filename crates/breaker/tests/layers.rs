@@ -789,7 +789,7 @@ mod hedge {
 
     impl RetryPolicy<u32, usize> for EvenIdempotent {
         fn is_idempotent(&self, req: &u32) -> bool {
-            req % 2 == 0
+            req.is_multiple_of(2)
         }
         fn is_retryable(&self, result: Result<&usize, &BoxError>) -> bool {
             result.is_err()
@@ -1209,7 +1209,7 @@ mod no_leaks {
     -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + Send + 'static {
         service_fn(|i: u32| {
             std::future::poll_fn(move |_| {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     Poll::Ready(Ok(i))
                 } else {
                     Poll::Pending

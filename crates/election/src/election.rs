@@ -143,10 +143,10 @@ impl Election {
         let (leader, revision) = self.read_leader().await?;
         let (watched_key, prefix) = match &leader {
             Some(leader) => {
-                if let Some(news) = tracker.saw(Some(leader)) {
-                    if tx.send(Ok(news)).await.is_err() {
-                        return Ok(false);
-                    }
+                if let Some(news) = tracker.saw(Some(leader))
+                    && tx.send(Ok(news)).await.is_err()
+                {
+                    return Ok(false);
                 }
                 (leader.key.clone(), false)
             }
@@ -179,10 +179,10 @@ impl Election {
                     (EventType::Put, _) if prefix => return Ok(true),
                     (EventType::Delete, _) => return Ok(true),
                     (EventType::Put, Some(kv)) => {
-                        if let Some(news) = tracker.saw(Some(&LeaderRecord::from_kv(kv))) {
-                            if tx.send(Ok(news)).await.is_err() {
-                                return Ok(false);
-                            }
+                        if let Some(news) = tracker.saw(Some(&LeaderRecord::from_kv(kv)))
+                            && tx.send(Ok(news)).await.is_err()
+                        {
+                            return Ok(false);
                         }
                     }
                     (EventType::Put, None) => return Ok(true),

@@ -75,7 +75,7 @@ pub fn decode_backup(backup: &[u8]) -> Result<MvccStore, BackupError> {
         return Err(not_a_backup);
     }
     let size = backup.len();
-    if size < MAGIC.len() + 8 + HASH || (size - HASH) % ALIGN != 0 {
+    if size < MAGIC.len() + 8 + HASH || !(size - HASH).is_multiple_of(ALIGN) {
         return Err(BackupError::Checksum { size });
     }
     let (contents, hash) = backup.split_at(size - HASH);

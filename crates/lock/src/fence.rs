@@ -75,13 +75,13 @@ impl FenceGate {
             .highest
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(seen) = *highest {
-            if token < seen {
-                return Err(StaleToken {
-                    offered: token,
-                    highest: seen,
-                });
-            }
+        if let Some(seen) = *highest
+            && token < seen
+        {
+            return Err(StaleToken {
+                offered: token,
+                highest: seen,
+            });
         }
         *highest = Some(token);
         Ok(write())

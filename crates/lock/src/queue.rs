@@ -155,15 +155,15 @@ pub async fn enqueue(client: &Client, key: &[u8], value: &[u8], lease: i64) -> R
         });
     }
     for op in response.op_responses() {
-        if let TxnOpResponse::Get(get) = op {
-            if let Some(kv) = get.kvs().first() {
-                return Ok(Enqueued {
-                    revision: kv.create_revision(),
-                    header_revision,
-                    existed: true,
-                    value: kv.value().to_vec(),
-                });
-            }
+        if let TxnOpResponse::Get(get) = op
+            && let Some(kv) = get.kvs().first()
+        {
+            return Ok(Enqueued {
+                revision: kv.create_revision(),
+                header_revision,
+                existed: true,
+                value: kv.value().to_vec(),
+            });
         }
     }
     // The key vanished between the compare and the get of the same transaction: impossible in etcd's model.

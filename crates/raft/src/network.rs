@@ -593,12 +593,13 @@ fn check_snapshot(
             "a snapshot ending at {last} from a leader with vote {vote}"
         )));
     }
-    if let Some(committed) = metrics.local_committed {
-        if last > committed && last.index <= committed.index {
-            return Err(Status::invalid_argument(format!(
-                "a snapshot ending at {last} contradicts the committed log at {committed}"
-            )));
-        }
+    if let Some(committed) = metrics.local_committed
+        && last > committed
+        && last.index <= committed.index
+    {
+        return Err(Status::invalid_argument(format!(
+            "a snapshot ending at {last} contradicts the committed log at {committed}"
+        )));
     }
     Ok(())
 }

@@ -100,10 +100,9 @@ impl Etcd {
         loop {
             if let Ok(Ok(mut c)) =
                 timeout(Duration::from_secs(1), Client::connect([&self.endpoint], None)).await
+                && let Ok(Ok(_)) = timeout(Duration::from_secs(1), c.get("ready?", None)).await
             {
-                if let Ok(Ok(_)) = timeout(Duration::from_secs(1), c.get("ready?", None)).await {
-                    return;
-                }
+                return;
             }
             assert!(
                 start.elapsed() < DEADLINE,

@@ -94,14 +94,13 @@ pub(crate) async fn leader_endpoint(endpoints: &[String], deadline: Instant) -> 
                 None => agreed = false,
             }
         }
-        if agreed {
-            if let Some(endpoint) = by_member
+        if agreed
+            && let Some(endpoint) = by_member
                 .iter()
                 .find(|(member, _)| *member == leader)
                 .map(|(_, e)| e.clone())
-            {
-                return Ok(endpoint);
-            }
+        {
+            return Ok(endpoint);
         }
         if Instant::now() >= deadline {
             return Err("the cluster did not agree on a leader within 30 s".into());

@@ -615,7 +615,7 @@ fn search_with<M: Memo>(
             return SearchResult::Linearizable;
         }
         *steps += 1;
-        if *steps % 4096 == 0 && Instant::now() >= deadline {
+        if (*steps).is_multiple_of(4096) && Instant::now() >= deadline {
             return SearchResult::Unknown(format!("time limit reached after {} placed ops", stack.len()));
         }
         if entry == head || entry % 2 == 1 {

@@ -249,13 +249,13 @@ fn check_key(key: Option<Value>, ops: &[&Op], words: &Words) -> Result<LockKeyRe
             }
             done += 1;
         }
-        if let Some((prev, pt)) = max_before {
-            if pt >= t {
-                violations.push(LockViolation::TokenWentBack {
-                    earlier: with_token(prev, pt),
-                    later: with_token(op, t),
-                });
-            }
+        if let Some((prev, pt)) = max_before
+            && pt >= t
+        {
+            violations.push(LockViolation::TokenWentBack {
+                earlier: with_token(prev, pt),
+                later: with_token(op, t),
+            });
         }
     }
 
@@ -271,29 +271,29 @@ fn check_key(key: Option<Value>, ops: &[&Op], words: &Words) -> Result<LockKeyRe
         let release = releases_of
             .get(&(acq.process, t))
             .and_then(|rels| rels.iter().filter(|r| r.call > acq_ret).min_by_key(|r| r.call));
-        if let Some(rel) = release {
-            if rel.outcome == Outcome::Ok {
-                holds.push((
-                    acq_ret,
-                    rel.call,
-                    format!(
-                        "p{} holding token {t} (lines {}-{})",
-                        acq.process, acq.invoke_line, rel.invoke_line
-                    ),
-                ));
-            }
+        if let Some(rel) = release
+            && rel.outcome == Outcome::Ok
+        {
+            holds.push((
+                acq_ret,
+                rel.call,
+                format!(
+                    "p{} holding token {t} (lines {}-{})",
+                    acq.process, acq.invoke_line, rel.invoke_line
+                ),
+            ));
         }
     }
     holds.sort();
     let mut widest: Option<&(u64, u64, String)> = None;
     for h in &holds {
-        if let Some(w) = widest {
-            if h.0 < w.1 {
-                violations.push(LockViolation::TwoHolders {
-                    first: w.2.clone(),
-                    second: h.2.clone(),
-                });
-            }
+        if let Some(w) = widest
+            && h.0 < w.1
+        {
+            violations.push(LockViolation::TwoHolders {
+                first: w.2.clone(),
+                second: h.2.clone(),
+            });
         }
         if widest.is_none_or(|w| h.1 > w.1) {
             widest = Some(h);
@@ -317,13 +317,13 @@ fn check_key(key: Option<Value>, ops: &[&Op], words: &Words) -> Result<LockKeyRe
             for element in listed {
                 match token_of_element.get(element) {
                     Some(&(t, true)) => {
-                        if let Some((nt, ne)) = newest {
-                            if t < nt {
-                                violations.push(LockViolation::StaleTokenAccepted {
-                                    newer: format!("{} (token {nt})", short(ne)),
-                                    older: format!("{} (token {t})", short(element)),
-                                });
-                            }
+                        if let Some((nt, ne)) = newest
+                            && t < nt
+                        {
+                            violations.push(LockViolation::StaleTokenAccepted {
+                                newer: format!("{} (token {nt})", short(ne)),
+                                older: format!("{} (token {t})", short(element)),
+                            });
                         }
                         if newest.is_none_or(|(nt, _)| t > nt) {
                             newest = Some((t, element));

@@ -16,12 +16,12 @@ pub fn find_trestle(explicit: Option<&Path>) -> Result<PathBuf, HarnessError> {
         if let Some(p) = std::env::var_os("TRESTLE_BIN").filter(|p| !p.is_empty()) {
             candidates.push(PathBuf::from(p));
         }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(dir) = exe.parent() {
-                candidates.push(dir.join("trestle"));
-                if let Some(parent) = dir.parent() {
-                    candidates.push(parent.join("trestle"));
-                }
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(dir) = exe.parent()
+        {
+            candidates.push(dir.join("trestle"));
+            if let Some(parent) = dir.parent() {
+                candidates.push(parent.join("trestle"));
             }
         }
     }

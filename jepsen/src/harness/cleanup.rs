@@ -105,10 +105,10 @@ pub fn clean_leftovers() -> Vec<String> {
             }
         }
         for line in text.lines() {
-            if let Some(ns) = line.strip_prefix("netns ") {
-                if netns::ip(&["netns", "del", ns.trim()]).is_ok() {
-                    done.push(format!("deleted leftover namespace {ns} of run {run_id}"));
-                }
+            if let Some(ns) = line.strip_prefix("netns ")
+                && netns::ip(&["netns", "del", ns.trim()]).is_ok()
+            {
+                done.push(format!("deleted leftover namespace {ns} of run {run_id}"));
             }
         }
         let data = std::env::temp_dir().join(format!("trestle-jepsen-{run_id}"));

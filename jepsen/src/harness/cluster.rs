@@ -173,16 +173,16 @@ impl Cluster {
             faketime: spec.faketime.clone(),
         };
         // From here on, an error drops `cluster`, which tears down whatever was made.
-        if mode == NetMode::Namespaces {
-            if let Err(e) = cluster.build_namespaces(spec).await {
-                if spec.net != NetMode::Auto {
-                    return Err(e);
-                }
-                // `auto`: namespaces could be made but not wired (no veth, no setns...): fall back.
-                cluster.discard_network();
-                mode = NetMode::Loopback;
-                why = format!("namespaces failed: {e}");
+        if mode == NetMode::Namespaces
+            && let Err(e) = cluster.build_namespaces(spec).await
+        {
+            if spec.net != NetMode::Auto {
+                return Err(e);
             }
+            // `auto`: namespaces could be made but not wired (no veth, no setns...): fall back.
+            cluster.discard_network();
+            mode = NetMode::Loopback;
+            why = format!("namespaces failed: {e}");
         }
         if mode == NetMode::Loopback {
             cluster.build_loopback(spec).await?;
@@ -511,10 +511,10 @@ impl Cluster {
             pids[i] = None;
         }
         self.nodes[i].paused = false;
-        if let Some(Some((_, task))) = self.forwarders.get_mut(i) {
-            if let Some(t) = task.take() {
-                t.abort();
-            }
+        if let Some(Some((_, task))) = self.forwarders.get_mut(i)
+            && let Some(t) = task.take()
+        {
+            t.abort();
         }
         let sent = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).is_ok();
         let status = child.wait();

@@ -393,7 +393,7 @@ async fn progress_line(config: &TestConfig, rec: &Recorder, nemesis: &Nemesis, t
         );
         if tty {
             eprint!("\r{line:<100}");
-        } else if n % 5 == 0 {
+        } else if n.is_multiple_of(5) {
             eprintln!("{line}");
         }
     }

@@ -30,10 +30,10 @@ pub(crate) fn nemesis_intervals(history: &History) -> Vec<(f64, f64, String)> {
                 }
             }
             open.insert(window, (t, label));
-        } else if e.f.starts_with("stop-") {
-            if let Some((s, label)) = open.remove(&window) {
-                out.push((s, t, label));
-            }
+        } else if e.f.starts_with("stop-")
+            && let Some((s, label)) = open.remove(&window)
+        {
+            out.push((s, t, label));
         }
     }
     for (_, (s, label)) in open {

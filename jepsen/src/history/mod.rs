@@ -460,13 +460,13 @@ impl History {
                     "process {p} completes with a key other than the one it invoked"
                 )));
             }
-            if let (Some(t0), Some(t1)) = (invoke.time, e.time) {
-                if t1 < t0 {
-                    return Err(bad(format!(
-                        "process {p} completes at {t1} ns, before its invocation at {t0} ns (line {})",
-                        invoke.line
-                    )));
-                }
+            if let (Some(t0), Some(t1)) = (invoke.time, e.time)
+                && t1 < t0
+            {
+                return Err(bad(format!(
+                    "process {p} completes at {t1} ns, before its invocation at {t0} ns (line {})",
+                    invoke.line
+                )));
             }
             let Some(op) = op_of_event.get(&inv).and_then(|&k| ops.get_mut(k)) else {
                 continue;

@@ -425,10 +425,10 @@ async fn follows_a_leader(c: &Cluster, x: usize, timeout: Duration) -> bool {
             let mut client = c.client(x, Duration::from_millis(500)).await.ok()?;
             client.status().await.ok()
         };
-        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), status).await {
-            if s.leader() != 0 {
-                return true;
-            }
+        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), status).await
+            && s.leader() != 0
+        {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

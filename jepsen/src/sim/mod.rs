@@ -420,10 +420,10 @@ pub fn run_sim(config: &SimConfig) -> Result<SimReport, SimError> {
             faults.fire_due(&mut sim, &shared, now);
         }
         invariants.sample_leaders(&shared, now);
-        if steps % 20 == 0 {
+        if steps.is_multiple_of(20) {
             invariants.check_applied(&shared);
         }
-        if steps % 100 == 0 {
+        if steps.is_multiple_of(100) {
             invariants.check_overdue(&shared, now, overdue_limit);
         }
         match phase {

@@ -130,18 +130,18 @@ impl Candidate {
                 Err(e) => return Completion::fail(Value::Nil, format!("no session: {e}")),
             }
         }
-        if self.attached.is_none() {
-            if let (Some(peer), Some(session)) = (self.peer.clone(), self.session.as_ref()) {
-                let options = etcd_client::ConnectOptions::new()
-                    .with_timeout(PEER_TIMEOUT)
-                    .with_connect_timeout(PEER_TIMEOUT);
-                let connect = etcd_client::Client::connect([peer.as_str()], Some(options));
-                match tokio::time::timeout(PEER_TIMEOUT, connect).await {
-                    Ok(Ok(c)) => self.attached = Some(LockSession::attach(c, session.lease())),
-                    Ok(Err(e)) => return Completion::fail(Value::Nil, format!("connecting to {peer}: {e}")),
-                    Err(_) => {
-                        return Completion::fail(Value::Nil, format!("connecting to {peer}: timed out"));
-                    }
+        if self.attached.is_none()
+            && let (Some(peer), Some(session)) = (self.peer.clone(), self.session.as_ref())
+        {
+            let options = etcd_client::ConnectOptions::new()
+                .with_timeout(PEER_TIMEOUT)
+                .with_connect_timeout(PEER_TIMEOUT);
+            let connect = etcd_client::Client::connect([peer.as_str()], Some(options));
+            match tokio::time::timeout(PEER_TIMEOUT, connect).await {
+                Ok(Ok(c)) => self.attached = Some(LockSession::attach(c, session.lease())),
+                Ok(Err(e)) => return Completion::fail(Value::Nil, format!("connecting to {peer}: {e}")),
+                Err(_) => {
+                    return Completion::fail(Value::Nil, format!("connecting to {peer}: timed out"));
                 }
             }
         }

@@ -75,72 +75,74 @@ where
         let mut this = self.project();
 
         // The original attempt.
-        if let Some(first) = this.first.as_mut().as_pin_mut() {
-            if let Poll::Ready(result) = first.poll(cx) {
-                this.first.set(None);
-                let result = result.map_err(Into::into);
-                let wanted = !this.policy.is_retryable(result.as_ref());
-                if wanted {
-                    let now = this.shared.clock.now();
-                    let latency = now.saturating_duration_since(*this.start);
-                    this.shared.record(latency, now);
-                }
-                // A retryable failure waits for a hedge in flight; anything else wins.
-                if wanted || this.second.is_none() {
-                    this.second.set(None);
-                    this.timer.set(None);
-                    *this.hedge = None;
-                    return Poll::Ready(result);
-                }
+        if let Some(first) = this.first.as_mut().as_pin_mut()
+            && let Poll::Ready(result) = first.poll(cx)
+        {
+            this.first.set(None);
+            let result = result.map_err(Into::into);
+            let wanted = !this.policy.is_retryable(result.as_ref());
+            if wanted {
+                let now = this.shared.clock.now();
+                let latency = now.saturating_duration_since(*this.start);
+                this.shared.record(latency, now);
+            }
+            // A retryable failure waits for a hedge in flight; anything else wins.
+            if wanted || this.second.is_none() {
+                this.second.set(None);
+                this.timer.set(None);
+                *this.hedge = None;
+                return Poll::Ready(result);
             }
         }
 
         // The timer, then the hedge once the service is ready and the budget allows it.
-        if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-            if timer.poll(cx).is_ready() {
-                this.timer.set(None);
-            }
+        if let Some(timer) = this.timer.as_mut().as_pin_mut()
+            && timer.poll(cx).is_ready()
+        {
+            this.timer.set(None);
         }
-        if this.timer.is_none() && this.second.is_none() && this.first.is_some() {
-            if let Some((service, _)) = this.hedge.as_mut() {
-                match service.poll_ready(cx) {
-                    Poll::Pending => {}
-                    Poll::Ready(Err(_)) => *this.hedge = None,
-                    Poll::Ready(Ok(())) => {
-                        let allowed = match &this.shared.budget {
-                            Some(budget) => budget.try_withdraw(this.shared.clock.now()),
-                            None => true,
-                        };
-                        if let (true, Some((mut service, copy))) = (allowed, this.hedge.take()) {
-                            metrics::counter!("trestle_hedge_sent_total").increment(1);
-                            this.second.set(Some(service.call(copy)));
-                        } else {
-                            metrics::counter!("trestle_hedge_budget_exhausted_total").increment(1);
-                            *this.hedge = None;
-                        }
+        if this.timer.is_none()
+            && this.second.is_none()
+            && this.first.is_some()
+            && let Some((service, _)) = this.hedge.as_mut()
+        {
+            match service.poll_ready(cx) {
+                Poll::Pending => {}
+                Poll::Ready(Err(_)) => *this.hedge = None,
+                Poll::Ready(Ok(())) => {
+                    let allowed = match &this.shared.budget {
+                        Some(budget) => budget.try_withdraw(this.shared.clock.now()),
+                        None => true,
+                    };
+                    if let (true, Some((mut service, copy))) = (allowed, this.hedge.take()) {
+                        metrics::counter!("trestle_hedge_sent_total").increment(1);
+                        this.second.set(Some(service.call(copy)));
+                    } else {
+                        metrics::counter!("trestle_hedge_budget_exhausted_total").increment(1);
+                        *this.hedge = None;
                     }
                 }
             }
         }
 
         // The hedge.
-        if let Some(second) = this.second.as_mut().as_pin_mut() {
-            if let Poll::Ready(result) = second.poll(cx) {
-                this.second.set(None);
-                let result = result.map_err(Into::into);
-                if this.first.is_some() && this.policy.is_retryable(result.as_ref()) {
-                    // The original is still running and this answer is not worth winning with.
-                    return Poll::Pending;
-                }
-                if this.first.is_some() {
-                    metrics::counter!("trestle_hedge_won_total").increment(1);
-                    let now = this.shared.clock.now();
-                    let latency = now.saturating_duration_since(*this.start);
-                    this.shared.record(latency, now);
-                }
-                this.first.set(None);
-                return Poll::Ready(result);
+        if let Some(second) = this.second.as_mut().as_pin_mut()
+            && let Poll::Ready(result) = second.poll(cx)
+        {
+            this.second.set(None);
+            let result = result.map_err(Into::into);
+            if this.first.is_some() && this.policy.is_retryable(result.as_ref()) {
+                // The original is still running and this answer is not worth winning with.
+                return Poll::Pending;
             }
+            if this.first.is_some() {
+                metrics::counter!("trestle_hedge_won_total").increment(1);
+                let now = this.shared.clock.now();
+                let latency = now.saturating_duration_since(*this.start);
+                this.shared.record(latency, now);
+            }
+            this.first.set(None);
+            return Poll::Ready(result);
         }
         Poll::Pending
     }

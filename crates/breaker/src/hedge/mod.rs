@@ -271,10 +271,10 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let now = self.shared.clock.now();
-        if self.shared.deposits {
-            if let Some(budget) = &self.shared.budget {
-                budget.deposit(now);
-            }
+        if self.shared.deposits
+            && let Some(budget) = &self.shared.budget
+        {
+            budget.deposit(now);
         }
         let hedge = if self.policy.is_idempotent(&req) {
             self.shared

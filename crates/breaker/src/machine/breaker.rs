@@ -428,13 +428,13 @@ impl BreakerMachine {
     /// Asks to make a call at `now`. May move `Open` to `HalfOpen` (returned as the transition).
     pub fn try_acquire(&mut self, now: Instant) -> (Result<Permit, NotPermitted>, Option<Transition>) {
         let mut transition = None;
-        if let Mode::Open { until } = self.mode {
-            if now >= until {
-                transition = self.enter(Mode::HalfOpen {
-                    issued: 0,
-                    totals: Totals::default(),
-                });
-            }
+        if let Mode::Open { until } = self.mode
+            && now >= until
+        {
+            transition = self.enter(Mode::HalfOpen {
+                issued: 0,
+                totals: Totals::default(),
+            });
         }
         let permit = Permit {
             generation: self.generation,
@@ -891,14 +891,14 @@ mod tests {
 
         fn acquire(&mut self, now: Instant) -> (Result<u64, NotPermitted>, bool) {
             let mut moved = false;
-            if let ModelMode::Open { until } = self.mode {
-                if now >= until {
-                    self.set(ModelMode::HalfOpen {
-                        issued: 0,
-                        results: vec![],
-                    });
-                    moved = true;
-                }
+            if let ModelMode::Open { until } = self.mode
+                && now >= until
+            {
+                self.set(ModelMode::HalfOpen {
+                    issued: 0,
+                    results: vec![],
+                });
+                moved = true;
             }
             let generation = self.generation;
             let r = match &mut self.mode {
@@ -975,10 +975,10 @@ mod tests {
         }
 
         fn release(&mut self, generation: u64) {
-            if generation == self.generation {
-                if let ModelMode::HalfOpen { issued, .. } = &mut self.mode {
-                    *issued -= 1;
-                }
+            if generation == self.generation
+                && let ModelMode::HalfOpen { issued, .. } = &mut self.mode
+            {
+                *issued -= 1;
             }
         }
     }

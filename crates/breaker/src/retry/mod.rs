@@ -259,11 +259,11 @@ where
                     break;
                 };
                 let Some(delay) = backoff.next() else { break };
-                if let Some(budget) = &shared.budget {
-                    if !budget.try_withdraw(clock.now()) {
-                        metrics::counter!("trestle_retry_budget_exhausted_total").increment(1);
-                        break;
-                    }
+                if let Some(budget) = &shared.budget
+                    && !budget.try_withdraw(clock.now())
+                {
+                    metrics::counter!("trestle_retry_budget_exhausted_total").increment(1);
+                    break;
                 }
                 metrics::counter!("trestle_retry_attempts_total").increment(1);
                 tokio::time::sleep(delay).await;

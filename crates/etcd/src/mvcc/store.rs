@@ -623,15 +623,15 @@ impl MvccStore {
             }
         };
         let lease = kv.lease;
-        if let Some(old_lease) = prev.as_ref().map(|p| p.lease).filter(|l| *l != 0 && *l != lease) {
-            if let Some(entry) = self.leases.get_mut(&old_lease) {
-                entry.keys.remove(&req.key);
-            }
+        if let Some(old_lease) = prev.as_ref().map(|p| p.lease).filter(|l| *l != 0 && *l != lease)
+            && let Some(entry) = self.leases.get_mut(&old_lease)
+        {
+            entry.keys.remove(&req.key);
         }
-        if lease != 0 {
-            if let Some(entry) = self.leases.get_mut(&lease) {
-                entry.keys.insert(req.key.clone());
-            }
+        if lease != 0
+            && let Some(entry) = self.leases.get_mut(&lease)
+        {
+            entry.keys.insert(req.key.clone());
         }
         let response_prev = if req.prev_kv { prev.clone() } else { None };
         txn.events.push(Event {
@@ -653,10 +653,10 @@ impl MvccStore {
             })
             .collect();
         for kv in &victims {
-            if kv.lease != 0 {
-                if let Some(entry) = self.leases.get_mut(&kv.lease) {
-                    entry.keys.remove(&kv.key);
-                }
+            if kv.lease != 0
+                && let Some(entry) = self.leases.get_mut(&kv.lease)
+            {
+                entry.keys.remove(&kv.key);
             }
             if let Some(history) = self.keys.get_mut(&kv.key) {
                 let tombstone = Version::Tombstone(txn.revision);
@@ -827,17 +827,17 @@ fn compare_one(kv: Option<&KeyValue>, cmp: &Compare) -> bool {
 fn check_duplicate_writes(branch: &[RequestOp]) -> Result<(), MvccError> {
     let mut puts: BTreeSet<&[u8]> = BTreeSet::new();
     for op in branch {
-        if let RequestOp::Put(p) = op {
-            if !puts.insert(&p.key) {
-                return Err(MvccError::DuplicateKey { key: p.key.clone() });
-            }
+        if let RequestOp::Put(p) = op
+            && !puts.insert(&p.key)
+        {
+            return Err(MvccError::DuplicateKey { key: p.key.clone() });
         }
     }
     for op in branch {
-        if let RequestOp::DeleteRange(d) = op {
-            if let Some(key) = puts.iter().find(|k| in_range(k, &d.key, &d.range_end)) {
-                return Err(MvccError::DuplicateKey { key: key.to_vec() });
-            }
+        if let RequestOp::DeleteRange(d) = op
+            && let Some(key) = puts.iter().find(|k| in_range(k, &d.key, &d.range_end))
+        {
+            return Err(MvccError::DuplicateKey { key: key.to_vec() });
         }
     }
     Ok(())

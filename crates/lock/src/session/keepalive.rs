@@ -198,11 +198,10 @@ mod tests {
                     Event::Ack { delay_ms, ttl: ack_ttl } => {
                         let sent = machine.in_flight;
                         now += Duration::from_millis(delay_ms);
-                        if let Some(sent) = sent {
-                            if ack_ttl > 0 && !was_lost {
+                        if let Some(sent) = sent
+                            && ack_ttl > 0 && !was_lost {
                                 guaranteed = guaranteed.max(sent + Duration::from_secs(ack_ttl as u64));
                             }
-                        }
                         // A lease the server already forgot cannot be acknowledged as alive.
                         machine.on_ack(now, if now >= guaranteed { 0 } else { ack_ttl });
                     }

@@ -389,10 +389,10 @@ mod tests {
     impl LeaseTransport for FakeLease {
         async fn send(&mut self) -> Result<bool, LockError> {
             self.sends.fetch_add(1, Ordering::SeqCst);
-            if self.healthy.load(Ordering::SeqCst) {
-                if let Ok(mut p) = self.pending.lock() {
-                    p.push(Instant::now() + self.delay);
-                }
+            if self.healthy.load(Ordering::SeqCst)
+                && let Ok(mut p) = self.pending.lock()
+            {
+                p.push(Instant::now() + self.delay);
             }
             Ok(true)
         }

@@ -270,11 +270,11 @@ impl SnapshotStore for DiskSnapshots {
     }
 
     fn forget_legacy(&self, group: GroupId) -> std::io::Result<()> {
-        if let Some(db) = &self.db {
-            if let Some(cf) = db.cf_handle(CF_SNAPSHOT) {
-                db.delete_cf(&cf, meta_key(group, b"snapshot"))
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-            }
+        if let Some(db) = &self.db
+            && let Some(cf) = db.cf_handle(CF_SNAPSHOT)
+        {
+            db.delete_cf(&cf, meta_key(group, b"snapshot"))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         Ok(())
     }
