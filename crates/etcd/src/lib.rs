@@ -57,7 +57,7 @@ pub use mvcc::{
     TxnResponse, in_range,
 };
 #[cfg(feature = "server")]
-pub use node::{EtcdNode, EtcdNodeConfig, EtcdNodeError, STORE_GROUP};
+pub use node::{EtcdNode, EtcdNodeConfig, EtcdNodeError, STORE_GROUP, cluster_id_for_token};
 #[cfg(feature = "server")]
 pub use store::{
     AlarmAction, AlarmKind, AlarmMember, AutoCompaction, AutoCompactionError, Compactor, DEFAULT_QUOTA_BYTES,

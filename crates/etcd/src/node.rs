@@ -11,6 +11,12 @@ use trestle_raft::{GroupId, Node, NodeConfig, NodeError, NodeId, node_id_for};
 use crate::api::{EtcdServer, EtcdSettings};
 use crate::store::{Store, StoreApp, StoreService, StoreSettings, StoreSettingsError};
 
+/// The cluster id of every member started with the cluster token `token` (`trestle serve
+/// --initial-cluster-token`): the same on founders and on members that join later.
+pub fn cluster_id_for_token(token: &str) -> u64 {
+    node_id_for(&format!("cluster-token:{token}"))
+}
+
 /// The coordination store's group: the one whose membership is the cluster's (etcd's `MemberList`).
 pub const STORE_GROUP: GroupId = 0;
 

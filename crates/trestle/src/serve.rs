@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// `new` to found the cluster, `existing` to join one that added this node with MemberAdd [default: new].
     #[arg(long, env = "TRESTLE_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
+    /// The cluster's name (etcd's flag): every member given the same token reports the same cluster id, founders
+    /// and members that join later alike [default: none: the id derives from --initial-cluster, so a member
+    /// that joins later reports another one].
+    #[arg(long, env = "TRESTLE_INITIAL_CLUSTER_TOKEN")]
+    pub initial_cluster_token: Option<String>,
     /// Raft heartbeat interval in milliseconds (etcd's flag) [default: 50].
     #[arg(long, env = "TRESTLE_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<u64>,
@@ -253,6 +258,14 @@ impl ServeArgs {
                     )));
                 }
             };
+        if let Some(token) = merge(self.initial_cluster_token, file.initial_cluster_token) {
+            if token.is_empty() {
+                return Err(ServeError::Option(
+                    "--initial-cluster-token must not be empty".into(),
+                ));
+            }
+            config.etcd.cluster_id = trestle_etcd::cluster_id_for_token(&token);
+        }
         if let Some(ms) = merge(self.heartbeat_interval, file.heartbeat_interval) {
             config.node.raft.heartbeat_interval = std::time::Duration::from_millis(ms);
         }
@@ -476,6 +489,35 @@ mod tests {
                 .to_string()
                 .contains("`new` or `existing`")
         );
+        // A token gives founders and a member that joins later one cluster id; without it they differ.
+        let member = |name: &str, port: u16, cluster: &str, token: Option<&str>| ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            name: Some(name.into()),
+            listen_peer_urls: Some(format!("http://127.0.0.1:{port}")),
+            initial_cluster: Some(cluster.into()),
+            initial_cluster_token: token.map(Into::into),
+            ..Default::default()
+        };
+        let founders = "a=http://127.0.0.1:9001,b=http://127.0.0.1:9002";
+        let with_joiner = "a=http://127.0.0.1:9001,b=http://127.0.0.1:9002,c=http://127.0.0.1:9003";
+        let id = |args: ServeArgs| args.into_config().unwrap().cluster_id();
+        assert_eq!(
+            id(member("a", 9001, founders, Some("shop"))),
+            id(member("c", 9003, with_joiner, Some("shop")))
+        );
+        assert_ne!(
+            id(member("a", 9001, founders, None)),
+            id(member("c", 9003, with_joiner, None))
+        );
+        assert_ne!(
+            id(member("a", 9001, founders, Some("shop"))),
+            id(member("a", 9001, founders, Some("other")))
+        );
+        let empty = member("a", 9001, founders, Some(""))
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(empty.contains("must not be empty"), "{empty}");
         let stranger = ServeArgs {
             data_dir: Some("/tmp/x".into()),
             initial_cluster: Some("other=http://127.0.0.1:9999".into()),
