@@ -135,10 +135,12 @@ pub(crate) fn judge(kind: CallKind, error: &etcd_client::Error) -> Verdict {
 fn is_transient(error: &etcd_client::Error) -> bool {
     use tonic::Code;
     match error {
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled
-        ),
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled
+            ) || refused_by_go_away(status)
+        }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
@@ -156,6 +158,24 @@ fn never_applied(error: &etcd_client::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// True when the request failed with the GOAWAY of a member stopping gracefully (tonic reports it as `Internal`):
+/// another member may answer it. Not proof that a write did nothing: streams above the GOAWAY's last stream id
+/// were not processed (RFC 9113, section 6.8), but h2 may fail a stream the server had taken with the same error
+/// when the connection then closes, so a write failing this way is indeterminate.
+fn refused_by_go_away(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|e| e.is_go_away() && e.is_remote())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// True when `status` proves the request never left this process: the connection could not be made (tonic's

@@ -718,10 +718,12 @@ async fn past_the_quota_writes_stop_until_space_is_made_and_the_alarm_disarmed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_update_moves_a_member_to_a_new_peer_url_and_it_stays_the_same_member() {
     let mut cluster = TestCluster::start(3).await;
-    let mut client = cluster.any_client().await;
-    client.put("before", "1", None).await.unwrap();
     // A follower moves (a leader moved while it runs is unreachable at its new URL until it restarts there).
-    let moved = (cluster.wait_for_leader().await + 1) % 3;
+    // Requests go through the leader: the moved member hears nothing more until it restarts at its new URL.
+    let leader = cluster.wait_for_leader().await;
+    let moved = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    client.put("before", "1", None).await.unwrap();
     let list = client.member_list().await.unwrap();
     let id = list
         .members()
@@ -789,8 +791,9 @@ async fn member_update_moves_a_member_to_a_new_peer_url_and_it_stays_the_same_me
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_comes_back_at_its_url_with_an_empty_data_directory() {
     let mut cluster = TestCluster::start(3).await;
-    let mut client = cluster.any_client().await;
     let leader = cluster.wait_for_leader().await;
+    // Through the leader alone: a client balancing over every endpoint would also pick the stopped member's.
+    let mut client = cluster.client(leader).await;
     let gone = (leader + 1) % 3;
     let url = cluster.members[gone].peer_url();
     let id = client
