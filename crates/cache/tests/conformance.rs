@@ -7,11 +7,11 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Raw, eventually};
+use support::{Raw, eventually, free_port};
 use trestle_cache::{NodeConfig, RunningNode, StoreConfig};
 
 const MEMCACHED: &str = "/usr/bin/memcached";
@@ -23,14 +23,6 @@ impl Drop for Memcached {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 async fn start_memcached() -> (Memcached, SocketAddr) {

@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::eventually;
+use support::{eventually, free_port};
 use trestle_cache::{
     Client, ClientConfig, DiscoveryError, NodeConfig, RunningNode, StoreConfig, discover_nodes, register_node,
 };
@@ -25,14 +24,6 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 async fn start_etcd() -> (Etcd, String) {
