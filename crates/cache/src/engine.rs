@@ -191,6 +191,7 @@ impl Engine {
                 }
                 None => line(out, b"EN"),
             },
+            Command::Metadump => crate::metadump::write(&self.store, out),
         }
         Flow::Continue
     }

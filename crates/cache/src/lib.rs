@@ -18,6 +18,7 @@ pub mod client;
 mod discovery;
 mod engine;
 mod error;
+mod metadump;
 mod metrics;
 mod node;
 pub mod protocol;

@@ -102,6 +102,8 @@ pub fn command_index(frame: &Frame) -> usize {
             Command::MetaArith { .. } => "ma",
             Command::MetaNoop => "mn",
             Command::MetaDebug { .. } => "me",
+            // An administrative listing, counted with `stats`.
+            Command::Metadump => "stats",
         },
         Frame::Error(_) => "error",
     };

@@ -690,6 +690,32 @@ impl Store {
         })
     }
 
+    /// Every live item's key and metadata, one shard at a time (each locked while it is copied), for
+    /// `lru_crawler metadump`. Expired items are left out.
+    pub(crate) fn dump(&self) -> Vec<(Bytes, DebugInfo)> {
+        let now = self.now_ms();
+        let mut items = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (key, item) in shard.iter() {
+                if !self.alive(item, now) {
+                    continue;
+                }
+                items.push((
+                    key.clone(),
+                    DebugInfo {
+                        ttl: Self::ttl_left(item.expires_at, now),
+                        last_access: now.saturating_sub(item.last_access) / 1000,
+                        cas: item.cas,
+                        fetched: item.fetched,
+                        size: key.len() as u64 + item.value.len() as u64 + ITEM_OVERHEAD,
+                    },
+                ));
+            }
+        }
+        items
+    }
+
     /// `flush_all`: everything stored so far becomes invalid after `delay` seconds (at once for 0 or less).
     pub fn flush(&self, delay: i64) {
         if delay <= 0 {

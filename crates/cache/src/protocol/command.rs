@@ -150,6 +150,9 @@ pub enum Command {
         /// The key.
         key: Bytes,
     },
+    /// `lru_crawler metadump all`: one line per live item (URL-encoded key, expiry, last access, CAS, size),
+    /// then `END`. Clients warming a joining node enumerate a peer's keys with it.
+    Metadump,
 }
 
 impl Command {
@@ -262,6 +265,7 @@ impl Command {
                 out.put_slice(key);
                 out.put_slice(b"\r\n");
             }
+            Command::Metadump => out.put_slice(b"lru_crawler metadump all\r\n"),
         }
     }
 }

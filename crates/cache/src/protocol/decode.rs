@@ -450,6 +450,13 @@ fn parse_line(line: &Bytes) -> Result<(Command, Option<usize>), ProtocolError> {
             Command::Verbosity { noreply }
         }
         b"quit" => Command::Quit,
+        // Only the metadump of every item: what a warming node needs to enumerate a peer's keys.
+        b"lru_crawler" => match args {
+            [sub, which] if &sub[..] == b"metadump" && matches!(&which[..], b"all" | b"hash") => {
+                Command::Metadump
+            }
+            _ => return Err(bad()),
+        },
         b"mn" => Command::MetaNoop,
         b"me" => {
             if args.len() != 1 {
