@@ -43,4 +43,15 @@ pub enum ConfigError {
         /// The server's.
         server: usize,
     },
+    /// The gRPC listener's largest message cannot carry one largest value.
+    #[error(
+        "the gRPC message limit of {max_message_bytes} bytes cannot carry a value of {max_item_size} bytes (the \
+         largest value, plus 1024 bytes for its key and framing)"
+    )]
+    GrpcMessageTooSmall {
+        /// The gRPC message limit.
+        max_message_bytes: usize,
+        /// The largest value.
+        max_item_size: usize,
+    },
 }

@@ -8,6 +8,8 @@
 //! - The node's protocol logic: [`Engine`] executes frames against a store and writes replies.
 //! - The node's server: [`server`] ([`server::serve`], [`ServerConfig`]): TCP for memcached, HTTP for `/metrics`
 //!   and `/health` ([`server::serve_http`]), graceful shutdown. Counters: [`NodeMetrics`].
+//! - The node's gRPC API: [`grpc`] ([`CacheService`], [`GrpcConfig`]; generated types and client in
+//!   [`grpc::proto`]).
 //! - A whole node in one call: [`RunningNode::start`] with a [`NodeConfig`].
 //! - The client: [`client`] ([`Client`] with [`ClientConfig`], [`NodeSpec`], [`Ack`]): consistent hashing per
 //!   zone, writes to every zone, reads with zone fallback and read repair, breakers, coalesced `get_or_load`.
@@ -18,6 +20,7 @@ pub mod client;
 mod discovery;
 mod engine;
 mod error;
+pub mod grpc;
 mod metadump;
 mod metrics;
 mod node;
@@ -29,6 +32,7 @@ pub use client::{Ack, Client, ClientConfig, ClientConfigError, ClientError, Node
 pub use discovery::{DiscoveryError, discover_nodes, register_node};
 pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
 pub use error::ConfigError;
+pub use grpc::{CacheService, GrpcConfig};
 pub use metrics::{NodeMetrics, command_index};
 pub use node::{NodeConfig, RunningNode, StartError};
 pub use protocol::{Command, Decoder, DecoderConfig, Frame, ProtocolError, ReplyDecoder};

@@ -43,11 +43,58 @@ const COMMANDS: [&str; 26] = [
 /// Histogram bucket upper bounds, in microseconds.
 const BUCKETS_US: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 100_000];
 
+/// The gRPC API's methods, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrpcMethod {
+    Get,
+    GetMany,
+    Set,
+    SetMany,
+    Delete,
+    Touch,
+}
+
+const GRPC_METHODS: [&str; 6] = ["get", "get_many", "set", "set_many", "delete", "touch"];
+
+/// gRPC codes 0 to 16.
+const GRPC_CODES: usize = 17;
+
 #[derive(Debug, Default)]
 struct Histogram {
     buckets: [AtomicU64; BUCKETS_US.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(bucket) = BUCKETS_US.iter().position(|&bound| us <= bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return;
+        }
+        let mut cumulative = 0;
+        for (bound, bucket) in BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {count}");
+    }
 }
 
 /// Counters of one node.
@@ -56,6 +103,9 @@ pub struct NodeMetrics {
     hits: AtomicU64,
     misses: AtomicU64,
     latency: Vec<Histogram>,
+    grpc_latency: Vec<Histogram>,
+    /// Calls by method and code (`GRPC_CODES` per method).
+    grpc_codes: Vec<AtomicU64>,
 }
 
 impl Default for NodeMetrics {
@@ -64,8 +114,35 @@ impl Default for NodeMetrics {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             latency: COMMANDS.iter().map(|_| Histogram::default()).collect(),
+            grpc_latency: GRPC_METHODS.iter().map(|_| Histogram::default()).collect(),
+            grpc_codes: (0..GRPC_METHODS.len() * GRPC_CODES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
+}
+
+fn code_name(code: usize) -> &'static str {
+    const NAMES: [&str; GRPC_CODES] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code).copied().unwrap_or("UNKNOWN")
 }
 
 /// The command index of a frame, for [`NodeMetrics::observe`].
@@ -135,17 +212,30 @@ impl NodeMetrics {
         )
     }
 
+    /// gRPC calls of `method` (`get`, `get_many`, `set`, `set_many`, `delete`, `touch`) answered with `code`.
+    pub fn grpc_calls(&self, method: &str, code: tonic::Code) -> u64 {
+        GRPC_METHODS
+            .iter()
+            .position(|m| *m == method)
+            .and_then(|m| self.grpc_codes.get(m * GRPC_CODES + code as usize))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn observe_grpc(&self, method: GrpcMethod, code: tonic::Code, elapsed: Duration) {
+        let m = method as usize;
+        if let Some(counter) = self.grpc_codes.get(m * GRPC_CODES + code as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(histogram) = self.grpc_latency.get(m) {
+            histogram.observe(elapsed);
+        }
+    }
+
     /// Records that the command at `index` (see [`command_index`]) took `elapsed`.
     pub fn observe(&self, index: usize, elapsed: Duration) {
-        let Some(histogram) = self.latency.get(index) else {
-            return;
-        };
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        if let Some(bucket) = BUCKETS_US.iter().position(|&bound| us <= bound) {
-            histogram.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        if let Some(histogram) = self.latency.get(index) {
+            histogram.observe(elapsed);
         }
-        histogram.count.fetch_add(1, Ordering::Relaxed);
-        histogram.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of these counters and the store's gauges.
@@ -192,23 +282,29 @@ impl NodeMetrics {
             "# HELP {name} Time to execute one command.\n# TYPE {name} histogram"
         );
         for (command, histogram) in COMMANDS.iter().zip(&self.latency) {
-            let count = histogram.count.load(Ordering::Relaxed);
-            if count == 0 {
-                continue;
+            histogram.render(&mut out, name, "command", command);
+        }
+        let name = "trestle_cache_grpc_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} gRPC calls by method and status code.\n# TYPE {name} counter"
+        );
+        for (m, method) in GRPC_METHODS.iter().enumerate() {
+            for code in 0..GRPC_CODES {
+                let count = self.grpc_codes[m * GRPC_CODES + code].load(Ordering::Relaxed);
+                if count > 0 {
+                    let code = code_name(code);
+                    let _ = writeln!(out, "{name}{{method=\"{method}\",code=\"{code}\"}} {count}");
+                }
             }
-            let mut cumulative = 0;
-            for (bound, bucket) in BUCKETS_US.iter().zip(&histogram.buckets) {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let le = *bound as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{command=\"{command}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(out, "{name}_bucket{{command=\"{command}\",le=\"+Inf\"}} {count}");
-            let sum = histogram.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "{name}_sum{{command=\"{command}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{command=\"{command}\"}} {count}");
+        }
+        let name = "trestle_cache_grpc_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to answer one gRPC call.\n# TYPE {name} histogram"
+        );
+        for (method, histogram) in GRPC_METHODS.iter().zip(&self.grpc_latency) {
+            histogram.render(&mut out, name, "method", method);
         }
         out
     }

@@ -1,5 +1,5 @@
-//! A whole cache node in one call: the store, the memcached listener and the HTTP listener, started together and
-//! stopped together. `trestle cache serve` is this plus flags; tests start nodes on port 0 the same way.
+//! A whole cache node in one call: the store, the memcached listener, the gRPC listener and the HTTP listener,
+//! started together and stopped together. `trestle cache serve` is this plus flags; tests start nodes on port 0 the same way.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::engine::Engine;
 use crate::error::ConfigError;
+use crate::grpc::{CacheService, GrpcConfig};
 use crate::metrics::NodeMetrics;
 use crate::server::{ServerConfig, serve, serve_http};
 use crate::store::{Store, StoreConfig};
@@ -24,6 +25,10 @@ pub struct NodeConfig {
     pub memcached_listen: SocketAddr,
     /// Where `/metrics` and `/health` listen; `None` for no HTTP listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the gRPC API listens; `None` for no gRPC listener.
+    pub grpc_listen: Option<SocketAddr>,
+    /// The gRPC listener's limits.
+    pub grpc: GrpcConfig,
     /// The store's limits. Its largest value is the server's too.
     pub store: StoreConfig,
     /// The server's limits.
@@ -36,6 +41,8 @@ impl NodeConfig {
         Self {
             memcached_listen,
             metrics_listen: None,
+            grpc_listen: None,
+            grpc: GrpcConfig::default(),
             store: StoreConfig::default(),
             server: ServerConfig::default(),
         }
@@ -44,6 +51,18 @@ impl NodeConfig {
     /// Sets the HTTP listener's address.
     pub fn with_metrics_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.metrics_listen = addr;
+        self
+    }
+
+    /// Sets the gRPC listener's address.
+    pub fn with_grpc_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.grpc_listen = addr;
+        self
+    }
+
+    /// Sets the gRPC listener's limits.
+    pub fn with_grpc(mut self, grpc: GrpcConfig) -> Self {
+        self.grpc = grpc;
         self
     }
 
@@ -64,6 +83,7 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate()?;
         self.server.validate()?;
+        self.grpc.validate(self.store.max_item_size)?;
         if self.server.decoder.max_item_size != self.store.max_item_size {
             return Err(ConfigError::MaxItemSizeMismatch {
                 store: self.store.max_item_size,
@@ -96,6 +116,7 @@ pub enum StartError {
 pub struct RunningNode {
     memcached_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     engine: Arc<Engine>,
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -120,6 +141,11 @@ impl RunningNode {
             None => None,
         };
         let metrics_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        let grpc = match config.grpc_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         let store = Arc::new(Store::new(
             config.store.clone(),
             Arc::new(trestle_breaker::TokioClock),
@@ -137,10 +163,29 @@ impl RunningNode {
                 let _ = serve_http(http, http_engine, stop.cancelled_owned()).await;
             }));
         }
-        info!(%memcached_addr, ?metrics_addr, memory = config.store.memory_bytes, "cache node started");
+        if let Some(grpc) = grpc {
+            let service = CacheService::new(
+                engine.store().clone(),
+                engine.metrics().clone(),
+                config.grpc.clone(),
+            );
+            let stop = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                let served = tonic::transport::Server::builder()
+                    .add_service(service.into_server())
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "gRPC listener failed");
+                }
+            }));
+        }
+        info!(%memcached_addr, ?metrics_addr, ?grpc_addr, memory = config.store.memory_bytes, "cache node started");
         Ok(Self {
             memcached_addr,
             metrics_addr,
+            grpc_addr,
             engine,
             token,
             tasks,
@@ -155,6 +200,11 @@ impl RunningNode {
     /// Where `/metrics` and `/health` listen.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the gRPC API listens.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The node's engine (its store and metrics).
