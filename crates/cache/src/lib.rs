@@ -13,6 +13,8 @@
 //! - A whole node in one call: [`RunningNode::start`] with a [`NodeConfig`].
 //! - The client: [`client`] ([`Client`] with [`ClientConfig`], [`NodeSpec`], [`Ack`]): consistent hashing per
 //!   zone, writes to every zone, reads with zone fallback and read repair, breakers, coalesced `get_or_load`.
+//! - The ambassador (`trestle cache proxy`): [`proxy`] ([`Proxy`], [`ProxyConfig`], [`serve_proxy`]) speaks
+//!   memcached to programs in any language and uses a [`Client`] behind it.
 //! - A rate limiter whose budget the cache nodes hold for many processes: [`ClusterRateLimiter`] (trestle-breaker's
 //!   `RateLimiter`), with [`ClusterRateLimitConfig`].
 //! - Discovery through the Trestle store (etcd v3 API): [`register_node`], [`discover_nodes`].
@@ -27,6 +29,7 @@ mod metadump;
 mod metrics;
 mod node;
 pub mod protocol;
+pub mod proxy;
 mod ratelimit;
 pub mod server;
 mod store;
@@ -39,6 +42,7 @@ pub use grpc::{CacheService, GrpcConfig};
 pub use metrics::{NodeMetrics, command_index};
 pub use node::{NodeConfig, RunningNode, StartError};
 pub use protocol::{Command, Decoder, DecoderConfig, Frame, ProtocolError, ReplyDecoder};
+pub use proxy::{Proxy, ProxyConfig, serve_proxy};
 pub use ratelimit::{ClusterRateLimitConfig, ClusterRateLimiter, RateLimitConfigError, RateLimitMetrics};
 pub use server::ServerConfig;
 pub use store::{
