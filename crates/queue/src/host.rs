@@ -5,6 +5,7 @@
 //! Commands cross the log in the partition's own versioned encoding ([`Command::encode`]): a replica that meets a
 //! newer version answers [`QueueError::Undecodable`] and changes nothing.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use trestle_raft::{
 };
 
 use crate::storage::{Detached, Pairs, Storage, WriteBatch, WriteOp, prefix_end};
-use crate::{Command, Op, Outcome, Partition, QueueError, Response, StorageError};
+use crate::{Command, Event, Op, OutboxEntry, Outcome, Partition, QueueError, Response, StorageError};
 
 /// How often the leader looks for passed deadlines (visibility timeouts, delays, retention, dedup windows).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
@@ -145,9 +146,15 @@ impl DiskStateMachine for QueueMachine {
     }
 }
 
-/// The partition service: no leader requests; the leader clock proposes [`Op::Tick`] once a deadline passed.
+/// The partitions of one host by partition id, for delivering outboxes: set once every partition started.
+pub type Partitions = Arc<OnceLock<std::collections::BTreeMap<u64, PartitionHandle>>>;
+
+/// The partition service: no leader requests; the leader clock proposes [`Op::Tick`] once a deadline passed and
+/// delivers the outbox (barrier task outcomes for other partitions) when it knows them.
 #[derive(Debug, Default)]
-pub struct QueueService;
+pub struct QueueService {
+    partitions: Partitions,
+}
 
 /// Milliseconds since the Unix epoch by this node's clock (a command's time; the partition never moves back).
 pub fn now_ms() -> u64 {
@@ -177,9 +184,100 @@ impl Service for QueueService {
         let now = now_ms();
         if deadline.is_some_and(|d| d <= now) {
             let tick = Encoded(Command::new(now, Op::Tick).encode());
-            if let Err(status) = host.propose_local(&tick).await {
-                tracing::debug!(%status, "tick not proposed");
+            match host.propose_local(&tick).await {
+                Ok(Some(reply)) => {
+                    if let Ok(response) = Response::decode(&reply.0) {
+                        record_events(host.group(), &response.events);
+                    }
+                }
+                Ok(None) => {}
+                Err(status) => tracing::debug!(%status, "tick not proposed"),
             }
+        }
+        if let Some(partitions) = self.partitions.get() {
+            deliver_outbox(host, partitions).await;
+        }
+    }
+}
+
+/// Counts and logs what applying a command made happen besides its outcome.
+pub(crate) fn record_events(partition: u64, events: &[Event]) {
+    for event in events {
+        let kind = match event {
+            Event::DeadLettered { id, from, to, reason } => {
+                tracing::info!(partition, id, from, to, reason, "message dead-lettered");
+                "dead_lettered"
+            }
+            Event::Parked { id, queue, reason } => {
+                tracing::warn!(
+                    partition,
+                    id,
+                    queue,
+                    reason,
+                    "message parked: its queue has no dead-letter queue"
+                );
+                "parked"
+            }
+            Event::Expired { id, queue } => {
+                tracing::info!(partition, id, queue, "message expired (retention)");
+                "expired"
+            }
+            Event::BarrierCompleted { barrier, .. } => {
+                tracing::info!(partition, barrier, "barrier completed");
+                "barrier_completed"
+            }
+            Event::BarrierFailed { barrier, .. } => {
+                tracing::info!(partition, barrier, "barrier failed");
+                "barrier_failed"
+            }
+            Event::Outbox(_) => "outbox",
+            _ => "other",
+        };
+        metrics::counter!("trestle_queue_events_total", "event" => kind).increment(1);
+    }
+}
+
+/// Delivers this partition's outbox to the barriers' home partitions, then clears what was delivered. Called by
+/// the leader's clock; what fails is tried again on the next tick (recording an outcome twice is harmless).
+async fn deliver_outbox(
+    host: &Replicated<QueueService>,
+    partitions: &std::collections::BTreeMap<u64, PartitionHandle>,
+) {
+    let entries: Vec<OutboxEntry> = match host.read(|m| crate::partition::read_outbox(&Loading(m.state()))) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(error = %e, "outbox unreadable");
+            return;
+        }
+    };
+    let mut delivered = None;
+    for entry in entries {
+        let Some(home) = partitions.get(&entry.task.partition) else {
+            tracing::warn!(
+                partition = entry.task.partition,
+                "outbox entry for a partition this host does not run"
+            );
+            break;
+        };
+        let op = Op::BarrierTaskDone {
+            barrier: entry.task.barrier,
+            slot: entry.task.slot,
+            outcome: entry.outcome.clone(),
+        };
+        match home.run(op).await {
+            Ok(_) | Err(PartitionError::Refused(QueueError::UnknownBarrier { .. })) => {
+                delivered = Some(entry.seq)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox delivery failed; next tick tries again");
+                break;
+            }
+        }
+    }
+    if let Some(seq) = delivered {
+        let done = Encoded(Command::new(now_ms(), Op::OutboxDone { seq }).encode());
+        if let Err(status) = host.propose_local(&done).await {
+            tracing::debug!(%status, "outbox not cleared; delivered again later");
         }
     }
 }
@@ -227,10 +325,26 @@ impl PartitionHandle {
     /// Starts (or restarts) partition `partition` as Raft group `group` on `node`, with its leader clock. The
     /// caller founds a new group (`Node::found_group`) or joins an existing one.
     pub async fn start(node: &Node, group: GroupId, partition: u64) -> Result<Self, StartPartitionError> {
+        Self::start_among(node, group, partition, Partitions::default()).await
+    }
+
+    /// Like [`PartitionHandle::start`], for one of several partitions of a host: once `partitions` is set, the
+    /// leader delivers this partition's outbox to them.
+    pub async fn start_among(
+        node: &Node,
+        group: GroupId,
+        partition: u64,
+        partitions: Partitions,
+    ) -> Result<Self, StartPartitionError> {
         let machine = DiskBacked::open(QueueMachine::new(partition), node.key_space(group))
             .map_err(|source| StartPartitionError::State { partition, source })?;
         let service = node
-            .start_service(group, machine, QueueService, ReplicatedSettings::default())
+            .start_service(
+                group,
+                machine,
+                QueueService { partitions },
+                ReplicatedSettings::default(),
+            )
             .await?;
         // The clock ends with the group's Raft.
         drop(service.spawn_clock(TICK_INTERVAL));
@@ -251,6 +365,17 @@ impl PartitionHandle {
             .await
             .map_err(PartitionError::Unavailable)?;
         let response = Response::decode(&reply.0).map_err(PartitionError::Reply)?;
+        record_events(self.service.group(), &response.events);
         Ok((response.outcome?, response.events))
+    }
+
+    /// The partition's id (its group id).
+    pub fn id(&self) -> u64 {
+        self.service.group()
+    }
+
+    /// Reads this replica's partition between entries (may lag the leader; a hint, not a linearizable read).
+    pub fn local<R>(&self, f: impl FnOnce(&Partition<Detached>) -> R) -> Option<R> {
+        self.service.read(|m| m.machine().partition().map(f))
     }
 }

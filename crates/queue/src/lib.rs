@@ -16,8 +16,18 @@
 //! - [`QueueError`], [`StorageError`], [`SnapshotError`]: errors (`error.rs`).
 //! - [`host`] (feature `raft`, on by default): a partition on a Raft group of trestle-raft, its state in the
 //!   group's key space of the node's RocksDB, with a leader clock and a handle to run operations from any node.
+//! - [`server`] (feature `raft`): [`server::QueueHost`] runs a cluster's partitions on a node and
+//!   [`server::QueueApi`] serves the gRPC API over them (sharded queues, long polling, barriers across partitions).
+//! - [`api`] (feature `grpc`, on by default): the gRPC wire types and how refusals travel as statuses.
+//! - [`client`] (feature `grpc`): [`client::QueueClient`], over any members of a cluster.
+//! - [`worker`] (feature `grpc`): [`worker::Worker`], a consumer runtime (concurrency, heartbeats, retries with
+//!   backoff, dead-lettering, graceful shutdown).
 
+#[cfg(feature = "grpc")]
+pub mod api;
 mod barrier;
+#[cfg(feature = "grpc")]
+pub mod client;
 mod command;
 mod error;
 #[cfg(feature = "raft")]
@@ -26,8 +36,12 @@ mod index;
 mod message;
 mod partition;
 mod record;
+#[cfg(feature = "raft")]
+pub mod server;
 mod settings;
 pub mod storage;
+#[cfg(feature = "grpc")]
+pub mod worker;
 
 pub use barrier::{
     Barrier, BarrierId, BarrierRef, BarrierState, JoinInfo, MAX_BARRIER_TASKS, MAX_TASK_RESULT, OutboxEntry,

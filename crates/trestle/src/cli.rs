@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::bench::BenchCommand;
 use crate::cache::CacheCommand;
 use crate::local_cluster::LocalClusterArgs;
+use crate::queue::QueueCommand;
 use crate::serve::ServeArgs;
 use crate::snapshot::SnapshotCommand;
 
@@ -36,6 +37,9 @@ pub enum Command {
     /// A memcached-compatible cache node.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The work queue's client: create queues, send, receive, stats, dead letters.
+    #[command(subcommand)]
+    Queue(QueueCommand),
 }
 
 /// Runs one parsed command line and returns the process exit code.
@@ -55,6 +59,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::LocalCluster(args) => runtime.block_on(crate::local_cluster::run(args)),
         Command::Snapshot(SnapshotCommand::Restore(args)) => runtime.block_on(crate::snapshot::restore(args)),
         Command::Cache(CacheCommand::Serve(args)) => runtime.block_on(crate::cache::serve(args)),
+        Command::Queue(command) => runtime.block_on(crate::queue::run(command)),
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(crate::bench::run(args)).map(|_| ()),
         Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(crate::bench_lock::lock(args)),
         Command::Bench(BenchCommand::ElectionFailover(args)) => {

@@ -20,6 +20,7 @@ mod cache;
 mod cli;
 pub mod coordination;
 mod local_cluster;
+mod queue;
 mod serve;
 mod snapshot;
 
@@ -30,5 +31,9 @@ pub use bench_rolling::RollingRestartArgs;
 pub use cache::{CacheCommand, CacheServeArgs};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
+pub use queue::{
+    QueueCommand, QueueCreateArgs, QueueListArgs, QueueNameArgs, QueuePeekArgs, QueueReceiveArgs,
+    QueueRedriveArgs, QueueSendArgs, QueueTarget,
+};
 pub use serve::{ServeArgs, ServeError, coordination_routes, parse_url_addr};
 pub use snapshot::{RestoreArgs, SnapshotCommand};

@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Require members to present certificates signed by --peer-trusted-ca-file (mutual TLS).
     #[arg(long, env = "TRESTLE_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: Option<bool>,
+    /// Host the work queue (trestle-queue's gRPC API on the client port) with this many partitions, each a Raft
+    /// group over every member; give every member the same number. 0 hosts no queue [default: 0].
+    #[arg(long, env = "TRESTLE_QUEUE_PARTITIONS", value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub queue_partitions: Option<u32>,
 }
 
 /// One listener's TLS from etcd-style options: both files or neither.
@@ -192,6 +196,11 @@ fn merge<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
 impl ServeArgs {
     /// The node configuration these options describe.
     pub fn into_config(self) -> Result<EtcdNodeConfig, ServeError> {
+        self.into_parts().map(|(config, _)| config)
+    }
+
+    /// The node configuration and the queue partitions (0: none) these options describe.
+    pub fn into_parts(self) -> Result<(EtcdNodeConfig, u32), ServeError> {
         let file = match &self.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ServeError::ConfigFile {
@@ -318,19 +327,42 @@ impl ServeArgs {
             merge(self.peer_client_cert_auth, file.peer_client_cert_auth),
         )?;
         config.validate().map_err(|e| ServeError::Option(e.to_string()))?;
-        Ok(config)
+        let queue_partitions = merge(self.queue_partitions, file.queue_partitions).unwrap_or(0);
+        if queue_partitions > trestle_queue::server::MAX_PARTITIONS {
+            return Err(ServeError::Option(format!(
+                "queue_partitions {queue_partitions} in the config file is over {}",
+                trestle_queue::server::MAX_PARTITIONS
+            )));
+        }
+        Ok((config, queue_partitions))
     }
 }
 
 /// Runs one node until SIGINT or SIGTERM, then shuts it down.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let mut config = args.into_config()?;
+    let (mut config, queue_partitions) = args.into_parts()?;
     if config.node.listen_metrics.is_some() {
         config.node.metrics = Some(install_prometheus_recorder()?);
     }
-    let routes = coordination_routes(&config.node);
+    let mut routes = coordination_routes(&config.node);
+    // The queue's service is routed before its partitions start (the client port serves once, at start); it
+    // answers UNAVAILABLE until they have.
+    let queue_slot = trestle_queue::server::HostSlot::default();
+    if queue_partitions > 0 {
+        routes.add_service(trestle_queue::server::QueueApi::pending(queue_slot.clone()).into_service());
+    }
     let node = EtcdNode::start_with_services(config, routes).await?;
-    tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), "serving");
+    if queue_partitions > 0 {
+        let config = trestle_queue::server::QueueHostConfig::default().with_partitions(queue_partitions);
+        match trestle_queue::server::QueueHost::start(node.node(), config).await {
+            Ok(host) => queue_slot.set(host),
+            Err(e) => {
+                node.shutdown().await;
+                return Err(ServeError::Option(format!("the queue could not start: {e}")));
+            }
+        }
+    }
+    tracing::info!(id = node.id(), client = %node.client_addr(), peer = %node.peer_addr(), queue_partitions, "serving");
     let fatal = tokio::select! {
         () = wait_for_stop_signal() => None,
         reason = node.fatal_error() => Some(reason),

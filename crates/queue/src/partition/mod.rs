@@ -43,6 +43,8 @@ mod change;
 mod delivery;
 mod queues;
 mod reading;
+#[cfg(feature = "raft")]
+pub(crate) use reading::read_outbox;
 mod snapshot;
 
 /// The longest delay a message or a nack may ask for (7 days).

@@ -73,8 +73,28 @@ impl<S: Storage> Partition<S> {
             .collect()
     }
 
+    /// Whether a receive on `queue` would deliver something now (false for an unknown queue). A hint for long
+    /// polling on a replica that may lag.
+    pub fn deliverable(&self, queue: &str) -> bool {
+        self.names
+            .get(queue)
+            .and_then(|id| self.queues.get(id))
+            .is_some_and(|q| !q.ready.is_empty())
+    }
+
     /// A barrier of this partition.
     pub fn barrier(&self, id: BarrierId) -> Result<Barrier, QueueError> {
         self.load_barrier(id)
     }
+}
+
+/// The outbox as `storage` holds it between entries (see [`Partition::outbox`]).
+#[cfg(feature = "raft")]
+pub(crate) fn read_outbox<S: Storage>(storage: &S) -> Result<Vec<OutboxEntry>, QueueError> {
+    storage
+        .scan_prefix(&[record::OUTBOX])
+        .map_err(|e| QueueError::Storage { detail: e.0 })?
+        .iter()
+        .map(|(_, v)| record::decode(v).map_err(|detail| QueueError::Storage { detail }))
+        .collect()
 }

@@ -23,20 +23,27 @@ pub struct ProcessCluster {
     pub children: Vec<Option<Child>>,
     /// A directory with `ca.pem`, `node.pem` and `node-key.pem`: when set, client and peer traffic use mutual TLS.
     pub tls: Option<PathBuf>,
+    /// More `trestle serve` options, given to every node.
+    pub extra_args: Vec<String>,
 }
 
 impl ProcessCluster {
     pub fn start(n: usize) -> Self {
-        Self::start_with(n, None)
+        Self::start_with(n, None, Vec::new())
+    }
+
+    /// Every node also gets `args` (e.g. `--queue-partitions 3`).
+    pub fn start_with_args(n: usize, args: &[&str]) -> Self {
+        Self::start_with(n, None, args.iter().map(|a| (*a).to_owned()).collect())
     }
 
     /// Every node serves clients and peers over TLS with the certificates in `pki`, and requires client
     /// certificates on both ports (etcd's `--client-cert-auth`, `--peer-client-cert-auth`).
     pub fn start_tls(n: usize, pki: &Path) -> Self {
-        Self::start_with(n, Some(pki.to_path_buf()))
+        Self::start_with(n, Some(pki.to_path_buf()), Vec::new())
     }
 
-    fn start_with(n: usize, tls: Option<PathBuf>) -> Self {
+    fn start_with(n: usize, tls: Option<PathBuf>, extra_args: Vec<String>) -> Self {
         let root = tempfile::tempdir().unwrap();
         let ports = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let mut cluster = Self {
@@ -44,6 +51,7 @@ impl ProcessCluster {
             ports,
             children: Vec::new(),
             tls,
+            extra_args,
         };
         for i in 0..n {
             let child = cluster.spawn(i);
@@ -83,7 +91,8 @@ impl ProcessCluster {
             .args(["--listen-client-urls", &format!("{scheme}://127.0.0.1:{client}")])
             .args(["--listen-peer-urls", &format!("{scheme}://127.0.0.1:{peer}")])
             .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics}")])
-            .args(["--initial-cluster", &cluster.join(",")]);
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(&self.extra_args);
         if let Some(pki) = &self.tls {
             for prefix in ["", "peer-"] {
                 command

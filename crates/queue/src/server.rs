@@ -1,0 +1,1015 @@
+//! Queues on a node: [`QueueHost`] runs a cluster's queue partitions as Raft groups of a trestle-raft node, and
+//! [`QueueApi`] serves the client API (`proto/queue.proto`) over them from any member.
+//!
+//! Every member hosts every partition (partition `i` is Raft group [`PARTITION_GROUP_BASE`]` + i`), so every
+//! member answers every request: writes go to the partition's leader, here or forwarded. A queue has shards in
+//! one or more partitions, chosen when it is created; which partitions hold a queue is read from the partitions
+//! themselves, so there is no catalog to keep consistent. A queue's dead-letter queue gets a shard in each of the
+//! queue's partitions (a dead letter moves within its partition).
+//!
+//! Sending: messages with a FIFO group or an idempotency key go to the shard their key hashes to (a repeated key
+//! meets its first send); a batch of other messages goes whole to one shard, in turn, so it is all or nothing.
+//! Receiving: shards whose local replica shows a deliverable message first, starting at a rotating shard;
+//! long polling checks the local replicas every [`QueueHostConfig::poll_interval`] until a message shows or the
+//! wait ends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tonic::{Request, Response, Status};
+use trestle_raft::{GroupId, Node};
+
+use crate::api::{self, invalid, proto, status_of};
+use crate::host::{PartitionError, PartitionHandle, Partitions, StartPartitionError};
+use crate::{
+    AckEntry, BarrierRef, NewMessage, Op, Outcome, QueueError, QueueSettings, RedriveFilter, Target,
+};
+
+/// Queue partition `i` is Raft group `PARTITION_GROUP_BASE + i` (the coordination store is group 0).
+pub const PARTITION_GROUP_BASE: GroupId = 1 << 20;
+/// The most partitions a host runs.
+pub const MAX_PARTITIONS: u32 = 256;
+
+/// How a node hosts queues. Start from [`QueueHostConfig::default`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct QueueHostConfig {
+    /// How many partitions the cluster has (1 to [`MAX_PARTITIONS`]). Every member must be started with the
+    /// same number; a queue has shards in up to this many. Default 3.
+    pub partitions: u32,
+    /// The longest a receive waits for a message (a request asking for more waits this long). Default 20 s.
+    pub max_wait: Duration,
+    /// How often a waiting receive looks at the local replicas. Default 20 ms.
+    pub poll_interval: Duration,
+}
+
+impl Default for QueueHostConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 3,
+            max_wait: Duration::from_secs(20),
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A [`QueueHostConfig`] field out of bounds.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueHostConfigError {
+    /// `partitions` is 0 or above [`MAX_PARTITIONS`].
+    #[error("queue partitions must be 1 to {MAX_PARTITIONS}, not {0}")]
+    Partitions(u32),
+    /// `poll_interval` is zero or above `max_wait`.
+    #[error("queue poll interval {poll:?} must be above zero and at most the longest wait {max_wait:?}")]
+    PollInterval {
+        /// The poll interval.
+        poll: Duration,
+        /// The longest wait.
+        max_wait: Duration,
+    },
+}
+
+impl QueueHostConfig {
+    /// Sets `partitions`.
+    #[must_use]
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Checks the fields; the error names the offending value.
+    pub fn validate(&self) -> Result<(), QueueHostConfigError> {
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(QueueHostConfigError::Partitions(self.partitions));
+        }
+        if self.poll_interval.is_zero() || self.poll_interval > self.max_wait {
+            return Err(QueueHostConfigError::PollInterval {
+                poll: self.poll_interval,
+                max_wait: self.max_wait,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a host could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueHostError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] QueueHostConfigError),
+    /// A partition could not start.
+    #[error(transparent)]
+    Partition(#[from] StartPartitionError),
+}
+
+/// A node's queue partitions. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct QueueHost {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: QueueHostConfig,
+    /// By partition id, ascending.
+    partitions: BTreeMap<u64, PartitionHandle>,
+    /// Rotates unkeyed sends and the first shard a receive tries.
+    turn: AtomicUsize,
+}
+
+impl QueueHost {
+    /// Starts (or restarts) every partition on `node` and founds them on a new cluster.
+    pub async fn start(node: &Node, config: QueueHostConfig) -> Result<Self, QueueHostError> {
+        config.validate()?;
+        let shared = Partitions::default();
+        let mut partitions = BTreeMap::new();
+        for i in 0..u64::from(config.partitions) {
+            let group = PARTITION_GROUP_BASE + i;
+            let handle = PartitionHandle::start_among(node, group, group, shared.clone()).await?;
+            node.found_group(handle.service().raft())
+                .await
+                .map_err(StartPartitionError::Node)?;
+            partitions.insert(group, handle);
+        }
+        // Set once: the outbox deliveries of every partition now reach the others.
+        let _ = shared.set(partitions.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                partitions,
+                turn: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The partitions, by id.
+    pub fn partitions(&self) -> &BTreeMap<u64, PartitionHandle> {
+        &self.inner.partitions
+    }
+
+    /// The gRPC service over this host (add it to the node's client routes).
+    pub fn api(&self) -> QueueApi {
+        let slot = HostSlot::default();
+        slot.set(self.clone());
+        QueueApi { slot }
+    }
+
+    fn partition(&self, id: u64) -> Result<&PartitionHandle, Status> {
+        self.inner
+            .partitions
+            .get(&id)
+            .ok_or_else(|| invalid(format!("no partition {id} on this cluster")))
+    }
+
+    /// The partitions `name` gets when created with `count` shards: consecutive from one its name hashes to.
+    fn placement(&self, name: &str, count: u32) -> Vec<u64> {
+        let ids: Vec<u64> = self.inner.partitions.keys().copied().collect();
+        let start = usize::try_from(hash_of(name) % ids.len() as u64).unwrap_or(0);
+        let mut chosen: Vec<u64> = (0..count as usize)
+            .map(|i| ids[(start + i) % ids.len()])
+            .collect();
+        chosen.sort_unstable();
+        chosen
+    }
+
+    /// The partitions holding `queue`, by this member's replicas; when none does, after a read barrier on each
+    /// (the queue may have been created through another member a moment ago).
+    async fn shards(&self, queue: &str) -> Result<Vec<u64>, Status> {
+        let local = self.local_shards(queue);
+        if !local.is_empty() {
+            return Ok(local);
+        }
+        let barriers = self.inner.partitions.values().map(|p| p.service().read_barrier());
+        for result in join_all(barriers).await {
+            result?;
+        }
+        let shards = self.local_shards(queue);
+        if shards.is_empty() {
+            return Err(status_of(&QueueError::UnknownQueue { name: queue.into() }));
+        }
+        Ok(shards)
+    }
+
+    fn local_shards(&self, queue: &str) -> Vec<u64> {
+        self.inner
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.local(|part| part.stats(queue).is_ok()).unwrap_or(false))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The settings of `queue` in partition `id`, by this member's replica.
+    fn local_settings(&self, id: u64, queue: &str) -> Option<QueueSettings> {
+        self.inner.partitions.get(&id)?.local(|part| {
+            part.queues()
+                .into_iter()
+                .find(|(name, _)| name == queue)
+                .map(|(_, s)| s)
+        })?
+    }
+
+    async fn run(&self, id: u64, op: Op) -> Result<Outcome, Status> {
+        match self.partition(id)?.run(op).await {
+            Ok((outcome, _)) => Ok(outcome),
+            Err(e) => Err(partition_status(e)),
+        }
+    }
+
+    fn next_turn(&self) -> usize {
+        self.inner.turn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn create_queue(&self, req: proto::CreateQueueRequest) -> Result<proto::QueueInfo, Status> {
+        crate::validate_name(&req.name).map_err(|e| status_of(&e))?;
+        let count = req.partitions.max(1);
+        if count > self.inner.config.partitions {
+            return Err(invalid(format!(
+                "queue {:?} asks for {count} partitions; this cluster has {}",
+                req.name, self.inner.config.partitions
+            )));
+        }
+        let settings = api::settings_from_proto(QueueSettings::default(), req.settings.as_ref());
+        settings.validate(&req.name).map_err(|e| status_of(&e))?;
+        let placement = self.placement(&req.name, count);
+        if let Some(dlq) = &settings.dead_letter_queue {
+            self.ensure_dead_letter_shards(dlq, &placement).await?;
+        }
+        let mut existed = 0;
+        for &id in &placement {
+            let op = Op::CreateQueue {
+                name: req.name.clone(),
+                settings: settings.clone(),
+            };
+            match self.partition(id)?.run(op).await {
+                Ok(_) => {}
+                Err(PartitionError::Refused(QueueError::QueueExists { .. })) => {
+                    self.partition(id)?.service().read_barrier().await?;
+                    if self.local_settings(id, &req.name).as_ref() != Some(&settings) {
+                        return Err(status_of(&QueueError::QueueExists { name: req.name }));
+                    }
+                    existed += 1;
+                }
+                Err(e) => return Err(partition_status(e)),
+            }
+        }
+        if existed == placement.len() {
+            return Err(status_of(&QueueError::QueueExists { name: req.name }));
+        }
+        Ok(proto::QueueInfo {
+            name: req.name,
+            partitions: placement,
+            settings: Some(api::settings_to_proto(&settings)),
+        })
+    }
+
+    /// Gives dead-letter queue `dlq` a shard in each of `placement`, with the settings of an existing shard.
+    async fn ensure_dead_letter_shards(&self, dlq: &str, placement: &[u64]) -> Result<(), Status> {
+        let existing = self.shards(dlq).await.unwrap_or_default();
+        let settings = existing
+            .first()
+            .and_then(|&id| self.local_settings(id, dlq))
+            .unwrap_or_default();
+        for &id in placement {
+            if existing.contains(&id) {
+                continue;
+            }
+            let op = Op::CreateQueue {
+                name: dlq.to_owned(),
+                settings: settings.clone(),
+            };
+            match self.partition(id)?.run(op).await {
+                Ok(_) | Err(PartitionError::Refused(QueueError::QueueExists { .. })) => {}
+                Err(e) => return Err(partition_status(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_queue(&self, req: proto::UpdateQueueRequest) -> Result<proto::QueueInfo, Status> {
+        let shards = self.shards(&req.name).await?;
+        let mut last = None;
+        for &id in &shards {
+            self.partition(id)?.service().read_barrier().await?;
+            let current = self.local_settings(id, &req.name).ok_or_else(|| {
+                status_of(&QueueError::UnknownQueue {
+                    name: req.name.clone(),
+                })
+            })?;
+            let settings = api::settings_from_proto(current, req.settings.as_ref());
+            if let Some(dlq) = &settings.dead_letter_queue {
+                self.ensure_dead_letter_shards(dlq, &[id]).await?;
+            }
+            self.run(
+                id,
+                Op::UpdateSettings {
+                    name: req.name.clone(),
+                    settings: settings.clone(),
+                },
+            )
+            .await?;
+            last = Some(settings);
+        }
+        Ok(proto::QueueInfo {
+            name: req.name,
+            partitions: shards,
+            settings: last.as_ref().map(api::settings_to_proto),
+        })
+    }
+
+    async fn delete_queue(&self, name: String) -> Result<u64, Status> {
+        let mut removed = 0;
+        for id in self.shards(&name).await? {
+            match self.run(id, Op::DeleteQueue { name: name.clone() }).await? {
+                Outcome::QueueDeleted { removed: r } => removed += r,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn list_queues(&self) -> Result<Vec<proto::QueueInfo>, Status> {
+        let mut queues: BTreeMap<String, proto::QueueInfo> = BTreeMap::new();
+        for (id, partition) in &self.inner.partitions {
+            partition.service().read_barrier().await?;
+            for (name, settings) in partition.local(|p| p.queues()).unwrap_or_default() {
+                let info = queues.entry(name.clone()).or_insert_with(|| proto::QueueInfo {
+                    name,
+                    partitions: Vec::new(),
+                    settings: Some(api::settings_to_proto(&settings)),
+                });
+                info.partitions.push(*id);
+            }
+        }
+        Ok(queues.into_values().collect())
+    }
+
+    async fn send(&self, req: proto::SendRequest) -> Result<Vec<proto::Sent>, Status> {
+        if req.messages.is_empty() {
+            return Err(invalid("a send needs at least one message"));
+        }
+        let shards = self.shards(&req.queue).await?;
+        let unkeyed_shard = shards[self.next_turn() % shards.len()];
+        // Per shard: the messages and their positions in the request.
+        let mut by_shard: BTreeMap<u64, (Vec<NewMessage>, Vec<usize>)> = BTreeMap::new();
+        for (i, m) in req.messages.into_iter().enumerate() {
+            let message = api::message_from_proto(m)?;
+            let key = message.group.as_deref().or(message.idempotency_key.as_deref());
+            let shard = match key {
+                Some(key) => shards[usize::try_from(hash_of(key) % shards.len() as u64).unwrap_or(0)],
+                None => unkeyed_shard,
+            };
+            let entry = by_shard.entry(shard).or_default();
+            entry.0.push(message);
+            entry.1.push(i);
+        }
+        let total: usize = by_shard.values().map(|(m, _)| m.len()).sum();
+        let sends = by_shard.into_iter().map(|(id, (messages, positions))| {
+            let queue = req.queue.clone();
+            async move {
+                let outcome = self.run(id, Op::Send { queue, messages }).await?;
+                Ok::<_, Status>((id, outcome, positions))
+            }
+        });
+        let mut sent = vec![proto::Sent::default(); total];
+        for result in join_all(sends).await {
+            let (id, outcome, positions) = result?;
+            let Outcome::Sent(each) = outcome else {
+                return Err(unexpected(&outcome));
+            };
+            for (s, i) in each.into_iter().zip(positions) {
+                sent[i] = proto::Sent {
+                    id: Some(proto::MessageRef {
+                        partition: id,
+                        id: s.id,
+                    }),
+                    duplicate: s.duplicate,
+                };
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn receive(&self, req: proto::ReceiveRequest) -> Result<Vec<proto::Delivery>, Status> {
+        let max = req.max.max(1);
+        if max > crate::MAX_BATCH {
+            return Err(invalid(format!("max {max} is over {}", crate::MAX_BATCH)));
+        }
+        let wait = Duration::from_millis(req.wait_ms).min(self.inner.config.max_wait);
+        let deadline = Instant::now() + wait;
+        let visibility = (req.visibility_timeout_ms != 0).then_some(req.visibility_timeout_ms);
+        let shards = self.shards(&req.queue).await?;
+        let first = self.next_turn();
+        let mut out = Vec::new();
+        loop {
+            let rotated = (0..shards.len()).map(|i| shards[(first + i) % shards.len()]);
+            for id in rotated {
+                let left = max - u32::try_from(out.len()).unwrap_or(max);
+                if left == 0 {
+                    break;
+                }
+                let hint = self.partition(id)?.local(|p| p.deliverable(&req.queue));
+                if hint == Some(false) {
+                    continue;
+                }
+                let op = Op::Receive {
+                    queue: req.queue.clone(),
+                    max: left,
+                    visibility_timeout_ms: visibility,
+                };
+                match self.run(id, op).await? {
+                    Outcome::Received(deliveries) => {
+                        out.extend(deliveries.into_iter().map(|d| api::delivery_to_proto(id, d)));
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            if !out.is_empty() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(self.inner.config.poll_interval.min(deadline - Instant::now())).await;
+        }
+    }
+
+    /// Runs `make(receipts of one partition)` on each partition the receipts name, in parallel.
+    async fn settle<F>(&self, receipts: &[proto::Receipt], make: F) -> Result<Vec<(u64, Outcome)>, Status>
+    where
+        F: Fn(Vec<(usize, crate::Receipt)>) -> Op,
+    {
+        if receipts.is_empty() {
+            return Err(invalid("no receipts"));
+        }
+        let mut by_partition: BTreeMap<u64, Vec<(usize, crate::Receipt)>> = BTreeMap::new();
+        for (i, r) in receipts.iter().enumerate() {
+            let (partition, receipt) = api::receipt_from_proto(r);
+            self.partition(partition)?;
+            by_partition.entry(partition).or_default().push((i, receipt));
+        }
+        let runs = by_partition.into_iter().map(|(id, rs)| {
+            let op = make(rs);
+            async move { Ok::<_, Status>((id, self.run(id, op).await?)) }
+        });
+        join_all(runs).await.into_iter().collect()
+    }
+
+    async fn barrier(
+        &self,
+        req: proto::SubmitBarrierRequest,
+    ) -> Result<proto::SubmitBarrierResponse, Status> {
+        let target = |t: Option<proto::Target>, what: &str| -> Result<Target, Status> {
+            let t = t.ok_or_else(|| invalid(format!("a barrier needs a {what} target")))?;
+            let message = api::message_from_proto(t.message.unwrap_or_default())?;
+            Ok(Target::new(t.queue, message))
+        };
+        let completion = target(req.completion, "completion")?;
+        let failure = target(req.failure, "failure")?;
+        let tasks: Vec<NewMessage> = req
+            .tasks
+            .into_iter()
+            .map(api::message_from_proto)
+            .collect::<Result<_, _>>()?;
+        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+        let task_shards = self.shards(&req.queue).await?;
+        let completion_shards = self.shards(&completion.queue).await?;
+        let failure_shards = self.shards(&failure.queue).await?;
+        // Home: a partition holding both targets, preferring one that also holds the tasks' queue.
+        let homes: Vec<u64> = completion_shards
+            .iter()
+            .copied()
+            .filter(|p| failure_shards.contains(p))
+            .collect();
+        let Some(&home) = homes.iter().find(|p| task_shards.contains(p)).or(homes.first()) else {
+            return Err(invalid(format!(
+                "queues {:?} and {:?} share no partition; a barrier's completion and failure queues must",
+                completion.queue, failure.queue
+            )));
+        };
+        if task_shards == [home] {
+            let op = Op::SubmitBarrier {
+                queue: req.queue,
+                tasks,
+                completion,
+                failure,
+                idempotency_key: key,
+            };
+            return match self.run(home, op).await? {
+                Outcome::BarrierSubmitted {
+                    barrier,
+                    tasks,
+                    duplicate,
+                } => Ok(proto::SubmitBarrierResponse {
+                    partition: home,
+                    barrier,
+                    tasks: tasks
+                        .into_iter()
+                        .map(|id| proto::MessageRef { partition: home, id })
+                        .collect(),
+                    duplicate,
+                }),
+                other => Err(unexpected(&other)),
+            };
+        }
+        // Tasks spread over the queue's shards, each naming the barrier at home.
+        let count = u32::try_from(tasks.len()).map_err(|_| invalid("too many tasks"))?;
+        let op = Op::CreateBarrier {
+            tasks: count,
+            completion,
+            failure,
+            idempotency_key: key,
+        };
+        let (barrier, duplicate) = match self.run(home, op).await? {
+            Outcome::BarrierCreated { barrier, duplicate } => (barrier, duplicate),
+            other => return Err(unexpected(&other)),
+        };
+        let mut by_shard: BTreeMap<u64, (Vec<NewMessage>, Vec<usize>)> = BTreeMap::new();
+        for (slot, mut task) in (0u32..).zip(tasks) {
+            task.barrier = Some(BarrierRef {
+                partition: home,
+                barrier,
+                slot,
+            });
+            // A retried submission (same barrier) sends each task again: its key within the tasks queue's dedup
+            // window enqueues it once.
+            task.idempotency_key = Some(format!("barrier/{home}/{barrier}/{slot}"));
+            let shard = task_shards[slot as usize % task_shards.len()];
+            let entry = by_shard.entry(shard).or_default();
+            entry.0.push(task);
+            entry.1.push(slot as usize);
+        }
+        let mut refs = vec![proto::MessageRef::default(); count as usize];
+        for (id, (messages, slots)) in by_shard {
+            match self
+                .run(
+                    id,
+                    Op::Send {
+                        queue: req.queue.clone(),
+                        messages,
+                    },
+                )
+                .await?
+            {
+                Outcome::Sent(sent) => {
+                    for (s, slot) in sent.into_iter().zip(slots) {
+                        refs[slot] = proto::MessageRef {
+                            partition: id,
+                            id: s.id,
+                        };
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Ok(proto::SubmitBarrierResponse {
+            partition: home,
+            barrier,
+            tasks: refs,
+            duplicate,
+        })
+    }
+}
+
+/// A status for an operation that failed on a partition.
+fn partition_status(e: PartitionError) -> Status {
+    match e {
+        PartitionError::Refused(e) | PartitionError::Reply(e) => status_of(&e),
+        PartitionError::Unavailable(status) => status,
+    }
+}
+
+fn unexpected(outcome: &Outcome) -> Status {
+    Status::internal(format!("unexpected outcome {outcome:?}"))
+}
+
+/// A stable hash (the same on every member and release): 64-bit FNV-1a of the UTF-8 bytes.
+fn hash_of(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Where a [`QueueApi`] finds its host: set once the host started, so the service can be routed before.
+#[derive(Clone, Debug, Default)]
+pub struct HostSlot(Arc<std::sync::OnceLock<QueueHost>>);
+
+impl HostSlot {
+    /// Gives the service its host (later calls change nothing).
+    pub fn set(&self, host: QueueHost) {
+        let _ = self.0.set(host);
+    }
+
+    fn get(&self) -> Result<&QueueHost, Status> {
+        self.0
+            .get()
+            .ok_or_else(|| Status::unavailable("queue partitions are starting; retry"))
+    }
+}
+
+/// The gRPC service of `trestle.queue.v1.Queue` over a [`QueueHost`]. Every call is counted in
+/// `trestle_queue_requests_total{op, code}` and timed in `trestle_queue_request_duration_seconds{op}`.
+#[derive(Clone, Debug)]
+pub struct QueueApi {
+    slot: HostSlot,
+}
+
+impl QueueApi {
+    /// A service that answers UNAVAILABLE until `slot` is set: for a node whose client routes are built before
+    /// its groups start.
+    pub fn pending(slot: HostSlot) -> Self {
+        Self { slot }
+    }
+
+    /// The tonic service, ready for a router.
+    pub fn into_service(self) -> proto::queue_server::QueueServer<Self> {
+        proto::queue_server::QueueServer::new(self)
+            .max_decoding_message_size(crate::MAX_MESSAGE_SIZE_LIMIT as usize * 2)
+    }
+}
+
+/// Runs `f` on the host, counting and timing it as `op`.
+async fn observed<T, F>(
+    slot: &HostSlot,
+    op: &'static str,
+    f: impl FnOnce(QueueHost) -> F,
+) -> Result<Response<T>, Status>
+where
+    F: std::future::Future<Output = Result<T, Status>>,
+{
+    let start = Instant::now();
+    let result = match slot.get() {
+        Ok(host) => {
+            let mut fut = pin!(f(host.clone()));
+            fut.as_mut().await
+        }
+        Err(status) => Err(status),
+    };
+    let code = match &result {
+        Ok(_) => "ok",
+        Err(status) => code_name(status.code()),
+    };
+    metrics::counter!("trestle_queue_requests_total", "op" => op, "code" => code).increment(1);
+    metrics::histogram!("trestle_queue_request_duration_seconds", "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    if let Err(status) = &result {
+        tracing::debug!(op, code, message = status.message(), "queue request refused");
+    }
+    result.map(Response::new)
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        InvalidArgument => "invalid_argument",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        FailedPrecondition => "failed_precondition",
+        Unavailable => "unavailable",
+        DeadlineExceeded => "deadline_exceeded",
+        Internal => "internal",
+        _ => "other",
+    }
+}
+
+#[tonic::async_trait]
+impl proto::queue_server::Queue for QueueApi {
+    async fn create_queue(
+        &self,
+        request: Request<proto::CreateQueueRequest>,
+    ) -> Result<Response<proto::CreateQueueResponse>, Status> {
+        observed(&self.slot, "create_queue", |h| async move {
+            let queue = h.create_queue(request.into_inner()).await?;
+            Ok(proto::CreateQueueResponse { queue: Some(queue) })
+        })
+        .await
+    }
+
+    async fn update_queue(
+        &self,
+        request: Request<proto::UpdateQueueRequest>,
+    ) -> Result<Response<proto::UpdateQueueResponse>, Status> {
+        observed(&self.slot, "update_queue", |h| async move {
+            let queue = h.update_queue(request.into_inner()).await?;
+            Ok(proto::UpdateQueueResponse { queue: Some(queue) })
+        })
+        .await
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<proto::DeleteQueueRequest>,
+    ) -> Result<Response<proto::DeleteQueueResponse>, Status> {
+        observed(&self.slot, "delete_queue", |h| async move {
+            let removed = h.delete_queue(request.into_inner().name).await?;
+            Ok(proto::DeleteQueueResponse { removed })
+        })
+        .await
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<proto::ListQueuesRequest>,
+    ) -> Result<Response<proto::ListQueuesResponse>, Status> {
+        observed(&self.slot, "list_queues", |h| async move {
+            Ok(proto::ListQueuesResponse {
+                queues: h.list_queues().await?,
+            })
+        })
+        .await
+    }
+
+    async fn send(
+        &self,
+        request: Request<proto::SendRequest>,
+    ) -> Result<Response<proto::SendResponse>, Status> {
+        observed(&self.slot, "send", |h| async move {
+            Ok(proto::SendResponse {
+                sent: h.send(request.into_inner()).await?,
+            })
+        })
+        .await
+    }
+
+    async fn receive(
+        &self,
+        request: Request<proto::ReceiveRequest>,
+    ) -> Result<Response<proto::ReceiveResponse>, Status> {
+        observed(&self.slot, "receive", |h| async move {
+            Ok(proto::ReceiveResponse {
+                deliveries: h.receive(request.into_inner()).await?,
+            })
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        request: Request<proto::AckRequest>,
+    ) -> Result<Response<proto::SettleResponse>, Status> {
+        observed(&self.slot, "ack", |h| async move {
+            let req = request.into_inner();
+            let results = req.results;
+            let queue = req.queue;
+            h.settle(&req.receipts, |rs| Op::Ack {
+                queue: queue.clone(),
+                acks: rs
+                    .into_iter()
+                    .map(|(i, receipt)| AckEntry {
+                        receipt,
+                        result: results.get(i).filter(|r| !r.is_empty()).cloned(),
+                    })
+                    .collect(),
+            })
+            .await?;
+            Ok(proto::SettleResponse {})
+        })
+        .await
+    }
+
+    async fn nack(
+        &self,
+        request: Request<proto::NackRequest>,
+    ) -> Result<Response<proto::SettleResponse>, Status> {
+        observed(&self.slot, "nack", |h| async move {
+            let req = request.into_inner();
+            let error = (!req.error.is_empty()).then_some(req.error);
+            h.settle(&req.receipts, |rs| Op::Nack {
+                queue: req.queue.clone(),
+                receipts: rs.into_iter().map(|(_, r)| r).collect(),
+                retry_after_ms: req.retry_after_ms,
+                error: error.clone(),
+            })
+            .await?;
+            Ok(proto::SettleResponse {})
+        })
+        .await
+    }
+
+    async fn extend(
+        &self,
+        request: Request<proto::ExtendRequest>,
+    ) -> Result<Response<proto::ExtendResponse>, Status> {
+        observed(&self.slot, "extend", |h| async move {
+            let req = request.into_inner();
+            // Positions of each partition's receipts, to put the deadlines back in request order.
+            let mut positions: HashMap<u64, Vec<usize>> = HashMap::new();
+            for (i, r) in req.receipts.iter().enumerate() {
+                positions.entry(r.partition).or_default().push(i);
+            }
+            let outcomes = h
+                .settle(&req.receipts, |rs| Op::ExtendVisibility {
+                    queue: req.queue.clone(),
+                    receipts: rs.into_iter().map(|(_, r)| r).collect(),
+                    visibility_timeout_ms: req.visibility_timeout_ms,
+                })
+                .await?;
+            let mut deadlines = vec![0; req.receipts.len()];
+            for (id, outcome) in outcomes {
+                let Outcome::Extended(each) = outcome else {
+                    return Err(unexpected(&outcome));
+                };
+                for (d, i) in each.into_iter().zip(positions.remove(&id).unwrap_or_default()) {
+                    deadlines[i] = d;
+                }
+            }
+            Ok(proto::ExtendResponse {
+                deadlines_ms: deadlines,
+            })
+        })
+        .await
+    }
+
+    async fn terminate(
+        &self,
+        request: Request<proto::TerminateRequest>,
+    ) -> Result<Response<proto::SettleResponse>, Status> {
+        observed(&self.slot, "terminate", |h| async move {
+            let req = request.into_inner();
+            h.settle(&req.receipts, |rs| Op::Terminate {
+                queue: req.queue.clone(),
+                receipts: rs.into_iter().map(|(_, r)| r).collect(),
+                reason: req.reason.clone(),
+            })
+            .await?;
+            Ok(proto::SettleResponse {})
+        })
+        .await
+    }
+
+    async fn redrive(
+        &self,
+        request: Request<proto::RedriveRequest>,
+    ) -> Result<Response<proto::RedriveResponse>, Status> {
+        observed(&self.slot, "redrive", |h| async move {
+            let req = request.into_inner();
+            let mut filter = RedriveFilter::all();
+            if !req.source.is_empty() {
+                filter = filter.with_source(req.source);
+            }
+            if !req.error_contains.is_empty() {
+                filter = filter.with_error_containing(req.error_contains);
+            }
+            let mut left = req.max.max(1);
+            let mut response = proto::RedriveResponse::default();
+            for id in h.shards(&req.queue).await? {
+                if left == 0 {
+                    response.more = true;
+                    break;
+                }
+                let op = Op::Redrive {
+                    queue: req.queue.clone(),
+                    filter: filter.clone(),
+                    max: left,
+                };
+                let Outcome::Redriven(r) = h.run(id, op).await? else {
+                    return Err(Status::internal("unexpected redrive outcome"));
+                };
+                left -= u32::try_from(r.moved.len()).unwrap_or(left).min(left);
+                response.moved.extend(
+                    r.moved
+                        .into_iter()
+                        .map(|m| proto::MessageRef { partition: id, id: m }),
+                );
+                response.skipped += u32::try_from(r.skipped.len()).unwrap_or(u32::MAX);
+                response.more |= r.more;
+            }
+            Ok(response)
+        })
+        .await
+    }
+
+    async fn purge(
+        &self,
+        request: Request<proto::PurgeRequest>,
+    ) -> Result<Response<proto::PurgeResponse>, Status> {
+        observed(&self.slot, "purge", |h| async move {
+            let queue = request.into_inner().queue;
+            let mut removed = 0;
+            for id in h.shards(&queue).await? {
+                match h.run(id, Op::Purge { queue: queue.clone() }).await? {
+                    Outcome::Purged { removed: r } => removed += r,
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(proto::PurgeResponse { removed })
+        })
+        .await
+    }
+
+    async fn peek(
+        &self,
+        request: Request<proto::PeekRequest>,
+    ) -> Result<Response<proto::PeekResponse>, Status> {
+        observed(&self.slot, "peek", |h| async move {
+            let req = request.into_inner();
+            let max = req.max.max(1);
+            let mut messages = Vec::new();
+            for id in h.shards(&req.queue).await? {
+                let left = max - u32::try_from(messages.len()).unwrap_or(max);
+                if left == 0 {
+                    break;
+                }
+                match h
+                    .run(
+                        id,
+                        Op::Peek {
+                            queue: req.queue.clone(),
+                            max: left,
+                        },
+                    )
+                    .await?
+                {
+                    Outcome::Peeked(found) => {
+                        messages.extend(found.into_iter().map(|m| api::peeked_to_proto(id, m)));
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(proto::PeekResponse { messages })
+        })
+        .await
+    }
+
+    async fn stats(
+        &self,
+        request: Request<proto::StatsRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        observed(&self.slot, "stats", |h| async move {
+            let queue = request.into_inner().queue;
+            let mut total = proto::Stats::default();
+            let mut partitions = Vec::new();
+            for id in h.shards(&queue).await? {
+                match h.run(id, Op::Stats { queue: queue.clone() }).await? {
+                    Outcome::Stats(s) => {
+                        let s = api::stats_to_proto(&s);
+                        api::add_stats(&mut total, &s);
+                        partitions.push(proto::PartitionStats {
+                            partition: id,
+                            stats: Some(s),
+                        });
+                    }
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            let labels = [("queue", queue)];
+            metrics::gauge!("trestle_queue_depth", &labels).set(total.depth as f64);
+            metrics::gauge!("trestle_queue_in_flight", &labels).set(total.in_flight as f64);
+            metrics::gauge!("trestle_queue_dead_letters", &labels).set(total.dead_letters as f64);
+            Ok(proto::StatsResponse {
+                total: Some(total),
+                partitions,
+            })
+        })
+        .await
+    }
+
+    async fn submit_barrier(
+        &self,
+        request: Request<proto::SubmitBarrierRequest>,
+    ) -> Result<Response<proto::SubmitBarrierResponse>, Status> {
+        observed(&self.slot, "submit_barrier", |h| async move {
+            h.barrier(request.into_inner()).await
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_bounds_are_checked() {
+        assert!(QueueHostConfig::default().validate().is_ok());
+        let e = QueueHostConfig::default()
+            .with_partitions(0)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("not 0"), "{e}");
+        assert!(
+            QueueHostConfig::default()
+                .with_partitions(MAX_PARTITIONS + 1)
+                .validate()
+                .is_err()
+        );
+        let c = QueueHostConfig {
+            poll_interval: Duration::ZERO,
+            ..QueueHostConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        // Placement and key routing must agree across members and releases.
+        assert_eq!(hash_of(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash_of("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(hash_of("a"), hash_of("b"));
+    }
+}
