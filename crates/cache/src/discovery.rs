@@ -3,16 +3,18 @@
 //! prefix when it starts ([`discover_nodes`]) and builds its [`ClientConfig`](crate::ClientConfig) from it.
 //!
 //! Records are trestle-shard-router's: the key is `<prefix><memcached address>`, the value `weight=1 zone=<zone>`
-//! ([`trestle_shard_router::encode_node`]). Discovery is a snapshot: a running client does not follow later
-//! registrations (watching the prefix is not built yet).
+//! ([`trestle_shard_router::encode_node`]). [`discover_nodes`] is a snapshot; [`discover_client`] builds a
+//! client that follows the prefix (trestle-shard-router's `EtcdMembership` watches it) as nodes come and go.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use trestle_shard_router::{Node, Registration, parse_node};
+use trestle_shard_router::{
+    EtcdMembership, EtcdMembershipConfig, Membership, Node, Registration, parse_node,
+};
 
-use crate::client::NodeSpec;
+use crate::client::{Client, ClientConfig, ClientConfigError, NodeSpec};
 
 /// Why registration or discovery failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum DiscoveryError {
         /// What failed.
         message: String,
     },
+    /// The client's configuration (other than its nodes) is invalid.
+    #[error("client configuration: {0}")]
+    Config(#[from] ClientConfigError),
     /// A record under the prefix is not a cache node's.
     #[error("record {key:?} is not a cache node: {reason}")]
     BadRecord {
@@ -92,4 +97,27 @@ pub async fn discover_nodes(endpoints: &[String], prefix: &str) -> Result<Vec<No
     }
     nodes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(nodes)
+}
+
+/// A client that follows the nodes registered under `prefix`: it starts with the nodes registered now (none is
+/// allowed: requests fail with [`ClientError::NoNodes`](crate::ClientError::NoNodes) until one registers) and
+/// applies every later registration and expiry as [`Client::update_nodes`] does, warm-up of joining nodes
+/// included. `config`'s own node list is ignored. If the watch breaks, the prefix is read again and watched
+/// anew, retrying every 500 ms.
+pub async fn discover_client(
+    endpoints: &[String],
+    prefix: &str,
+    config: ClientConfig,
+) -> Result<Client, DiscoveryError> {
+    config.validate_settings()?;
+    let membership = EtcdMembership::connect(endpoints, prefix, EtcdMembershipConfig::default())
+        .await
+        .map_err(|e| DiscoveryError::Store {
+            endpoints: endpoints.to_vec(),
+            message: e.to_string(),
+        })?;
+    let nodes = crate::client::specs_from_map(membership.current().as_deref());
+    let client = Client::build(config.with_nodes(nodes))?;
+    client.follow(membership);
+    Ok(client)
 }

@@ -12,12 +12,16 @@
 //!   [`grpc::proto`]).
 //! - A whole node in one call: [`RunningNode::start`] with a [`NodeConfig`].
 //! - The client: [`client`] ([`Client`] with [`ClientConfig`], [`NodeSpec`], [`Ack`]): consistent hashing per
-//!   zone, writes to every zone, reads with zone fallback and read repair, breakers, coalesced `get_or_load`.
+//!   zone, writes to every zone, reads with zone fallback and read repair, breakers, coalesced `get_or_load`,
+//!   deletes by tombstone ([`TOMBSTONE_FLAGS`]), live membership, a near cache and hot keys
+//!   ([`NearCacheConfig`], [`HotKeysConfig`]), warm-up of joining nodes ([`WarmUpConfig`], [`WarmUpProgress`]),
+//!   counters ([`ClientStats`]).
 //! - The ambassador (`trestle cache proxy`): [`proxy`] ([`Proxy`], [`ProxyConfig`], [`serve_proxy`]) speaks
 //!   memcached to programs in any language and uses a [`Client`] behind it.
 //! - A rate limiter whose budget the cache nodes hold for many processes: [`ClusterRateLimiter`] (trestle-breaker's
 //!   `RateLimiter`), with [`ClusterRateLimitConfig`].
-//! - Discovery through the Trestle store (etcd v3 API): [`register_node`], [`discover_nodes`].
+//! - Discovery through the Trestle store (etcd v3 API): [`register_node`], [`discover_nodes`], and
+//!   [`discover_client`] for a client that follows registrations.
 //! - Errors: [`DiscoveryError`], [`ConfigError`], [`StartError`], [`ClientError`], [`ClientConfigError`].
 
 pub mod client;
@@ -34,8 +38,11 @@ mod ratelimit;
 pub mod server;
 mod store;
 
-pub use client::{Ack, Client, ClientConfig, ClientConfigError, ClientError, NodeSpec};
-pub use discovery::{DiscoveryError, discover_nodes, register_node};
+pub use client::{
+    Ack, Client, ClientConfig, ClientConfigError, ClientError, ClientStats, HotKeysConfig, NearCacheConfig,
+    NodeSpec, TOMBSTONE_FLAGS, WarmUpConfig, WarmUpProgress, WarmUpState,
+};
+pub use discovery::{DiscoveryError, discover_client, discover_nodes, register_node};
 pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
 pub use error::ConfigError;
 pub use grpc::{CacheService, GrpcConfig};

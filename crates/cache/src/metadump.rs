@@ -16,11 +16,7 @@ pub(crate) fn write(store: &Store, out: &mut BytesMut) {
     for (key, info) in store.dump() {
         out.put_slice(b"key=");
         url_encode(&key, out);
-        let exp = if info.ttl < 0 {
-            -1
-        } else {
-            now as i64 + info.ttl
-        };
+        let exp = if info.ttl < 0 { -1 } else { now as i64 + info.ttl };
         let fetch = if info.fetched { "yes" } else { "no" };
         let rest = format!(
             " exp={exp} la={} cas={} fetch={fetch} cls=1 size={}\n",
@@ -46,7 +42,6 @@ pub(crate) fn url_encode(key: &[u8], out: &mut BytesMut) {
 }
 
 /// Decodes a URL-encoded key; `None` for a malformed escape.
-#[cfg(test)]
 pub(crate) fn url_decode(text: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
@@ -104,19 +99,12 @@ mod tests {
         write(&store, &mut out);
         let text = String::from_utf8(out.to_vec()).expect("ASCII");
         assert!(text.ends_with("END\r\n"), "{text}");
-        let mut lines: Vec<&str> = text
-            .trim_end_matches("END\r\n")
-            .split_terminator('\n')
-            .collect();
+        let mut lines: Vec<&str> = text.trim_end_matches("END\r\n").split_terminator('\n').collect();
         lines.sort_unstable();
         assert_eq!(lines.len(), 2, "the expired item is left out: {text}");
         assert!(lines[0].starts_with("key=odd%20key exp="), "{}", lines[0]);
         assert!(lines[1].starts_with("key=plain exp=-1 la="), "{}", lines[1]);
-        assert!(
-            lines[1].ends_with(" fetch=no cls=1 size=86"),
-            "{}",
-            lines[1]
-        );
+        assert!(lines[1].ends_with(" fetch=no cls=1 size=86"), "{}", lines[1]);
     }
 
     #[test]

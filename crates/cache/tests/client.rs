@@ -72,8 +72,12 @@ async fn writes_reach_every_zone_and_reads_stay_local() {
         Some(Bytes::from_static(b"v"))
     );
     client.delete(b"k").await.expect("delete");
-    assert_eq!(cluster.raw_get(&a, "k").await, "EN\r\n");
-    assert_eq!(cluster.raw_get(&b, "k").await, "EN\r\n");
+    // A delete leaves a tombstone in every zone: an empty value with the tombstone flags.
+    let tombstone = format!("VA 0 f{}\r\n\r\n", trestle_cache::TOMBSTONE_FLAGS);
+    for node in [&a, &b] {
+        let mut raw = Raw::connect(cluster.nodes[node].memcached_addr()).await;
+        assert_eq!(raw.exchange(b"mg k v f\r\n").await, tombstone, "{node}");
+    }
     assert_eq!(client.get(b"k").await.expect("get"), None);
     // Keys memcached would refuse travel base64-encoded.
     let odd = b"a key with spaces \x00 and more";

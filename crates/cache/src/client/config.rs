@@ -1,9 +1,11 @@
-//! The client's configuration: a static node list with zones, acknowledgement level, timeouts, breakers.
+//! The client's configuration: a static node list with zones, acknowledgement level, timeouts, breakers, deletes,
+//! the near cache, hot keys and warm-up.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use trestle_breaker::{CircuitBreakerConfig, SlidingWindow, WaitInOpen};
+use trestle_shard_router::HotKeyConfig;
 
 /// One cache node the client may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,142 @@ pub struct ClientConfig {
     /// How long `get_or_load` holds the right to load a missing key (the `N` token's TTL): others wait for the
     /// winner's value this long at most, then load themselves. Default 5 s.
     pub load_lease: Duration,
+    /// How long a delete's tombstone lives in each zone, and so how long a zone that missed a write or a delete
+    /// is retried in the background (see [`Client::delete`](super::Client::delete)). Default 60 s.
+    pub tombstone_ttl: Duration,
+    /// The longest pause between background retries of a write to a zone that missed it. Default 1 s.
+    pub max_retry_pause: Duration,
+    /// The in-process near cache; `None` (the default) turns it off.
+    pub near_cache: Option<NearCacheConfig>,
+    /// Hot-key detection and read spreading; `None` (the default) turns it off.
+    pub hot_keys: Option<HotKeysConfig>,
+    /// Filling a node that joins a zone from the copies its peers hold. Default on.
+    pub warm_up: WarmUpConfig,
+}
+
+/// The near cache: a small cache in the client's own memory that answers reads of hot keys without a round
+/// trip. Its entries may be stale for up to [`ttl`](Self::ttl) after another process writes or deletes the key
+/// (this client's own writes and deletes remove them at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearCacheConfig {
+    /// The most bytes of keys and values held. Default 8 MiB.
+    pub capacity_bytes: u64,
+    /// How long an entry is served. Default 1 s.
+    pub ttl: Duration,
+    /// Whether only keys that hot-key detection finds hot are kept (with [`ClientConfig::hot_keys`] set);
+    /// otherwise every key read is. Default true.
+    pub hot_only: bool,
+}
+
+impl Default for NearCacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: 8 << 20,
+            ttl: Duration::from_secs(1),
+            hot_only: true,
+        }
+    }
+}
+
+impl NearCacheConfig {
+    /// Sets the byte budget.
+    pub fn with_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.capacity_bytes = bytes;
+        self
+    }
+
+    /// Sets how long entries are served.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Keeps only hot keys (true) or every key read (false).
+    pub fn with_hot_only(mut self, hot_only: bool) -> Self {
+        self.hot_only = hot_only;
+        self
+    }
+}
+
+/// Hot-key detection (trestle-shard-router's [`HotKeyDetector`](trestle_shard_router::HotKeyDetector) over the
+/// keys read) and what the client does with a hot key.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HotKeysConfig {
+    /// The detector. Default: 64 keys tracked, hot above 1% of reads after 1000 reads.
+    pub detector: HotKeyConfig,
+    /// Counts are halved every this many reads, so keys that cooled down fade. Default 10 000.
+    pub decay_every: u64,
+    /// Whether a hot key's reads rotate over the zones (each holds a full copy) instead of all going to the
+    /// local zone's node. Default true.
+    pub spread_reads: bool,
+}
+
+impl Default for HotKeysConfig {
+    fn default() -> Self {
+        Self {
+            detector: HotKeyConfig::default(),
+            decay_every: 10_000,
+            spread_reads: true,
+        }
+    }
+}
+
+impl HotKeysConfig {
+    /// Sets the detector's configuration.
+    pub fn with_detector(mut self, detector: HotKeyConfig) -> Self {
+        self.detector = detector;
+        self
+    }
+
+    /// Sets the decay period in reads.
+    pub fn with_decay_every(mut self, reads: u64) -> Self {
+        self.decay_every = reads;
+        self
+    }
+
+    /// Turns spreading of hot keys' reads over zones on or off.
+    pub fn with_spread_reads(mut self, on: bool) -> Self {
+        self.spread_reads = on;
+        self
+    }
+}
+
+/// Warm-up of joining nodes: see [`Client::warm_ups`](super::Client::warm_ups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmUpConfig {
+    /// Whether a node that joins a zone is filled from the keys it takes over. Default true.
+    pub enabled: bool,
+    /// Keys copied per request. Default 100.
+    pub batch: usize,
+    /// Time allowed for listing one peer's keys (`lru_crawler metadump`). Default 10 s.
+    pub list_timeout: Duration,
+}
+
+impl Default for WarmUpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch: 100,
+            list_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WarmUpConfig {
+    /// Turns warm-up on or off.
+    pub fn with_enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
+    }
+
+    /// Sets the keys copied per request.
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
 }
 
 /// A configuration that cannot work, with the values that make it so.
@@ -112,6 +250,16 @@ pub enum ClientConfigError {
     /// The breaker configuration.
     #[error("circuit breaker: {0}")]
     Breaker(String),
+    /// A setting out of its range.
+    #[error("{name} = {value}: {reason}")]
+    Invalid {
+        /// Which setting.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it cannot work.
+        reason: &'static str,
+    },
     /// A zone's nodes do not form a placement ring.
     #[error("placement of zone {zone:?}: {reason}")]
     Placement {
@@ -143,7 +291,48 @@ impl ClientConfig {
             max_idle_connections: 8,
             max_connections_per_node: 64,
             load_lease: Duration::from_secs(5),
+            tombstone_ttl: Duration::from_secs(60),
+            max_retry_pause: Duration::from_secs(1),
+            near_cache: None,
+            hot_keys: None,
+            warm_up: WarmUpConfig::default(),
         }
+    }
+
+    /// Sets how long delete tombstones live (and background retries of missed writes go on).
+    pub fn with_tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// Sets the longest pause between background retries of a missed write.
+    pub fn with_max_retry_pause(mut self, pause: Duration) -> Self {
+        self.max_retry_pause = pause;
+        self
+    }
+
+    /// Turns the near cache on with `near`.
+    pub fn with_near_cache(mut self, near: NearCacheConfig) -> Self {
+        self.near_cache = Some(near);
+        self
+    }
+
+    /// Turns hot-key detection on with `hot`.
+    pub fn with_hot_keys(mut self, hot: HotKeysConfig) -> Self {
+        self.hot_keys = Some(hot);
+        self
+    }
+
+    /// Sets warm-up of joining nodes.
+    pub fn with_warm_up(mut self, warm_up: WarmUpConfig) -> Self {
+        self.warm_up = warm_up;
+        self
+    }
+
+    /// Replaces the node list.
+    pub fn with_nodes(mut self, nodes: Vec<NodeSpec>) -> Self {
+        self.nodes = nodes;
+        self
     }
 
     /// Sets the acknowledgement level of writes.
@@ -198,12 +387,7 @@ impl ClientConfig {
         if self.nodes.is_empty() {
             return Err(ClientConfigError::NoNodes);
         }
-        let mut seen = std::collections::HashSet::new();
-        for node in &self.nodes {
-            if !seen.insert(&node.id) {
-                return Err(ClientConfigError::DuplicateNode { id: node.id.clone() });
-            }
-        }
+        check_nodes(&self.nodes)?;
         if !self.nodes.iter().any(|n| n.zone == self.local_zone) {
             let mut zones: Vec<String> = self.nodes.iter().map(|n| n.zone.clone()).collect();
             zones.sort();
@@ -213,6 +397,11 @@ impl ClientConfig {
                 zones,
             });
         }
+        self.validate_settings()
+    }
+
+    /// Checks everything but the node list (a client that follows membership gets its nodes later).
+    pub(crate) fn validate_settings(&self) -> Result<(), ClientConfigError> {
         if self.timeout.is_zero() {
             return Err(ClientConfigError::Zero { name: "timeout" });
         }
@@ -224,8 +413,68 @@ impl ClientConfig {
         if self.load_lease.is_zero() {
             return Err(ClientConfigError::Zero { name: "load_lease" });
         }
+        if self.tombstone_ttl < Duration::from_secs(1) {
+            return Err(ClientConfigError::Invalid {
+                name: "tombstone_ttl",
+                value: format!("{:?}", self.tombstone_ttl),
+                reason: "must be at least 1 s (memcached TTLs are whole seconds)",
+            });
+        }
+        if self.max_retry_pause.is_zero() {
+            return Err(ClientConfigError::Zero {
+                name: "max_retry_pause",
+            });
+        }
+        if let Some(near) = &self.near_cache {
+            if near.capacity_bytes == 0 {
+                return Err(ClientConfigError::Zero {
+                    name: "near_cache.capacity_bytes",
+                });
+            }
+            if near.ttl.is_zero() {
+                return Err(ClientConfigError::Zero {
+                    name: "near_cache.ttl",
+                });
+            }
+        }
+        if let Some(hot) = &self.hot_keys {
+            hot.detector.validate().map_err(|e| ClientConfigError::Invalid {
+                name: "hot_keys.detector",
+                value: format!("{:?}", hot.detector),
+                reason: match e {
+                    trestle_shard_router::ShardError::InvalidConfig { reason, .. } => reason,
+                    _ => "rejected by the detector",
+                },
+            })?;
+            if hot.decay_every == 0 {
+                return Err(ClientConfigError::Zero {
+                    name: "hot_keys.decay_every",
+                });
+            }
+        }
+        if self.warm_up.batch == 0 {
+            return Err(ClientConfigError::Zero {
+                name: "warm_up.batch",
+            });
+        }
+        if self.warm_up.list_timeout.is_zero() {
+            return Err(ClientConfigError::Zero {
+                name: "warm_up.list_timeout",
+            });
+        }
         self.breaker
             .validate()
             .map_err(|e| ClientConfigError::Breaker(e.to_string()))
     }
+}
+
+/// Node ids are unique.
+pub(crate) fn check_nodes(nodes: &[NodeSpec]) -> Result<(), ClientConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for node in nodes {
+        if !seen.insert(&node.id) {
+            return Err(ClientConfigError::DuplicateNode { id: node.id.clone() });
+        }
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use crate::protocol::{Command, MetaReply, MetaStatus, ReplyDecoder};
 #[derive(Debug)]
 pub(crate) struct NodeClient {
     pub(crate) id: String,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     idle: Mutex<Vec<TcpStream>>,
     max_idle: usize,
     /// Caps the connections open to the node at once; a request waits for one (within its timeout).
@@ -140,6 +140,59 @@ impl NodeClient {
                 });
             }
         }
+    }
+}
+
+impl NodeClient {
+    /// Lists the node's keys with `lru_crawler metadump all`, on a connection of its own (the reply can be
+    /// long), within `within`. Not counted by the breaker: listing is a background job's request.
+    pub(crate) async fn list_keys(&self, within: Duration) -> Result<Vec<Vec<u8>>, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io {
+            node: self.id.clone(),
+            message: e.to_string(),
+        };
+        let work = async {
+            let mut stream = TcpStream::connect(self.addr).await.map_err(io)?;
+            let mut out = BytesMut::new();
+            Command::Metadump.encode(&mut out);
+            stream.write_all(&out).await.map_err(io)?;
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut keys = Vec::new();
+            loop {
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line = buf.split_to(end + 1);
+                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    if line == b"END" {
+                        return Ok(keys);
+                    }
+                    let Some(rest) = line.strip_prefix(b"key=") else {
+                        return Err(ClientError::Server {
+                            node: self.id.clone(),
+                            error: crate::protocol::ReplyError::Server {
+                                line: String::from_utf8_lossy(&line[..line.len().min(64)]).into_owned(),
+                            },
+                        });
+                    };
+                    let encoded = rest.split(|&b| b == b' ').next().unwrap_or_default();
+                    if let Some(key) = crate::metadump::url_decode(encoded) {
+                        keys.push(key);
+                    }
+                }
+                if stream.read_buf(&mut buf).await.map_err(io)? == 0 {
+                    return Err(ClientError::Io {
+                        node: self.id.clone(),
+                        message: "connection closed during metadump".into(),
+                    });
+                }
+            }
+        };
+        tokio::time::timeout(within, work).await.unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                node: self.id.clone(),
+                after: within,
+            })
+        })
     }
 }
 

@@ -105,6 +105,69 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
     }
 }
 
+/// A TCP proxy in front of a node that can be partitioned: while partitioned, connections it holds stop
+/// forwarding in both directions and new ones are accepted and never answered (requests time out, as across a
+/// network partition); healing closes those connections and forwards again.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    partitioned: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (partitioned, _) = tokio::sync::watch::channel(false);
+        let state = partitioned.subscribe();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(proxy_connection(client, target, state.clone()));
+            }
+        });
+        Self { addr, partitioned }
+    }
+
+    pub fn partition(&self) {
+        self.partitioned.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.partitioned.send_replace(false);
+    }
+}
+
+async fn proxy_connection(
+    client: TcpStream,
+    target: SocketAddr,
+    mut state: tokio::sync::watch::Receiver<bool>,
+) {
+    if *state.borrow_and_update() {
+        let _ = state.wait_for(|p| !*p).await;
+        return;
+    }
+    let Ok(server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let forward = async {
+        tokio::select! {
+            _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
+            _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+        }
+    };
+    let partitioned = tokio::select! {
+        () = forward => false,
+        _ = state.wait_for(|p| *p) => true,
+    };
+    if partitioned {
+        // Silent until the partition heals; then the connection closes.
+        let _ = state.wait_for(|p| !*p).await;
+    }
+}
+
 /// A plain HTTP/1.0 GET; returns the status line and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
