@@ -118,6 +118,8 @@ pub(crate) struct Cluster {
     torn_down: bool,
     /// libfaketime, preloaded into every node when the run has a clock nemesis.
     faketime: Option<PathBuf>,
+    /// Extra `trestle serve` options ([`ClusterSpec::serve_args`]).
+    serve_args: Vec<String>,
 }
 
 /// What the cluster needs to start.
@@ -132,6 +134,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) seed: u64,
     /// Preload this libfaketime into every node, so that the clock nemesis can skew their wall clocks.
     pub(crate) faketime: Option<PathBuf>,
+    /// Extra `trestle serve` options for every node (the workload's).
+    pub(crate) serve_args: Vec<String>,
 }
 
 impl Cluster {
@@ -171,6 +175,7 @@ impl Cluster {
             ledger,
             torn_down: false,
             faketime: spec.faketime.clone(),
+            serve_args: spec.serve_args.clone(),
         };
         // From here on, an error drops `cluster`, which tears down whatever was made.
         if mode == NetMode::Namespaces
@@ -434,6 +439,7 @@ impl Cluster {
                 "--initial-cluster-state",
                 if node.joining { "existing" } else { "new" },
             ])
+            .args(&self.serve_args)
             .env("NO_COLOR", "1");
         if let Some(lib) = &self.faketime {
             // The wall clock only (an NTP step, not a clock running at another rate): openraft's timers and the

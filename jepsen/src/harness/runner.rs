@@ -226,6 +226,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         run_id: run_id.clone(),
         seed: config.seed,
         faketime,
+        serve_args: workload.serve_args(),
     };
     let sched_config = ScheduleConfig {
         time_limit: config.time_limit,
@@ -269,6 +270,13 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         let tails = cluster.lock().await.log_tails(20);
         say(config, &tails);
         return Err(e);
+    }
+
+    if let Err(message) = workload.setup(&endpoints).await {
+        return Err(HarnessError::Command {
+            command: format!("setup of the {} workload", workload.name()),
+            message,
+        });
     }
 
     let rec = Arc::new(Recorder::new());
@@ -461,7 +469,9 @@ async fn client_loop(ctx: ClientCtx) {
         let s = match session.as_mut() {
             Some(s) => s,
             None => match connect(&ctx.endpoint, ctx.op_timeout).await {
-                Some(client) => session.insert(ctx.workload.open_with_peer(client, &ctx.peer)),
+                Some(client) => {
+                    session.insert(ctx.workload.open_at(client, &ctx.endpoint, Some(&ctx.peer)))
+                }
                 None => {
                     // The node is down: try again shortly (this is a client's retry pace, not a wait).
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -506,7 +516,7 @@ async fn final_ops(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let mut session = workload.open(client);
+            let mut session = workload.open_at(client, endpoint, None);
             process += 1;
             if perform(workload, &mut session, rec, process, op, config.op_timeout * 2).await == EventType::Ok
             {

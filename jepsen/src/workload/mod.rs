@@ -182,6 +182,32 @@ pub trait Workload: Send + Sync {
         self.open(client)
     }
 
+    /// A session for a new client process, given the endpoint `client` is connected to and, for the clients of
+    /// the run (not the final operations), `peer` (see [`Workload::open_with_peer`]). Workloads that speak another
+    /// API than etcd's on the client port (the queue's) connect to `endpoint` themselves. The default opens
+    /// through [`Workload::open_with_peer`] when there is a peer, else [`Workload::open`].
+    fn open_at(&self, client: etcd_client::Client, endpoint: &str, peer: Option<&str>) -> Box<dyn Session> {
+        let _ = endpoint;
+        match peer {
+            Some(peer) => self.open_with_peer(client, peer),
+            None => self.open(client),
+        }
+    }
+
+    /// Extra `trestle serve` options every node is started with (the queue workloads host the queue with
+    /// `--queue-partitions`). The default adds none.
+    fn serve_args(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Prepares the cluster once it has a leader, before the clients start (the queue workloads create their
+    /// queues); `endpoints` are every node's client endpoint. An error ends the run without a verdict. The
+    /// default does nothing.
+    fn setup<'a>(&'a self, endpoints: &'a [String]) -> BoxFuture<'a, Result<(), String>> {
+        let _ = endpoints;
+        Box::pin(async { Ok(()) })
+    }
+
     /// What to expect of this workload's verdict, when that is not simply "valid" (the run's summary prints it
     /// next to the verdict): `lock-unfenced` is expected to be found invalid under faults.
     fn expectation(&self) -> Option<&'static str> {
