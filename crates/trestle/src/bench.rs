@@ -26,6 +26,8 @@ pub enum BenchCommand {
     /// A rolling restart: SIGTERM and restart each member in turn while clients write; the longest write pause
     /// and the acknowledged writes lost (none expected).
     RollingRestart(crate::bench_rolling::RollingRestartArgs),
+    /// A cache node over the meta protocol, or the replicated cache client (`--client`).
+    Cache(crate::bench_cache::CacheBenchArgs),
     /// A candidate that leads until killed (used by `election-failover`).
     #[command(hide = true)]
     ElectionCandidate(crate::bench_lock::CandidateArgs),

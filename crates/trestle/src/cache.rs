@@ -1,9 +1,14 @@
-//! `trestle cache`: a memcached-compatible cache node (trestle-cache).
+//! `trestle cache`: a memcached-compatible cache node and the ambassador in front of a cluster of them
+//! (trestle-cache).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use clap::{Args, Subcommand};
-use trestle_cache::{NodeConfig, RunningNode, ServerConfig, StoreConfig};
+use clap::{Args, Subcommand, ValueEnum};
+use trestle_cache::{
+    Ack, Client, ClientConfig, NodeConfig, NodeSpec, Proxy, ProxyConfig, RunningNode, ServerConfig,
+    StoreConfig,
+};
 
 /// The cache's subcommands.
 #[derive(Debug, Subcommand)]
@@ -11,6 +16,9 @@ use trestle_cache::{NodeConfig, RunningNode, ServerConfig, StoreConfig};
 pub enum CacheCommand {
     /// Run one cache node: the memcached protocol (text and meta commands) on TCP, /metrics and /health on HTTP.
     Serve(CacheServeArgs),
+    /// Run the ambassador: the memcached protocol to local programs, the replicated client behind it (placement,
+    /// a copy per zone, zone fallback, coalesced reads), over a static node list or nodes discovered in the store.
+    Proxy(CacheProxyArgs),
 }
 
 /// `trestle cache serve`.
@@ -26,6 +34,9 @@ pub struct CacheServeArgs {
     /// Address for /metrics and /health; none if not given.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address for the gRPC API (trestle.cache.v1); none if not given.
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
     /// Largest value in bytes; larger ones are refused with memcached's SERVER_ERROR.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_item_size: usize,
@@ -51,6 +62,7 @@ impl CacheServeArgs {
     pub fn into_config(&self) -> NodeConfig {
         NodeConfig::new(self.memcached_listen)
             .with_metrics_listen(self.metrics_listen)
+            .with_grpc_listen(self.grpc_listen)
             .with_server(ServerConfig::default().with_max_connections(self.max_connections))
             .with_store(StoreConfig::with_memory(self.memory).with_max_item_size(self.max_item_size))
     }
@@ -85,12 +97,120 @@ pub(crate) async fn serve(args: CacheServeArgs) -> Result<(), String> {
     if let Some(addr) = node.metrics_addr() {
         eprintln!("trestle cache: /metrics and /health on http://{addr}");
     }
+    if let Some(addr) = node.grpc_addr() {
+        eprintln!("trestle cache: gRPC (trestle.cache.v1) on {addr}");
+    }
     crate::serve::wait_for_stop_signal().await;
     // Clients stop finding the node at once rather than when its lease expires.
     if let Some(registration) = registration {
         let _ = registration.revoke().await;
     }
     node.shutdown().await;
+    Ok(())
+}
+
+/// How many zones must acknowledge a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteAck {
+    /// One zone.
+    One,
+    /// A majority of zones.
+    Quorum,
+    /// Every zone.
+    All,
+}
+
+/// `trestle cache proxy`.
+#[derive(Debug, Clone, Args)]
+#[non_exhaustive]
+pub struct CacheProxyArgs {
+    /// Address the proxy listens on for memcached clients.
+    #[arg(long, default_value = "127.0.0.1:11311")]
+    pub listen: SocketAddr,
+    /// A cache node, as ID=ADDR@ZONE (repeat the flag, or separate with commas).
+    #[arg(long = "node", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Trestle store (etcd v3 API) endpoints to discover nodes from (those `trestle cache serve --register-...`
+    /// registered), comma-separated; used when no --node is given. Read once at start.
+    #[arg(long, value_delimiter = ',')]
+    pub discover_endpoints: Vec<String>,
+    /// Key prefix the nodes registered under.
+    #[arg(long, default_value = "/trestle/cache/nodes/")]
+    pub discover_prefix: String,
+    /// The zone to read from first (the proxy's own).
+    #[arg(long)]
+    pub zone: String,
+    /// Zones that must acknowledge a write before the proxy answers.
+    #[arg(long, value_enum, default_value_t = WriteAck::One)]
+    pub write_ack: WriteAck,
+    /// Per-node request timeout, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    pub timeout_ms: u64,
+    /// Most client connections open at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+}
+
+/// Parses `ID=ADDR@ZONE`.
+fn parse_node(text: &str) -> Result<NodeSpec, String> {
+    let (id, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--node {text:?}: expected ID=ADDR@ZONE"))?;
+    let (addr, zone) = rest
+        .rsplit_once('@')
+        .ok_or_else(|| format!("--node {text:?}: expected ID=ADDR@ZONE"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("--node {text:?}: address {addr:?}: {e}"))?;
+    Ok(NodeSpec::new(id, addr, zone))
+}
+
+impl CacheProxyArgs {
+    /// The client configuration for these flags and `nodes`.
+    fn client_config(&self, nodes: Vec<NodeSpec>) -> ClientConfig {
+        let ack = match self.write_ack {
+            WriteAck::One => Ack::One,
+            WriteAck::Quorum => Ack::Quorum,
+            WriteAck::All => Ack::All,
+        };
+        ClientConfig::new(nodes, self.zone.clone())
+            .with_write_ack(ack)
+            .with_timeout(Duration::from_millis(self.timeout_ms))
+    }
+}
+
+/// Runs the proxy until SIGINT or SIGTERM.
+pub(crate) async fn proxy(args: CacheProxyArgs) -> Result<(), String> {
+    let nodes = if !args.nodes.is_empty() {
+        args.nodes
+            .iter()
+            .map(|n| parse_node(n))
+            .collect::<Result<Vec<_>, _>>()?
+    } else if !args.discover_endpoints.is_empty() {
+        trestle_cache::discover_nodes(&args.discover_endpoints, &args.discover_prefix)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        return Err(
+            "give the nodes (--node ID=ADDR@ZONE) or where to discover them (--discover-endpoints)".into(),
+        );
+    };
+    let client = Client::new(args.client_config(nodes.clone())).map_err(|e| e.to_string())?;
+    let proxy = Proxy::new(
+        client,
+        ProxyConfig::default().with_max_connections(args.max_connections),
+    )
+    .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!(
+        "trestle cache proxy: memcached protocol on {addr}, {} nodes, local zone {}",
+        nodes.len(),
+        args.zone
+    );
+    trestle_cache::serve_proxy(listener, proxy, crate::serve::wait_for_stop_signal()).await;
     Ok(())
 }
 
@@ -123,5 +243,34 @@ mod tests {
         assert_eq!(config.store.memory_bytes, 32 << 20);
         assert_eq!(config.server.decoder.max_item_size, 4096);
         config.validate().expect("valid");
+    }
+
+    #[test]
+    fn proxy_flags_parse_static_nodes() {
+        let cli = Cli::try_parse_from([
+            "trestle",
+            "cache",
+            "proxy",
+            "--zone",
+            "east",
+            "--node",
+            "e1=127.0.0.1:11211@east,w1=127.0.0.1:11212@west",
+            "--write-ack",
+            "all",
+        ])
+        .expect("parses");
+        let Command::Cache(CacheCommand::Proxy(args)) = cli.command else {
+            panic!("not cache proxy")
+        };
+        let nodes: Vec<_> = args
+            .nodes
+            .iter()
+            .map(|n| super::parse_node(n).expect("node"))
+            .collect();
+        assert_eq!(nodes[1].zone, "west");
+        let config = args.client_config(nodes);
+        assert_eq!(config.write_ack, trestle_cache::Ack::All);
+        config.validate().expect("valid");
+        assert!(super::parse_node("e1=127.0.0.1:11211").is_err());
     }
 }

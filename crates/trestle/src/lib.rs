@@ -13,6 +13,7 @@
 //! The command line lives in this library so the binary stays a thin shell and tests can drive it.
 
 mod bench;
+mod bench_cache;
 mod bench_failover;
 mod bench_lock;
 mod bench_rolling;
@@ -25,10 +26,11 @@ mod serve;
 mod snapshot;
 
 pub use bench::{BenchCommand, KvBenchArgs, KvBenchReport, KvOp};
+pub use bench_cache::CacheBenchArgs;
 pub use bench_failover::FailoverArgs;
 pub use bench_lock::{CandidateArgs, FailoverBenchArgs, LockBenchArgs};
 pub use bench_rolling::RollingRestartArgs;
-pub use cache::{CacheCommand, CacheServeArgs};
+pub use cache::{CacheCommand, CacheProxyArgs, CacheServeArgs, WriteAck};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
 pub use queue::{
