@@ -17,6 +17,8 @@ use tokio::sync::Mutex;
 pub enum BenchCommand {
     /// Key-value puts or ranges.
     Kv(KvBenchArgs),
+    /// A work queue end to end (send, receive, ack): Trestle, RabbitMQ quorum queues or NATS JetStream.
+    Queue(crate::bench_queue::QueueBenchArgs),
     /// Lock acquire-release cycles with N contending clients.
     Lock(crate::bench_lock::LockBenchArgs),
     /// Election failover: a leader process is SIGKILLed; time until another candidate leads.

@@ -74,6 +74,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Bench(BenchCommand::ElectionCandidate(args)) => {
             runtime.block_on(crate::bench_lock::candidate(args))
         }
+        Command::Bench(BenchCommand::Queue(args)) => runtime.block_on(crate::bench_queue::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
