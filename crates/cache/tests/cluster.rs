@@ -76,17 +76,21 @@ impl Cluster {
     }
 }
 
-/// Fast failure detection for tests: short timeouts, a breaker that probes again after 100 ms.
-fn config(specs: &[NodeSpec], zone: &str) -> ClientConfig {
-    let breaker = CircuitBreakerConfig::default()
+/// A breaker that opens after 3 calls at 50% failures and lets one trial call through after `wait`.
+fn breaker(wait: Duration) -> CircuitBreakerConfig {
+    CircuitBreakerConfig::default()
         .with_failure_rate_threshold(50.0)
         .with_sliding_window(SlidingWindow::Count { size: 10 })
         .with_minimum_calls(3)
         .with_permitted_calls_in_half_open(1)
-        .with_wait_in_open(WaitInOpen::Fixed(Duration::from_millis(100)));
+        .with_wait_in_open(WaitInOpen::Fixed(wait))
+}
+
+/// Fast failure detection for tests: short timeouts, a breaker that probes again after 100 ms.
+fn config(specs: &[NodeSpec], zone: &str) -> ClientConfig {
     ClientConfig::new(specs.to_vec(), zone)
         .with_timeout(Duration::from_millis(100))
-        .with_breaker(breaker)
+        .with_breaker(breaker(Duration::from_millis(100)))
         .with_max_retry_pause(Duration::from_millis(200))
 }
 
@@ -326,8 +330,14 @@ async fn a_partitioned_zone_is_read_around_and_writes_wait_only_for_the_acks_ask
             .expect("set");
     }
     cluster.partition_zone("a");
-    // A client in zone a reads every key from zone b, without an error.
-    let reader = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::One)).expect("client");
+    // A client in zone a reads every key from zone b, without an error. (Its breakers let one read through to
+    // zone a every second, which then waits for its timeout.)
+    let reader = Client::new(
+        config(&cluster.specs, "a")
+            .with_write_ack(Ack::One)
+            .with_breaker(breaker(Duration::from_secs(1))),
+    )
+    .expect("client");
     for i in 0..100 {
         assert_eq!(
             reader.get(key(i).as_bytes()).await.expect("falls back"),
@@ -548,4 +558,116 @@ async fn a_hot_keys_reads_rotate_over_the_zones() {
         after.other_zone_hits - before.other_zone_hits,
     );
     assert_eq!((local, other), (50, 50), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replacing_a_dead_one_is_warmed_from_the_other_zone() {
+    let mut cluster = Cluster::start(&TWO_BY_TWO).await;
+    let client = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::All)).expect("client");
+    for i in 0..500 {
+        client
+            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+    cluster.nodes.remove("a1").expect("a1").shutdown().await;
+    // a3 replaces a1 in one membership change: a1's ranges cannot be listed, zone b's copies are used.
+    let spec = cluster.add("a3", "a").await;
+    let specs: Vec<NodeSpec> = cluster
+        .specs
+        .iter()
+        .filter(|s| s.id != "a1")
+        .cloned()
+        .chain([spec])
+        .collect();
+    client.update_nodes(specs).expect("replace");
+    let done = eventually(Duration::from_secs(30), async || {
+        client.warm_ups().iter().all(|w| w.state != WarmUpState::Running)
+    })
+    .await;
+    let progress = client.warm_ups();
+    assert!(done, "{progress:?}");
+    // a3 is warmed with what it takes from a2 and from a1 (from zone b), and a2 with what it takes from a1.
+    let mut nodes: Vec<&str> = progress.iter().map(|w| w.node.as_str()).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["a2", "a3"], "{progress:?}");
+    for warm in &progress {
+        assert_eq!(warm.state, WarmUpState::Done);
+        assert_eq!(warm.errors, vec!["a1 left the zone".to_owned()]);
+        assert_eq!(
+            warm.keys_copied + warm.keys_present + warm.keys_gone,
+            warm.keys_to_copy
+        );
+        println!(
+            "{} after a1 died and a3 replaced it: {} keys to copy, {} copied, in {:?}",
+            warm.node, warm.keys_to_copy, warm.keys_copied, warm.elapsed
+        );
+    }
+    // Each zone-a node holds every key it owns now.
+    for i in 0..500 {
+        let owner = client.node_for("a", key(i).as_bytes()).expect("zone a");
+        let reply = cluster.raw_get(&owner, &key(i)).await;
+        assert!(reply.starts_with("VA "), "{} on {owner}: {reply}", key(i));
+    }
+    let before = client.stats();
+    for i in 0..500 {
+        assert_eq!(
+            client.get(key(i).as_bytes()).await.expect("get"),
+            Some(Bytes::from(key(i)))
+        );
+    }
+    let after = client.stats();
+    assert_eq!(after.local_hits - before.local_hits, 500, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_under_load_drop_no_request() {
+    let mut cluster = Cluster::start(&TWO_BY_TWO).await;
+    let client = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::All)).expect("client");
+    for i in 0..200 {
+        client
+            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+    let extra = cluster.add("a3", "a").await;
+    let with_a3: Vec<NodeSpec> = cluster.specs.iter().cloned().chain([extra]).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..4 {
+        let (client, stop) = (client.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let (mut reads, mut problems) = (0u64, Vec::new());
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let k = key(i % 200);
+                match client.get(k.as_bytes()).await {
+                    Ok(Some(v)) if v == k.as_bytes() => {}
+                    other => problems.push(format!("{k}: {other:?}")),
+                }
+                reads += 1;
+                i += 4;
+            }
+            (reads, problems)
+        }));
+    }
+    // a3 joins and leaves ten times while the reads go on.
+    for round in 0..10 {
+        let specs = if round % 2 == 0 { &with_a3 } else { &cluster.specs };
+        client.update_nodes(specs.clone()).expect("update");
+        let settled = eventually(Duration::from_secs(10), async || {
+            client.warm_ups().iter().all(|w| w.state != WarmUpState::Running)
+        })
+        .await;
+        assert!(settled);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for task in load {
+        let (n, problems) = task.await.expect("load task");
+        assert!(problems.is_empty(), "{problems:?}");
+        reads += n;
+    }
+    println!("{reads} reads across ten membership changes, none failed or missed");
+    assert!(reads > 0);
 }

@@ -1,5 +1,6 @@
 //! Nodes register in a real etcd (`/usr/bin/etcd`, Debian's etcd-server; the Trestle store serves the same API)
-//! and a client is built from what it discovers. Fails, not skips, without etcd.
+//! and a client is built from what it discovers, or follows the registrations as nodes come and go. Fails, not
+//! skips, without etcd.
 
 mod support;
 
@@ -9,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::{eventually, free_port};
 use trestle_cache::{
-    Client, ClientConfig, DiscoveryError, NodeConfig, RunningNode, StoreConfig, discover_nodes, register_node,
+    Ack, Client, ClientConfig, DiscoveryError, NodeConfig, RunningNode, StoreConfig, WarmUpState,
+    discover_client, discover_nodes, register_node,
 };
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -126,4 +128,75 @@ async fn a_record_that_is_not_a_node_is_reported() {
         matches!(&err, DiscoveryError::BadRecord { key, .. } if key == "/cache/not-an-address"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_follows_nodes_as_they_register_and_leave() {
+    let (_etcd, endpoint) = start_etcd().await;
+    let endpoints = vec![endpoint];
+    let prefix = "/trestle/cache/nodes/";
+    let ttl = Duration::from_secs(10);
+    // The client starts before any node has registered.
+    let config = ClientConfig::new(Vec::new(), "east").with_write_ack(Ack::All);
+    let client = discover_client(&endpoints, prefix, config).await.expect("client");
+    assert!(client.nodes().is_empty());
+    assert!(matches!(
+        client.get(b"k").await,
+        Err(trestle_cache::ClientError::NoNodes)
+    ));
+    let (east1, west1, east2) = (node().await, node().await, node().await);
+    let east1_reg = register_node(&endpoints, prefix, east1.memcached_addr(), "east", ttl)
+        .await
+        .expect("register");
+    let _west1_reg = register_node(&endpoints, prefix, west1.memcached_addr(), "west", ttl)
+        .await
+        .expect("register");
+    let both = eventually(Duration::from_secs(10), async || client.nodes().len() == 2).await;
+    assert!(both, "{:?}", client.nodes());
+    let keys: Vec<String> = (0..300).map(|i| format!("item:{i}")).collect();
+    for k in &keys {
+        client
+            .set(k.as_bytes(), Bytes::from(k.clone()), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+    // A second east node registers: the client routes to it and warms it from east1.
+    let _east2_reg = register_node(&endpoints, prefix, east2.memcached_addr(), "east", ttl)
+        .await
+        .expect("register");
+    let east2_id = east2.memcached_addr().to_string();
+    let joined = eventually(Duration::from_secs(10), async || {
+        client.nodes().iter().any(|n| n.id == east2_id)
+            && client.warm_ups().iter().all(|w| w.state == WarmUpState::Done)
+            && !client.warm_ups().is_empty()
+    })
+    .await;
+    assert!(joined, "{:?} {:?}", client.nodes(), client.warm_ups());
+    let warm = &client.warm_ups()[0];
+    assert_eq!(warm.node, east2_id);
+    let moved = keys
+        .iter()
+        .filter(|k| client.node_for("east", k.as_bytes()).as_deref() == Some(east2_id.as_str()))
+        .count();
+    assert!(moved > 0);
+    assert_eq!(warm.keys_copied + warm.keys_present, moved as u64, "{warm:?}");
+    // east1 deregisters (as at shutdown): the client drops it; every key is still read in the east zone or,
+    // for east1's old keys until they are warmed into east2 from west, in the west zone.
+    east1_reg.revoke().await.expect("revoke");
+    let east1_id = east1.memcached_addr().to_string();
+    let left = eventually(Duration::from_secs(10), async || {
+        !client.nodes().iter().any(|n| n.id == east1_id)
+    })
+    .await;
+    assert!(left, "{:?}", client.nodes());
+    for k in &keys {
+        assert_eq!(
+            client.get(k.as_bytes()).await.expect("get"),
+            Some(Bytes::from(k.clone())),
+            "{k}"
+        );
+    }
+    for n in [east1, west1, east2] {
+        n.shutdown().await;
+    }
 }

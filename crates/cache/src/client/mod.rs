@@ -384,8 +384,9 @@ impl Client {
     }
 
     /// Replaces the node list. Zones whose ring changes switch at once (requests in flight finish on the nodes
-    /// they started with); a node new to a zone is warmed from the ranges it takes over when
-    /// [`WarmUpConfig::enabled`] (the warm-up runs on the Tokio runtime this is called on). Nodes that stay keep
+    /// they started with). When [`WarmUpConfig::enabled`], a node new to a zone is warmed with the ranges it
+    /// takes over, and a node that takes over the ranges of a peer that left is warmed from another zone (the
+    /// warm-ups run on the Tokio runtime this is called on). Nodes that stay keep
     /// their connections and breakers. An empty list is allowed: reads and writes then fail with
     /// [`ClientError::NoNodes`].
     pub fn update_nodes(&self, nodes: Vec<NodeSpec>) -> Result<(), ClientConfigError> {
@@ -480,10 +481,14 @@ impl Client {
             if let (true, Some(old_zone)) = (warm, old_zone) {
                 let plan = old_zone.map.plan_to(&map);
                 for spec in &zone_specs {
-                    if old_zone.nodes.contains_key(&spec.id) {
-                        continue;
-                    }
-                    let moves: Vec<_> = plan.incoming(&spec.id).cloned().collect();
+                    // A new node takes over ranges from its peers; a node that stays takes over the ranges of
+                    // peers that left, which other zones still hold.
+                    let stays = old_zone.nodes.contains_key(&spec.id);
+                    let moves: Vec<_> = plan
+                        .incoming(&spec.id)
+                        .filter(|m| !stays || !nodes.contains_key(m.from.as_str()))
+                        .cloned()
+                        .collect();
                     if moves.is_empty() {
                         continue;
                     }
@@ -533,7 +538,7 @@ impl Client {
         let sources = snapshot
             .sources
             .iter()
-            .filter_map(|id| zone.nodes.get(id).map(|n| (id.clone(), n.clone())))
+            .map(|id| (id.clone(), zone.nodes.get(id).cloned()))
             .collect();
         let fallbacks = topology
             .zones

@@ -2,7 +2,8 @@
 //!
 //! When membership adds a node to a zone, the client compares the zone's old and new rings
 //! ([`ShardMap::plan_to`](trestle_shard_router::ShardMap::plan_to)): the ranges the new node takes over, each
-//! with its previous owner. Two things then keep the zone's hit ratio up:
+//! with its previous owner. Two things then keep the zone's hit ratio up (when a node leaves, the peers that
+//! take over its ranges are warmed the same way, from another zone, as the previous owner is gone):
 //!
 //! - **Reads route through the previous owner** while the warm-up runs: a miss on the new node for a key in a
 //!   moved range is asked of the range's previous owner, and a value found there is copied to the new node (the
@@ -141,12 +142,6 @@ impl WarmUp {
             .map(|m| m.from.as_str())
     }
 
-    fn in_ranges(&self, key: &[u8], from: Option<&str>) -> bool {
-        let position = key_position(key);
-        self.previous_owner(position)
-            .is_some_and(|owner| from.is_none_or(|f| f == owner))
-    }
-
     pub(crate) fn snapshot(&self) -> WarmUpProgress {
         let mut progress = self.progress.lock().clone();
         let end = (*self.finished.lock()).unwrap_or_else(Instant::now);
@@ -176,8 +171,8 @@ impl WarmUp {
 /// What the copying task needs from the topology it started with.
 pub(crate) struct WarmUpPlan {
     pub(crate) target: Arc<NodeClient>,
-    /// The previous owners in the zone, by id.
-    pub(crate) sources: HashMap<String, Arc<NodeClient>>,
+    /// The previous owners, by id (`None`: no longer in the zone).
+    pub(crate) sources: HashMap<String, Option<Arc<NodeClient>>>,
     /// Every node of the other zones, to copy from when a previous owner cannot be listed.
     pub(crate) fallbacks: Vec<Arc<NodeClient>>,
 }
@@ -185,13 +180,18 @@ pub(crate) struct WarmUpPlan {
 /// Copies the moved ranges into the joining node; `alive` says whether to go on (the node is still in its
 /// zone and the client still exists).
 pub(crate) async fn run(job: Arc<WarmUp>, plan: WarmUpPlan, config: WarmUpConfig, alive: impl Fn() -> bool) {
-    let mut sources: Vec<(&String, &Arc<NodeClient>)> = plan.sources.iter().collect();
+    let mut sources: Vec<(&String, &Option<Arc<NodeClient>>)> = plan.sources.iter().collect();
     sources.sort_by(|a, b| a.0.cmp(b.0));
     let mut unlisted = Vec::new();
     for (id, source) in sources {
+        let Some(source) = source else {
+            job.error(format!("{id} left the zone"));
+            unlisted.push(id.clone());
+            continue;
+        };
         match source.list_keys(config.list_timeout).await {
             Ok(keys) => {
-                let keys = select(&job, keys, Some(id));
+                let keys = select(&job, keys, |owner| owner == id);
                 if !copy(&job, source, &plan.target, keys, &config, &alive).await {
                     return job.finish(WarmUpState::Cancelled);
                 }
@@ -207,13 +207,7 @@ pub(crate) async fn run(job: Arc<WarmUp>, plan: WarmUpPlan, config: WarmUpConfig
         for fallback in &plan.fallbacks {
             match fallback.list_keys(config.list_timeout).await {
                 Ok(keys) => {
-                    let keys: Vec<Vec<u8>> = select(&job, keys, None)
-                        .into_iter()
-                        .filter(|k| {
-                            job.previous_owner(key_position(k))
-                                .is_some_and(|o| unlisted.iter().any(|u| u == o))
-                        })
-                        .collect();
+                    let keys = select(&job, keys, |owner| unlisted.iter().any(|u| u == owner));
                     if !copy(&job, fallback, &plan.target, keys, &config, &alive).await {
                         return job.finish(WarmUpState::Cancelled);
                     }
@@ -225,9 +219,13 @@ pub(crate) async fn run(job: Arc<WarmUp>, plan: WarmUpPlan, config: WarmUpConfig
     job.finish(WarmUpState::Done);
 }
 
-fn select(job: &WarmUp, keys: Vec<Vec<u8>>, from: Option<&str>) -> Vec<Vec<u8>> {
+/// The listed keys that moved to the node from a previous owner `wanted` accepts.
+fn select(job: &WarmUp, keys: Vec<Vec<u8>>, wanted: impl Fn(&str) -> bool) -> Vec<Vec<u8>> {
     let listed = keys.len() as u64;
-    let keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| job.in_ranges(k, from)).collect();
+    let keys: Vec<Vec<u8>> = keys
+        .into_iter()
+        .filter(|k| job.previous_owner(key_position(k)).is_some_and(&wanted))
+        .collect();
     job.update(|p| {
         p.keys_listed += listed;
         p.keys_to_copy += keys.len() as u64;
