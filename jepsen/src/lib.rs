@@ -18,10 +18,12 @@ mod nemesis;
 pub mod sim;
 mod workload;
 
+pub use checker::barrier::{BarrierReport, check_barrier};
 pub use checker::election::{ElectionKeyReport, ElectionReport, ElectionViolation, check_election};
 pub use checker::linear::{Limits, LinearReport, ModelError, RegisterModel, Violation, check_linearizable};
 pub use checker::lock::{LockKeyReport, LockReport, LockViolation, check_lock};
 pub use checker::nemesis::{GroupFired, NemesisReport, check_nemesis};
+pub use checker::queue::{QueueReport, check_queue};
 pub use checker::set::{SetKeyReport, SetReport, check_set};
 pub use checker::verdict::Verdict;
 pub use checker::{CheckModel, Details, Report, UnknownModel, check};
@@ -41,6 +43,6 @@ pub use nemesis::schedule::{
     parse_nemeses, schedule,
 };
 pub use workload::{
-    BoxFuture, Completion, ElectionWorkload, LockWorkload, OpRequest, RegisterWorkload, Session, SetWorkload,
-    WORKLOADS, Workload, workload_by_name,
+    BarrierWorkload, BoxFuture, Completion, ElectionWorkload, LockWorkload, OpRequest, QueueWorkload,
+    RegisterWorkload, Session, SetWorkload, WORKLOADS, Workload, workload_by_name,
 };

@@ -1,18 +1,22 @@
 //! One entry point for every checker, and the one-screen summary the CLI prints.
 
+pub(crate) mod barrier;
 pub(crate) mod election;
 pub(crate) mod linear;
 pub(crate) mod lock;
 pub(crate) mod nemesis;
+pub(crate) mod queue;
 pub(crate) mod set;
 pub(crate) mod verdict;
 
 use std::fmt;
 use std::str::FromStr;
 
+use crate::checker::barrier::{BarrierReport, check_barrier};
 use crate::checker::election::{ElectionReport, check_election};
 use crate::checker::linear::{Limits, LinearReport, ModelError, RegisterModel, check_linearizable};
 use crate::checker::lock::{LockReport, check_lock};
+use crate::checker::queue::{QueueReport, check_queue};
 use crate::checker::set::{SetReport, check_set};
 use crate::checker::verdict::Verdict;
 use crate::harness::stats::Stats;
@@ -32,16 +36,22 @@ pub enum CheckModel {
     Lock,
     /// Leader election: campaign, write, resign, final read.
     Election,
+    /// Work queue (Jepsen's total-queue): send, receive, ack, final drain.
+    Queue,
+    /// Join barriers over a work queue: submit, work, finish, collect, settle, final drain.
+    Barrier,
 }
 
 impl CheckModel {
     /// Every model, in the order the CLI lists them.
-    pub const ALL: [CheckModel; 5] = [
+    pub const ALL: [CheckModel; 7] = [
         CheckModel::Register,
         CheckModel::CasRegister,
         CheckModel::Set,
         CheckModel::Lock,
         CheckModel::Election,
+        CheckModel::Queue,
+        CheckModel::Barrier,
     ];
 
     /// The name on the command line.
@@ -52,6 +62,8 @@ impl CheckModel {
             CheckModel::Set => "set",
             CheckModel::Lock => "lock",
             CheckModel::Election => "election",
+            CheckModel::Queue => "queue",
+            CheckModel::Barrier => "barrier",
         }
     }
 }
@@ -64,7 +76,7 @@ impl fmt::Display for CheckModel {
 
 /// A name that is not a model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown model {0:?}: expected register, cas-register, set, lock or election")]
+#[error("unknown model {0:?}: expected register, cas-register, set, lock, election, queue or barrier")]
 pub struct UnknownModel(pub String);
 
 impl FromStr for CheckModel {
@@ -90,6 +102,10 @@ pub enum Details {
     Lock(LockReport),
     /// From [`check_election`].
     Election(ElectionReport),
+    /// From [`check_queue`].
+    Queue(QueueReport),
+    /// From [`check_barrier`].
+    Barrier(BarrierReport),
 }
 
 /// The result of checking a history against a model.
@@ -138,12 +154,16 @@ pub fn check(history: &History, model: CheckModel, limits: &Limits) -> Result<Re
         CheckModel::Set => Details::Set(check_set(history)?),
         CheckModel::Lock => Details::Lock(check_lock(history)?),
         CheckModel::Election => Details::Election(check_election(history)?),
+        CheckModel::Queue => Details::Queue(check_queue(history)?),
+        CheckModel::Barrier => Details::Barrier(check_barrier(history)?),
     };
     let verdict = match &details {
         Details::Linear(r) => r.verdict,
         Details::Set(r) => r.verdict,
         Details::Lock(r) => r.verdict,
         Details::Election(r) => r.verdict,
+        Details::Queue(r) => r.verdict,
+        Details::Barrier(r) => r.verdict,
     };
     Ok(Report {
         model,
@@ -178,6 +198,8 @@ impl fmt::Display for Report {
             Details::Set(r) => write!(f, "{r}")?,
             Details::Lock(r) => write!(f, "{r}")?,
             Details::Election(r) => write!(f, "{r}")?,
+            Details::Queue(r) => write!(f, "{r}")?,
+            Details::Barrier(r) => write!(f, "{r}")?,
         }
         writeln!(
             f,
@@ -198,6 +220,6 @@ mod tests {
         for m in CheckModel::ALL {
             assert_eq!(m.name().parse::<CheckModel>(), Ok(m));
         }
-        assert!("queue".parse::<CheckModel>().is_err());
+        assert!("queues".parse::<CheckModel>().is_err());
     }
 }

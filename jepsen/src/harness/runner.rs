@@ -469,9 +469,7 @@ async fn client_loop(ctx: ClientCtx) {
         let s = match session.as_mut() {
             Some(s) => s,
             None => match connect(&ctx.endpoint, ctx.op_timeout).await {
-                Some(client) => {
-                    session.insert(ctx.workload.open_at(client, &ctx.endpoint, Some(&ctx.peer)))
-                }
+                Some(client) => session.insert(ctx.workload.open_at(client, &ctx.endpoint, Some(&ctx.peer))),
                 None => {
                     // The node is down: try again shortly (this is a client's retry pace, not a wait).
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,8 +14,10 @@
 //! `election` workloads do, and [`Session::plan`] lets that state pick the next operation (a holder appends, then
 //! releases; a client without the lock acquires it).
 
+mod barrier;
 mod election;
 mod lock;
+mod queue;
 mod register;
 mod set;
 
@@ -29,8 +31,10 @@ use crate::checker::CheckModel;
 use crate::history::EventType;
 use crate::history::value::Value;
 
+pub use barrier::BarrierWorkload;
 pub use election::ElectionWorkload;
 pub use lock::LockWorkload;
+pub use queue::QueueWorkload;
 pub use register::RegisterWorkload;
 pub use set::SetWorkload;
 
@@ -216,7 +220,15 @@ pub trait Workload: Send + Sync {
 }
 
 /// The workloads `trestle-jepsen test --workload` knows.
-pub const WORKLOADS: [&str; 5] = ["register", "set", "lock", "lock-unfenced", "election"];
+pub const WORKLOADS: [&str; 7] = [
+    "register",
+    "set",
+    "lock",
+    "lock-unfenced",
+    "election",
+    "queue",
+    "barrier",
+];
 
 /// The workload called `name`, if any.
 pub fn workload_by_name(name: &str) -> Option<Arc<dyn Workload>> {
@@ -226,6 +238,8 @@ pub fn workload_by_name(name: &str) -> Option<Arc<dyn Workload>> {
         "lock" => Some(Arc::new(LockWorkload::fenced())),
         "lock-unfenced" => Some(Arc::new(LockWorkload::unfenced())),
         "election" => Some(Arc::new(ElectionWorkload::default())),
+        "queue" => Some(Arc::new(QueueWorkload::default())),
+        "barrier" => Some(Arc::new(BarrierWorkload::default())),
         _ => None,
     }
 }
