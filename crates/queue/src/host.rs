@@ -154,6 +154,8 @@ pub type Partitions = Arc<OnceLock<std::collections::BTreeMap<u64, PartitionHand
 #[derive(Debug, Default)]
 pub struct QueueService {
     partitions: Partitions,
+    /// The queues whose gauges this node exports (as the partition's leader).
+    exported: parking_lot::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Milliseconds since the Unix epoch by this node's clock (a command's time; the partition never moves back).
@@ -177,6 +179,7 @@ impl Service for QueueService {
     }
 
     async fn on_clock(&self, host: &Replicated<Self>, leading: bool) {
+        self.export_gauges(host, leading);
         if !leading {
             return;
         }
@@ -200,13 +203,57 @@ impl Service for QueueService {
     }
 }
 
+impl QueueService {
+    /// Per queue of the partition: `trestle_queue_partition_{depth,ready,in_flight,delayed,parked,dead_letters}`
+    /// and `trestle_queue_partition_oldest_age_seconds`, labelled `queue` and `partition`, from the leader only
+    /// (a former leader zeroes what it exported, so a sum over members counts each partition once).
+    fn export_gauges(&self, host: &Replicated<Self>, leading: bool) {
+        let mut exported = self.exported.lock();
+        let partition = host.group().to_string();
+        let set = |queue: &str, stats: &crate::QueueStats| {
+            let labels = [("queue", queue.to_owned()), ("partition", partition.clone())];
+            metrics::gauge!("trestle_queue_partition_depth", &labels).set(stats.depth as f64);
+            metrics::gauge!("trestle_queue_partition_ready", &labels).set(stats.ready as f64);
+            metrics::gauge!("trestle_queue_partition_in_flight", &labels).set(stats.in_flight as f64);
+            metrics::gauge!("trestle_queue_partition_delayed", &labels).set(stats.delayed as f64);
+            metrics::gauge!("trestle_queue_partition_parked", &labels).set(stats.parked as f64);
+            metrics::gauge!("trestle_queue_partition_dead_letters", &labels).set(stats.dead_letters as f64);
+            metrics::gauge!("trestle_queue_partition_oldest_age_seconds", &labels)
+                .set(stats.oldest_age_ms as f64 / 1000.0);
+        };
+        let current: Vec<(String, crate::QueueStats)> = if leading {
+            host.read(|m| {
+                m.machine()
+                    .partition()
+                    .map(|p| {
+                        p.queues()
+                            .into_iter()
+                            .filter_map(|(name, _)| p.stats(&name).ok().map(|s| (name, s)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        } else {
+            Vec::new()
+        };
+        let now: std::collections::BTreeSet<String> = current.iter().map(|(q, _)| q.clone()).collect();
+        for gone in exported.difference(&now) {
+            set(gone, &crate::QueueStats::default());
+        }
+        for (queue, stats) in &current {
+            set(queue, stats);
+        }
+        *exported = now;
+    }
+}
+
 /// Counts and logs what applying a command made happen besides its outcome.
 pub(crate) fn record_events(partition: u64, events: &[Event]) {
     for event in events {
-        let kind = match event {
+        let (kind, queue) = match event {
             Event::DeadLettered { id, from, to, reason } => {
                 tracing::info!(partition, id, from, to, reason, "message dead-lettered");
-                "dead_lettered"
+                ("dead_lettered", from.as_str())
             }
             Event::Parked { id, queue, reason } => {
                 tracing::warn!(
@@ -216,24 +263,25 @@ pub(crate) fn record_events(partition: u64, events: &[Event]) {
                     reason,
                     "message parked: its queue has no dead-letter queue"
                 );
-                "parked"
+                ("parked", queue.as_str())
             }
             Event::Expired { id, queue } => {
                 tracing::info!(partition, id, queue, "message expired (retention)");
-                "expired"
+                ("expired", queue.as_str())
             }
             Event::BarrierCompleted { barrier, .. } => {
                 tracing::info!(partition, barrier, "barrier completed");
-                "barrier_completed"
+                ("barrier_completed", "")
             }
             Event::BarrierFailed { barrier, .. } => {
                 tracing::info!(partition, barrier, "barrier failed");
-                "barrier_failed"
+                ("barrier_failed", "")
             }
-            Event::Outbox(_) => "outbox",
-            _ => "other",
+            Event::Outbox(_) => ("outbox", ""),
+            _ => ("other", ""),
         };
-        metrics::counter!("trestle_queue_events_total", "event" => kind).increment(1);
+        metrics::counter!("trestle_queue_events_total", "event" => kind, "queue" => queue.to_owned())
+            .increment(1);
     }
 }
 
@@ -342,7 +390,10 @@ impl PartitionHandle {
             .start_service(
                 group,
                 machine,
-                QueueService { partitions },
+                QueueService {
+                    partitions,
+                    exported: parking_lot::Mutex::default(),
+                },
                 ReplicatedSettings::default(),
             )
             .await?;

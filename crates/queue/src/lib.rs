@@ -18,6 +18,8 @@
 //!   group's key space of the node's RocksDB, with a leader clock and a handle to run operations from any node.
 //! - [`server`] (feature `raft`): [`server::QueueHost`] runs a cluster's partitions on a node and
 //!   [`server::QueueApi`] serves the gRPC API over them (sharded queues, long polling, barriers across partitions).
+//! - [`steward`] (feature `raft`): partitions follow the cluster's membership, and their leaders spread over
+//!   the members.
 //! - [`api`] (feature `grpc`, on by default): the gRPC wire types and how refusals travel as statuses.
 //! - [`client`] (feature `grpc`): [`client::QueueClient`], over any members of a cluster.
 //! - [`worker`] (feature `grpc`): [`worker::Worker`], a consumer runtime (concurrency, heartbeats, retries with
@@ -39,6 +41,8 @@ mod record;
 #[cfg(feature = "raft")]
 pub mod server;
 mod settings;
+#[cfg(feature = "raft")]
+pub mod steward;
 pub mod storage;
 #[cfg(feature = "grpc")]
 pub mod worker;

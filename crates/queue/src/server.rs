@@ -45,6 +45,13 @@ pub struct QueueHostConfig {
     pub max_wait: Duration,
     /// How often a waiting receive looks at the local replicas. Default 20 ms.
     pub poll_interval: Duration,
+    /// The group whose membership every partition follows (the coordination store's, group 0, whose
+    /// membership is the cluster's): members added to it later join the partitions, removed ones leave them.
+    /// `None` leaves partition membership alone. Default `Some(0)`.
+    pub follow_group: Option<GroupId>,
+    /// How often the steward (membership following, spreading leaders over members) looks; `None` turns it
+    /// off. Default 1 s.
+    pub steward_interval: Option<Duration>,
 }
 
 impl Default for QueueHostConfig {
@@ -53,6 +60,8 @@ impl Default for QueueHostConfig {
             partitions: 3,
             max_wait: Duration::from_secs(20),
             poll_interval: Duration::from_millis(20),
+            follow_group: Some(0),
+            steward_interval: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -140,6 +149,9 @@ impl QueueHost {
         }
         // Set once: the outbox deliveries of every partition now reach the others.
         let _ = shared.set(partitions.clone());
+        if let Some(interval) = config.steward_interval {
+            crate::steward::spawn(node, partitions.clone(), config.follow_group, interval);
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -426,6 +438,12 @@ impl QueueHost {
                 };
                 match self.run(id, op).await? {
                     Outcome::Received(deliveries) => {
+                        let again = deliveries.iter().filter(|d| d.receipt.delivery > 1).count();
+                        let labels = [("queue", req.queue.clone())];
+                        metrics::counter!("trestle_queue_deliveries_total", &labels)
+                            .increment(deliveries.len() as u64);
+                        metrics::counter!("trestle_queue_redeliveries_total", &labels)
+                            .increment(again as u64);
                         out.extend(deliveries.into_iter().map(|d| api::delivery_to_proto(id, d)));
                     }
                     other => return Err(unexpected(&other)),

@@ -9,75 +9,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tonic::Code;
-use trestle_queue::client::{ClientConfig, ClientError, Delivery, QueueClient};
-use trestle_queue::server::{QueueHost, QueueHostConfig};
+use trestle_queue::client::{ClientError, Delivery, QueueClient};
+use trestle_queue::server::QueueHostConfig;
 use trestle_queue::worker::{Handler, JobError, Worker, WorkerConfig};
 use trestle_queue::{NewMessage, QueueError, QueueSettings};
-use trestle_raft::Node;
-use trestle_raft::testing::{free_loopback_port, loopback_node_config, wait_for};
+use trestle_raft::testing::wait_for;
+
+mod support;
+
+use support::Cluster;
 
 const PARTITIONS: u32 = 3;
 
-struct Cluster {
-    nodes: Vec<Node>,
-    endpoints: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start() -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .with_test_writer()
-            .try_init();
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| (free_loopback_port(), free_loopback_port()))
-            .collect();
-        let founders: Vec<(String, String)> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| (format!("n{i}"), format!("http://127.0.0.1:{peer}")))
-            .collect();
-        let mut nodes = Vec::new();
-        let mut endpoints = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let config = loopback_node_config(
-                &format!("n{i}"),
-                &dir.path().join(format!("n{i}")),
-                *client,
-                *peer,
-                founders.clone(),
-            );
-            let node = Node::start(config).await.expect("node starts");
-            let host = QueueHost::start(&node, QueueHostConfig::default().with_partitions(PARTITIONS))
-                .await
-                .expect("partitions start");
-            let mut routes = tonic::service::RoutesBuilder::default();
-            routes.add_service(host.api().into_service());
-            node.serve_clients(routes.routes()).expect("serving");
-            endpoints.push(format!("http://127.0.0.1:{client}"));
-            nodes.push(node);
-        }
-        Self {
-            nodes,
-            endpoints,
-            _dir: dir,
-        }
-    }
-
-    fn client(&self) -> QueueClient {
-        QueueClient::new(ClientConfig::new(self.endpoints.clone())).unwrap()
-    }
-
-    async fn stop(self) {
-        for node in self.nodes {
-            node.shutdown().await;
-        }
-    }
+async fn cluster() -> Cluster {
+    Cluster::start(QueueHostConfig::default().with_partitions(PARTITIONS)).await
 }
 
 /// Receives and acks everything `queue` holds, through long polls; the payloads.
@@ -99,7 +44,7 @@ async fn drain(client: &QueueClient, queue: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sharded_queue_delivers_every_message_once_and_refuses_with_typed_errors() {
-    let cluster = Cluster::start().await;
+    let cluster = cluster().await;
     let client = cluster.client();
     let settings = QueueSettings::default()
         .with_max_message_size(1024)
@@ -233,7 +178,7 @@ async fn a_sharded_queue_delivers_every_message_once_and_refuses_with_typed_erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_poll_returns_a_message_sent_while_it_waits() {
-    let cluster = Cluster::start().await;
+    let cluster = cluster().await;
     let client = cluster.client();
     client
         .create_queue("events", 2, &QueueSettings::default())
@@ -291,7 +236,7 @@ fn worker_config(queue: &str) -> WorkerConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_retries_dead_letters_permanent_failures_and_redrive_brings_them_back() {
-    let cluster = Cluster::start().await;
+    let cluster = cluster().await;
     let client = cluster.client();
     client
         .create_queue(
@@ -362,7 +307,7 @@ impl Handler for Echo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_barrier_over_a_sharded_queue_joins_every_tasks_result() {
-    let cluster = Cluster::start().await;
+    let cluster = cluster().await;
     let client = cluster.client();
     client
         .create_queue("chunks", PARTITIONS, &QueueSettings::default())

@@ -36,8 +36,8 @@ pub use cache::{CacheCommand, CacheProxyArgs, CacheServeArgs, WriteAck};
 pub use cli::{Cli, Command, run};
 pub use local_cluster::LocalClusterArgs;
 pub use queue::{
-    QueueCommand, QueueCreateArgs, QueueListArgs, QueueNameArgs, QueuePeekArgs, QueueReceiveArgs,
-    QueueRedriveArgs, QueueSendArgs, QueueTarget,
+    QueueAckArgs, QueueCommand, QueueCreateArgs, QueueListArgs, QueueNackArgs, QueueNameArgs, QueuePeekArgs,
+    QueueReceiveArgs, QueueRedriveArgs, QueueSendArgs, QueueTarget,
 };
 pub use serve::{ServeArgs, ServeError, coordination_routes, parse_url_addr};
 pub use snapshot::{RestoreArgs, SnapshotCommand};

@@ -35,6 +35,12 @@ pub enum QueueCommand {
     Send(QueueSendArgs),
     /// Receive messages, print them, and acknowledge them unless --no-ack.
     Receive(QueueReceiveArgs),
+    /// Acknowledge deliveries by the receipts `receive --no-ack` printed.
+    Ack(QueueAckArgs),
+    /// Give deliveries back (delivered again after --retry-after-ms, or dead-lettered after the last).
+    Nack(QueueNackArgs),
+    /// Show a queue's dead letters (in its dead-letter queue, or parked in it when it has none).
+    DeadLetters(QueuePeekArgs),
     /// A queue's counters, in total and per partition.
     Stats(QueueNameArgs),
     /// Show messages without changing them.
@@ -129,6 +135,36 @@ pub struct QueueReceiveArgs {
     no_ack: bool,
 }
 
+/// `trestle queue ack`.
+#[derive(Debug, Args)]
+pub struct QueueAckArgs {
+    #[command(flatten)]
+    target: QueueTarget,
+    /// The queue.
+    queue: String,
+    /// Receipts as `receive` prints them (`partition:id:delivery:token`).
+    #[arg(required = true, value_parser = parse_receipt)]
+    receipts: Vec<Receipt>,
+}
+
+/// `trestle queue nack`.
+#[derive(Debug, Args)]
+pub struct QueueNackArgs {
+    #[command(flatten)]
+    target: QueueTarget,
+    /// The queue.
+    queue: String,
+    /// Receipts as `receive` prints them (`partition:id:delivery:token`).
+    #[arg(required = true, value_parser = parse_receipt)]
+    receipts: Vec<Receipt>,
+    /// Deliver again after this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    retry_after_ms: u64,
+    /// Why (kept with the message).
+    #[arg(long, default_value = "")]
+    error: String,
+}
+
 /// `trestle queue peek`.
 #[derive(Debug, Args)]
 pub struct QueuePeekArgs {
@@ -163,6 +199,25 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("header {s:?} is not name=value"))
+}
+
+fn parse_receipt(s: &str) -> Result<Receipt, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad =
+        || format!("receipt {s:?} is not partition:id:delivery:token (as `trestle queue receive` prints it)");
+    let [partition, id, delivery, token] = parts[..] else {
+        return Err(bad());
+    };
+    Ok(Receipt {
+        partition: partition.parse().map_err(|_| bad())?,
+        id: id.parse().map_err(|_| bad())?,
+        delivery: delivery.parse().map_err(|_| bad())?,
+        token: token.parse().map_err(|_| bad())?,
+    })
+}
+
+fn receipt_text(r: &Receipt) -> String {
+    format!("{}:{}:{}:{}", r.partition, r.id, r.delivery, r.token)
 }
 
 fn client(target: &QueueTarget) -> Result<QueueClient, String> {
@@ -257,15 +312,66 @@ pub(crate) async fn run(command: QueueCommand) -> Result<(), String> {
             for d in &deliveries {
                 let r = d.receipt.unwrap_or_default();
                 println!(
-                    r#"{{"partition":{},"id":{},"delivery":{},"payload":{}}}"#,
+                    r#"{{"partition":{},"id":{},"delivery":{},"receipt":{},"payload":{}}}"#,
                     r.partition,
                     r.id,
                     r.delivery,
+                    quote(&receipt_text(&r)),
                     quote(&text(&d.payload))
                 );
             }
             if !a.no_ack && !receipts.is_empty() {
                 c.ack(&a.queue, &receipts, &[]).await.map_err(failed)?;
+            }
+        }
+        QueueCommand::Ack(a) => {
+            client(&a.target)?
+                .ack(&a.queue, &a.receipts, &[])
+                .await
+                .map_err(failed)?;
+            println!(r#"{{"acked":{}}}"#, a.receipts.len());
+        }
+        QueueCommand::Nack(a) => {
+            client(&a.target)?
+                .nack(
+                    &a.queue,
+                    &a.receipts,
+                    Duration::from_millis(a.retry_after_ms),
+                    &a.error,
+                )
+                .await
+                .map_err(failed)?;
+            println!(r#"{{"nacked":{}}}"#, a.receipts.len());
+        }
+        QueueCommand::DeadLetters(a) => {
+            let c = client(&a.target)?;
+            let queues = c.list_queues().await.map_err(failed)?;
+            let info = queues
+                .iter()
+                .find(|q| q.name == a.queue)
+                .ok_or_else(|| format!("unknown queue {:?}", a.queue))?;
+            let dlq = info
+                .settings
+                .as_ref()
+                .and_then(|s| s.dead_letter_queue.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| a.queue.clone());
+            for m in c.peek(&dlq, a.max).await.map_err(failed)? {
+                let Some(dl) = &m.dead_letter else { continue };
+                if dl.source != a.queue {
+                    continue;
+                }
+                let id = m.id.unwrap_or_default();
+                println!(
+                    r#"{{"queue":{},"partition":{},"id":{},"deliveries":{},"reason":{},"last_error":{},"payload":{}}}"#,
+                    quote(&dlq),
+                    id.partition,
+                    id.id,
+                    dl.deliveries,
+                    quote(&dl.reason),
+                    quote(&dl.last_error),
+                    quote(&text(&m.payload))
+                );
             }
         }
         QueueCommand::Stats(a) => {
