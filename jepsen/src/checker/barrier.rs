@@ -242,9 +242,9 @@ pub fn check_barrier(history: &History) -> Result<BarrierReport, ModelError> {
         let n = sub.n.unwrap_or(0);
         let too_early: Vec<i64> = (0..n)
             .filter(|&slot| {
-                !first_ack
+                first_ack
                     .get(&(b, slot))
-                    .is_some_and(|&at| c.op.ret.is_some_and(|r| at < r))
+                    .is_none_or(|&at| c.op.ret.is_none_or(|r| at >= r))
             })
             .collect();
         if !too_early.is_empty() {

@@ -31,6 +31,9 @@ struct Seen<'h> {
     op: &'h Op,
 }
 
+/// A value's deliveries and the message ids they carried.
+type PerValue = (usize, BTreeSet<(i64, i64)>);
+
 /// What the queue checker found.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -170,7 +173,8 @@ pub fn check_queue(history: &History) -> Result<QueueReport, ModelError> {
         }
     }
 
-    let mut per_value: BTreeMap<&Value, (usize, BTreeSet<(i64, i64)>)> = BTreeMap::new();
+    // Per value: deliveries, and the messages they were.
+    let mut per_value: BTreeMap<&Value, PerValue> = BTreeMap::new();
     for s in &seen {
         let e = per_value.entry(s.value).or_default();
         e.0 += 1;
