@@ -5,7 +5,8 @@
 //! with jittered backoff, until [`ClientConfig::retry_for`] has passed. A retried send may enqueue a message
 //! twice: give messages an idempotency key to make retries exact. A retried receive may leave the first
 //! attempt's deliveries in flight until their visibility deadline (at-least-once either way). An ack retried after
-//! an ambiguous failure that finds the message gone counts as done.
+//! an ambiguous failure that finds a message gone settles each receipt on its own, counting a message that is gone
+//! as done (the lost attempt may have settled some partitions' receipts and not others).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,6 +125,11 @@ struct Inner {
     config: ClientConfig,
     channels: Vec<proto::queue_client::QueueClient<Channel>>,
     next: AtomicUsize,
+}
+
+/// Whether a partition answered that a message is gone (acknowledged, removed, or never sent).
+fn is_unknown_message(status: &Status) -> bool {
+    matches!(api::queue_error(status), Some(QueueError::UnknownMessage { .. }))
 }
 
 /// A message to send: see [`NewMessage`] (its barrier reference is the server's business and is not sent).
@@ -309,6 +315,41 @@ impl QueueClient {
         receipts: &[Receipt],
         results: &[Vec<u8>],
     ) -> Result<(), ClientError> {
+        let (result, retried) = self.ack_request(queue, receipts, results).await;
+        match result {
+            Ok(()) => Ok(()),
+            // An earlier attempt whose answer was lost may have settled some of the receipts and not others (each
+            // partition settles its part on its own, and the reply names one message only): settle each receipt on
+            // its own, counting one whose message is gone as done.
+            Err(status) if retried && is_unknown_message(&status) => {
+                if receipts.len() == 1 {
+                    return Ok(());
+                }
+                for (i, receipt) in receipts.iter().enumerate() {
+                    let result: Vec<Vec<u8>> = results.get(i).cloned().into_iter().collect();
+                    match self
+                        .ack_request(queue, std::slice::from_ref(receipt), &result)
+                        .await
+                        .0
+                    {
+                        Ok(()) => {}
+                        Err(status) if is_unknown_message(&status) => {}
+                        Err(status) => return Err(ClientError::from_status(status)),
+                    }
+                }
+                Ok(())
+            }
+            Err(status) => Err(ClientError::from_status(status)),
+        }
+    }
+
+    /// One Ack request (retried while UNAVAILABLE); whether it was sent more than once.
+    async fn ack_request(
+        &self,
+        queue: &str,
+        receipts: &[Receipt],
+        results: &[Vec<u8>],
+    ) -> (Result<(), Status>, bool) {
         let req = proto::AckRequest {
             queue: queue.to_owned(),
             receipts: receipts.to_vec(),
@@ -321,18 +362,9 @@ impl QueueClient {
                 let req = req.clone();
                 async move { c.ack(req).await }
             })
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // An earlier attempt whose answer was lost settled it.
-            Err(status)
-                if attempts.load(Ordering::Relaxed) > 1
-                    && matches!(api::queue_error(&status), Some(QueueError::UnknownMessage { .. })) =>
-            {
-                Ok(())
-            }
-            Err(status) => Err(ClientError::from_status(status)),
-        }
+            .await
+            .map(|_| ());
+        (result, attempts.load(Ordering::Relaxed) > 1)
     }
 
     /// Ends deliveries without success: delivered again after `retry_after`, or dead-lettered after the last.
@@ -497,6 +529,8 @@ impl QueueClient {
 
 #[cfg(test)]
 mod tests {
+    use tonic::{Request, Response};
+
     use super::*;
 
     #[test]
@@ -516,5 +550,163 @@ mod tests {
             ClientError::from_status(Status::unavailable("no leader")),
             ClientError::Unavailable(_)
         ));
+    }
+
+    /// A member whose ack runs each partition's part on its own and answers the first error in partition order,
+    /// as the server does; partition 2 has no leader during the first two calls.
+    #[derive(Default)]
+    struct SplitAck {
+        /// Messages not acknowledged yet: (partition, id).
+        held: std::sync::Mutex<(std::collections::BTreeSet<(u64, u64)>, usize)>,
+    }
+
+    #[tonic::async_trait]
+    impl proto::queue_server::Queue for Arc<SplitAck> {
+        async fn ack(
+            &self,
+            request: Request<proto::AckRequest>,
+        ) -> Result<Response<proto::SettleResponse>, Status> {
+            let req = request.into_inner();
+            let mut state = self.held.lock().unwrap();
+            state.1 += 1;
+            let call = state.1;
+            let mut by_partition = std::collections::BTreeMap::<u64, Vec<Receipt>>::new();
+            for r in req.receipts {
+                by_partition.entry(r.partition).or_default().push(r);
+            }
+            let mut first_error = None;
+            for (partition, receipts) in by_partition {
+                if partition == 2 && call <= 2 {
+                    first_error.get_or_insert(Status::unavailable("partition 2 has no leader"));
+                } else if let Some(gone) = receipts.iter().find(|r| !state.0.contains(&(r.partition, r.id))) {
+                    first_error.get_or_insert(api::status_of(&QueueError::UnknownMessage {
+                        queue: req.queue.clone(),
+                        id: gone.id,
+                    }));
+                } else {
+                    for r in receipts {
+                        state.0.remove(&(r.partition, r.id));
+                    }
+                }
+            }
+            first_error.map_or(Ok(Response::new(proto::SettleResponse {})), Err)
+        }
+
+        async fn create_queue(
+            &self,
+            _: Request<proto::CreateQueueRequest>,
+        ) -> Result<Response<proto::CreateQueueResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn update_queue(
+            &self,
+            _: Request<proto::UpdateQueueRequest>,
+        ) -> Result<Response<proto::UpdateQueueResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn delete_queue(
+            &self,
+            _: Request<proto::DeleteQueueRequest>,
+        ) -> Result<Response<proto::DeleteQueueResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn list_queues(
+            &self,
+            _: Request<proto::ListQueuesRequest>,
+        ) -> Result<Response<proto::ListQueuesResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn send(
+            &self,
+            _: Request<proto::SendRequest>,
+        ) -> Result<Response<proto::SendResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn receive(
+            &self,
+            _: Request<proto::ReceiveRequest>,
+        ) -> Result<Response<proto::ReceiveResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn nack(
+            &self,
+            _: Request<proto::NackRequest>,
+        ) -> Result<Response<proto::SettleResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn extend(
+            &self,
+            _: Request<proto::ExtendRequest>,
+        ) -> Result<Response<proto::ExtendResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn terminate(
+            &self,
+            _: Request<proto::TerminateRequest>,
+        ) -> Result<Response<proto::SettleResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn redrive(
+            &self,
+            _: Request<proto::RedriveRequest>,
+        ) -> Result<Response<proto::RedriveResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn purge(
+            &self,
+            _: Request<proto::PurgeRequest>,
+        ) -> Result<Response<proto::PurgeResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn peek(
+            &self,
+            _: Request<proto::PeekRequest>,
+        ) -> Result<Response<proto::PeekResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn stats(
+            &self,
+            _: Request<proto::StatsRequest>,
+        ) -> Result<Response<proto::StatsResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn submit_barrier(
+            &self,
+            _: Request<proto::SubmitBarrierRequest>,
+        ) -> Result<Response<proto::SubmitBarrierResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_ack_that_finds_one_message_gone_still_acknowledges_the_others() {
+        let fake = Arc::new(SplitAck::default());
+        fake.held.lock().unwrap().0.extend([(1, 10), (2, 20)]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(proto::queue_server::QueueServer::new(Arc::clone(&fake)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let client = QueueClient::new(ClientConfig::new([url])).unwrap();
+        let receipt = |partition, id| Receipt {
+            partition,
+            id,
+            delivery: 1,
+            token: 7,
+        };
+        // First attempt: partition 1 acknowledges message 10, partition 2 is unavailable. The retry finds 10 gone
+        // (partition 1 answers first) while partition 2 is still without a leader: message 20 is not settled yet.
+        client
+            .ack("jobs", &[receipt(1, 10), receipt(2, 20)], &[])
+            .await
+            .expect("both messages end up acknowledged");
+        assert!(
+            fake.held.lock().unwrap().0.is_empty(),
+            "an ack reported done left messages unacknowledged: {:?}",
+            fake.held.lock().unwrap().0
+        );
+        server.abort();
     }
 }
