@@ -148,6 +148,9 @@ pub struct ClientStats {
     pub misses: u64,
     /// Reads that failed in every zone.
     pub errors: u64,
+    /// Writes to one zone that are in flight now (those finishing in the background after an early
+    /// acknowledgement included).
+    pub writes_in_flight: u64,
     /// Zones that missed a write and are being retried in the background now.
     pub retries_pending: u64,
     /// Zones that took a retried tombstone.
@@ -192,6 +195,14 @@ struct Retry {
     zones: usize,
 }
 
+/// The writes of one key in flight: how many zone writes are outstanding and, per zone, the newest write that
+/// landed there.
+#[derive(Default)]
+struct KeyWrites {
+    in_flight: usize,
+    landed: HashMap<String, u64>,
+}
+
 struct Inner {
     config: ClientConfig,
     topology: RwLock<Arc<Topology>>,
@@ -203,6 +214,8 @@ struct Inner {
     hot: Option<HotKeys>,
     next_write: AtomicU64,
     retries: Mutex<HashMap<Bytes, Retry>>,
+    /// Writes in flight, by key: to notice an older write landing after a newer one in the same zone.
+    writes: Mutex<HashMap<Bytes, KeyWrites>>,
     warm_ups: Mutex<Vec<Arc<WarmUp>>>,
     counters: Counters,
     follower: Mutex<Option<tokio::task::AbortHandle>>,
@@ -219,6 +232,28 @@ impl Drop for Inner {
 impl Inner {
     fn topology(&self) -> Arc<Topology> {
         self.topology.read().clone()
+    }
+
+    /// Records the end of write `write` of `key` in `zone`. Returns the newer write that had already landed there
+    /// if this one landed after it (the two went over different connections): the zone may now hold the older
+    /// value and must be corrected.
+    fn landed(&self, key: &Bytes, zone: &str, write: u64, ok: bool) -> Option<u64> {
+        let mut writes = self.writes.lock();
+        let entry = writes.get_mut(key)?;
+        let mut newer = None;
+        if ok {
+            let slot = entry.landed.entry(zone.to_owned()).or_insert(0);
+            if *slot > write {
+                newer = Some(*slot);
+            } else {
+                *slot = write;
+            }
+        }
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        if entry.in_flight == 0 {
+            writes.remove(key);
+        }
+        newer
     }
 }
 
@@ -317,6 +352,7 @@ impl Client {
                 hot,
                 next_write: AtomicU64::new(1),
                 retries: Mutex::default(),
+                writes: Mutex::default(),
                 warm_ups: Mutex::default(),
                 counters: Counters::default(),
                 follower: Mutex::default(),
@@ -362,6 +398,13 @@ impl Client {
             other_zone_hits: get(&c.other_zone_hits),
             misses: get(&c.misses),
             errors: get(&c.errors),
+            writes_in_flight: self
+                .inner
+                .writes
+                .lock()
+                .values()
+                .map(|w| w.in_flight as u64)
+                .sum(),
             retries_pending: get(&c.retries_pending),
             retries_done: get(&c.retries_done),
             retries_abandoned: get(&c.retries_abandoned),
@@ -858,6 +901,12 @@ impl Client {
             // This write supersedes the retries of an older one.
             retry.write = retry.write.max(write);
         }
+        self.inner
+            .writes
+            .lock()
+            .entry(owned.clone())
+            .or_default()
+            .in_flight += zones;
         let needed = self.inner.config.write_ack.needed(zones);
         let (tx, mut rx) = mpsc::channel(zones);
         for zone in &topology.zones {
@@ -866,10 +915,17 @@ impl Client {
             let (weak, zone, key) = (Arc::downgrade(&self.inner), zone.name.clone(), owned.clone());
             tokio::spawn(async move {
                 let result = write_once(&node, &command).await;
-                let failed = result.is_err();
+                let ok = result.is_ok();
                 let _ = tx.send(result).await;
-                if failed {
-                    retry_with_tombstone(weak, zone, key, write).await;
+                let newer = weak
+                    .upgrade()
+                    .and_then(|inner| inner.landed(&key, &zone, write, ok));
+                if !ok {
+                    retry_with_tombstone(weak, zone, key, write, false).await;
+                } else if let Some(newer) = newer {
+                    // An older value may have overwritten a newer one (or a tombstone): replace it with a
+                    // tombstone at once, which at worst costs a miss.
+                    retry_with_tombstone(weak, zone, key, newer, true).await;
                 }
             });
         }
@@ -1034,8 +1090,9 @@ fn copy_reply(target: Arc<NodeClient>, key: &[u8], reply: &MetaReply) {
 
 /// Retries a write that `zone` missed, as a tombstone (never the value: a late value could overwrite a newer
 /// one written by another process; a late tombstone at worst costs a miss), until the zone takes it, the
-/// tombstone TTL passes, or a later write of the key by this client supersedes it.
-async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, write: u64) {
+/// tombstone TTL passes, or a later write of the key by this client supersedes it. `now`: the first attempt
+/// goes out at once rather than after a pause.
+async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, write: u64, now: bool) {
     let Some(strong) = inner.upgrade() else { return };
     let config = &strong.config;
     let deadline = tokio::time::Instant::now() + config.tombstone_ttl;
@@ -1053,10 +1110,14 @@ async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, writ
     let client = Client { inner: strong };
     let command = client.tombstone(&key);
     drop(client);
-    let mut pause = Duration::from_millis(200).min(max_pause);
+    let mut pause = if now {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(200).min(max_pause)
+    };
     let outcome = loop {
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(max_pause);
+        pause = (pause * 2).clamp(Duration::from_millis(200).min(max_pause), max_pause);
         let Some(strong) = inner.upgrade() else { return };
         if strong.retries.lock().get(&key).is_none_or(|r| r.write != write) {
             break None;

@@ -3,6 +3,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,6 +113,9 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
 pub struct Proxy {
     pub addr: SocketAddr,
     partitioned: tokio::sync::watch::Sender<bool>,
+    /// Each forwarded chunk waits a pseudo-random time below this many microseconds (0: none), so requests on
+    /// different connections overtake one another.
+    jitter_micros: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -119,12 +124,35 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let (partitioned, _) = tokio::sync::watch::channel(false);
         let state = partitioned.subscribe();
+        let jitter_micros = Arc::new(AtomicU64::new(0));
+        let jitter = jitter_micros.clone();
         tokio::spawn(async move {
+            let mut n = 0u64;
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(proxy_connection(client, target, state.clone()));
+                n += 1;
+                let seed = u64::from(addr.port()) << 32 | n;
+                tokio::spawn(proxy_connection(
+                    client,
+                    target,
+                    state.clone(),
+                    jitter.clone(),
+                    seed,
+                ));
             }
         });
-        Self { addr, partitioned }
+        Self {
+            addr,
+            partitioned,
+            jitter_micros,
+        }
+    }
+
+    /// Delays each forwarded chunk by a pseudo-random time below `max` (zero: no delay).
+    pub fn set_jitter(&self, max: Duration) {
+        self.jitter_micros.store(
+            u64::try_from(max.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn partition(&self) {
@@ -136,10 +164,45 @@ impl Proxy {
     }
 }
 
+/// xorshift64: a small deterministic generator for test randomness.
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = (*state).max(1);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    jitter: Arc<AtomicU64>,
+    mut random: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let max = jitter.load(Ordering::Relaxed);
+        if max > 0 {
+            // Injected latency (a fault), not a wait for a condition.
+            tokio::time::sleep(Duration::from_micros(next_random(&mut random) % max)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn proxy_connection(
     client: TcpStream,
     target: SocketAddr,
     mut state: tokio::sync::watch::Receiver<bool>,
+    jitter: Arc<AtomicU64>,
+    seed: u64,
 ) {
     if *state.borrow_and_update() {
         let _ = state.wait_for(|p| !*p).await;
@@ -150,12 +213,13 @@ async fn proxy_connection(
     };
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
+    // The halves outlive the forwarding, so a partition leaves the connections open and silent.
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let forward = async {
         tokio::select! {
-            _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
-            _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+            () = pump(&mut client_read, &mut server_write, jitter.clone(), seed) => {}
+            () = pump(&mut server_read, &mut client_write, jitter.clone(), seed ^ 0x9e37_79b9) => {}
         }
     };
     let partitioned = tokio::select! {
