@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::checker::linear::ModelError;
+use crate::checker::queue::when;
 use crate::checker::verdict::Verdict;
 use crate::history::value::Value;
 use crate::history::{History, Op, Outcome, short};
@@ -214,21 +215,26 @@ pub fn check_barrier(history: &History) -> Result<BarrierReport, ModelError> {
     for c in &seen {
         *deliveries_of.entry(c.message).or_default() += 1;
         let Some(b) = c.b else {
-            violations.push(format!("a completion message that names no barrier: {}", c.op));
+            violations.push(format!(
+                "a completion message that names no barrier: {}",
+                when(c.op)
+            ));
             continue;
         };
         messages.entry(b).or_default().insert(c.message);
         let Some(sub) = submits.get(&b) else {
             violations.push(format!(
                 "barrier {b} was never submitted, yet its completion arrived: {}",
-                c.op
+                when(c.op)
             ));
             continue;
         };
         if !c.completed {
             violations.push(format!(
                 "barrier {b} failed (no task can be dead-lettered here): message {}/{} in {}",
-                c.message.0, c.message.1, c.op
+                c.message.0,
+                c.message.1,
+                when(c.op)
             ));
             continue;
         }
@@ -250,7 +256,7 @@ pub fn check_barrier(history: &History) -> Result<BarrierReport, ModelError> {
         if !too_early.is_empty() {
             violations.push(format!(
                 "barrier {b}: completion received by {} before tasks {too_early:?} were acknowledged",
-                c.op
+                when(c.op)
             ));
         }
         let wrong: Vec<i64> = (0..n)
@@ -261,7 +267,7 @@ pub fn check_barrier(history: &History) -> Result<BarrierReport, ModelError> {
                 "barrier {b}: the completion's results are wrong or missing for slots {wrong:?} ({} results for {n} \
                  tasks): {}",
                 c.results.len(),
-                c.op
+                when(c.op)
             ));
         }
     }

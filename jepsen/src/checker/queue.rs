@@ -226,9 +226,9 @@ pub fn check_queue(history: &History) -> Result<QueueReport, ModelError> {
                     s.message.0,
                     s.message.1,
                     s.delivery,
-                    s.op,
+                    when(s.op),
                     d,
-                    ack
+                    when(ack)
                 ));
             }
             // A later delivery was received before this ack was invoked: its receipt was stale.
@@ -248,6 +248,26 @@ pub fn check_queue(history: &History) -> Result<QueueReport, ModelError> {
         Verdict::Valid
     };
     Ok(report)
+}
+
+/// `p3 receive (ok, lines 5-6, 1.204-1.330 s)`: the process, the function, where and when.
+pub(crate) fn when(op: &Op) -> String {
+    let outcome = match op.outcome {
+        Outcome::Ok => "ok",
+        Outcome::Fail => "fail",
+        Outcome::Info => "info",
+    };
+    let lines = match op.complete_line {
+        Some(end) if end > 0 => format!(", lines {}-{end}", op.invoke_line),
+        _ => String::new(),
+    };
+    let secs = |t: u64| t as f64 / 1e9;
+    let times = match (op.invoke_time, op.complete_time) {
+        (Some(a), Some(b)) => format!(", {:.3}-{:.3} s", secs(a), secs(b)),
+        (Some(a), None) => format!(", from {:.3} s", secs(a)),
+        _ => String::new(),
+    };
+    format!("p{} {} ({outcome}{lines}{times})", op.process, op.f)
 }
 
 pub(crate) fn some(values: &[Value]) -> String {
