@@ -105,9 +105,9 @@ async fn queue_under_partitions_and_kills_loses_nothing_acknowledged() {
         panic!("the queue workload is checked by the queue checker");
     };
     // The faults did not stop the queue: sends were acknowledged and received, and the drain emptied it.
-    assert!(r.acknowledged > 50, "seed {seed}: {}", outcome.summary);
+    assert!(r.acknowledged > 20, "seed {seed}: {}", outcome.summary);
     assert!(r.received >= r.acknowledged, "seed {seed}: {}", outcome.summary);
-    assert!(r.acks > 50, "seed {seed}: {}", outcome.summary);
+    assert!(r.acks > 20, "seed {seed}: {}", outcome.summary);
     assert!(r.drained && r.lost.is_empty(), "seed {seed}: {}", outcome.summary);
     assert!(r.unexpected.is_empty() && r.delivered_after_ack.is_empty());
 }
@@ -120,7 +120,7 @@ async fn barrier_under_partitions_and_kills_completes_each_batch_once() {
     let Details::Barrier(r) = &outcome.report.details else {
         panic!("the barrier workload is checked by the barrier checker");
     };
-    assert!(r.acknowledged > 10, "seed {seed}: {}", outcome.summary);
+    assert!(r.acknowledged > 5, "seed {seed}: {}", outcome.summary);
     // Every acknowledged barrier completed, once (a barrier whose submission timed out may have too).
     assert!(r.completed >= r.acknowledged, "seed {seed}: {}", outcome.summary);
     assert!(

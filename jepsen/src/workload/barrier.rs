@@ -14,10 +14,11 @@
 //!   barrier results] ...]`, where `completed` and `barrier` come from the message's join and `results` lists
 //!   `[slot result]` pairs. The session's next operation is `settle`, acknowledging them.
 //! - `drain` (final operations only): drains [`TASKS`] first (acknowledging each task with its result), then
-//!   [`DONE`], as the queue workload's drain does, with `queue` naming which in the result. Once both are empty
-//!   it waits (failing, so the runner retries) until every barrier submitted with `ok` had its completion
-//!   received, for at most 30 s: completions are enqueued by the barrier's home partition after the last task's
-//!   ack, possibly from another partition.
+//!   [`DONE`] (receiving for 2 s once a completion arrived, since they trickle in), as the queue workload's drain
+//!   does, with `queue` naming which in the result. Once both are empty it waits (failing, so the runner retries)
+//!   until every barrier submitted with `ok` had its completion received, for at most 30 s without any arriving:
+//!   completions are enqueued by the barrier's home partition after the last task's ack, possibly sent from
+//!   another partition. The drain that ends the wait says `empty`; later ones return at once (`finished`).
 //!
 //! The `barrier` checker (`checker/barrier.rs`) reads the history.
 
@@ -41,8 +42,11 @@ pub(crate) const TASKS: &str = "jepsen-tasks";
 pub(crate) const DONE: &str = "jepsen-done";
 /// How long a receive waits for a message.
 const RECEIVE_WAIT: Duration = Duration::from_millis(300);
-/// How long the drain waits for completions still missing once both queues are empty.
+/// How long the drain waits for completions still missing once both queues are empty, without any arriving.
 const COMPLETION_WAIT: Duration = Duration::from_secs(30);
+/// How long a drain of the completions' queue goes on receiving once one arrived (they trickle in as the home
+/// partitions complete barriers).
+const COMPLETION_GATHER: Duration = Duration::from_secs(2);
 
 /// Barriers the clients saw submitted and completed, so the drain knows when it may stop. The checker uses the
 /// history alone.
@@ -50,7 +54,10 @@ const COMPLETION_WAIT: Duration = Duration::from_secs(30);
 struct Book {
     submitted: BTreeSet<i64>,
     completed: BTreeSet<i64>,
-    waiting_since: Option<Instant>,
+    /// When the drain last saw progress (a task or a completion received), once it started.
+    progress: Option<Instant>,
+    /// The drain found both queues empty and nothing more to wait for: later drains have nothing to do.
+    finished: bool,
 }
 
 /// Settings of the barrier workload.
@@ -87,8 +94,9 @@ impl Workload for BarrierWorkload {
     }
 
     fn final_ops(&self, ops_generated: u64) -> Vec<OpRequest> {
-        // A quarter of the operations submit up to 5 tasks each; a drain takes up to DRAIN_MAX of one queue.
-        let drains = 20 + 2 * ops_generated / u64::from(super::queue::DRAIN_MAX);
+        // A quarter of the operations submit up to 5 tasks each; a drain takes up to DRAIN_MAX tasks, or the
+        // completions that arrive within COMPLETION_GATHER. Drains after the finished one return at once.
+        let drains = 50 + ops_generated / 10;
         (0..drains)
             .map(|_| OpRequest::new("drain", None, Value::Nil))
             .collect()
@@ -251,29 +259,53 @@ impl BarrierSession {
     }
 
     async fn drain(&mut self) -> Completion {
-        let tasks = drain(&self.client, TASKS, task_value, task_result).await;
+        if self.book.lock().is_ok_and(|b| b.finished) {
+            return Completion::ok(Value::map(vec![
+                (Value::Str("finished".into()), Value::Bool(true)),
+                (Value::Str("queue".into()), Value::Str(DONE.into())),
+            ]));
+        }
+        let tasks = drain(&self.client, TASKS, Duration::ZERO, task_value, task_result).await;
         if !is_empty_drain(&tasks) {
+            self.progressed(&tasks);
             return tagged(tasks, TASKS);
         }
-        let done = drain(&self.client, DONE, done_value, |_| Vec::new()).await;
+        let done = drain(&self.client, DONE, COMPLETION_GATHER, done_value, |_| Vec::new()).await;
         if !is_empty_drain(&done) {
             if let Some(received) = done.value.get("received").and_then(Value::as_seq) {
                 self.note_completions(received);
             }
+            self.progressed(&done);
             return tagged(done, DONE);
         }
         let Ok(mut book) = self.book.lock() else {
             return tagged(done, DONE);
         };
         let missing = book.submitted.difference(&book.completed).count();
-        let since = *book.waiting_since.get_or_insert_with(Instant::now);
+        let since = *book.progress.get_or_insert_with(Instant::now);
         if missing > 0 && since.elapsed() < COMPLETION_WAIT {
             return Completion::fail(
                 Value::Nil,
-                format!("both queues empty; waiting for the completions of {missing} barriers"),
+                format!(
+                    "both queues empty; waiting for the completions of {missing} barriers ({:.0} s without one)",
+                    since.elapsed().as_secs_f64()
+                ),
             );
         }
+        book.finished = true;
         tagged(done, DONE)
+    }
+
+    /// Restarts the drain's wait when `c` received something.
+    fn progressed(&self, c: &Completion) {
+        let received = c
+            .value
+            .get("received")
+            .and_then(Value::as_seq)
+            .is_some_and(|r| !r.is_empty());
+        if received && let Ok(mut book) = self.book.lock() {
+            book.progress = Some(Instant::now());
+        }
     }
 }
 

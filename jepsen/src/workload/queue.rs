@@ -240,7 +240,12 @@ impl Session for QueueSession {
                         Err(e) => failure(&e, op.value.clone()),
                     }
                 }
-                "drain" => drain(&self.client, QUEUE, delivery_value, |_| Vec::new()).await,
+                "drain" => {
+                    drain(&self.client, QUEUE, Duration::ZERO, delivery_value, |_| {
+                        Vec::new()
+                    })
+                    .await
+                }
                 other => Completion::fail(op.value.clone(), format!("queue cannot do {other}")),
             }
         })
@@ -249,13 +254,17 @@ impl Session for QueueSession {
 
 /// One drain step on `queue`: `ok {empty true}` when the queue holds nothing; else up to [`DRAIN_MAX`] deliveries
 /// received, each described by `describe`, and acknowledged with `results(delivery)` (`ok {received [...] acked
-/// bool empty false}`); `fail` when nothing is ready yet (deliveries still in flight).
+/// bool empty false}`); `fail` when nothing is ready yet (deliveries still in flight). Once a receive returned
+/// something, it goes on receiving until `gather` has passed since the start (messages that trickle in, as
+/// barrier completions do), then acknowledges everything at once.
 pub(crate) async fn drain(
     client: &QueueClient,
     queue: &str,
+    gather: Duration,
     describe: impl Fn(&Delivery, &Receipt) -> Value,
     results: impl Fn(&Delivery) -> Vec<u8>,
 ) -> Completion {
+    let start = tokio::time::Instant::now();
     let depth = match client.stats(queue).await {
         Ok(stats) => stats.total.map_or(0, |t| t.depth),
         Err(e) => return Completion::fail(Value::Nil, format!("stats: {e}")),
@@ -263,11 +272,19 @@ pub(crate) async fn drain(
     if depth == 0 {
         return Completion::ok(drained(Vec::new(), true, true));
     }
-    let deliveries = match client.receive(queue, DRAIN_MAX, RECEIVE_WAIT, None).await {
+    let mut deliveries = match client.receive(queue, DRAIN_MAX, RECEIVE_WAIT, None).await {
         Ok(d) => d,
         // A receive that failed may have made deliveries invisible: they come back after their deadline.
         Err(e) => return Completion::fail(Value::Nil, format!("receive: {e}")),
     };
+    while !deliveries.is_empty() && start.elapsed() < gather && deliveries.len() < DRAIN_MAX as usize {
+        let left = DRAIN_MAX - u32::try_from(deliveries.len()).unwrap_or(DRAIN_MAX);
+        match client.receive(queue, left, RECEIVE_WAIT, None).await {
+            Ok(more) => deliveries.extend(more),
+            // Acknowledge what was received; what this receive may have delivered comes back later.
+            Err(_) => break,
+        }
+    }
     if deliveries.is_empty() {
         return Completion::fail(
             Value::Nil,
