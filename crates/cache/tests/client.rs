@@ -35,7 +35,11 @@ async fn cluster() -> Cluster {
 
 impl Cluster {
     fn client(&self, zone: &str, ack: Ack) -> Client {
-        let config = ClientConfig::new(self.specs.clone(), zone).with_write_ack(ack);
+        // A timeout well above the default: the tests share a busy machine, and a live node that misses a 250 ms
+        // deadline would fail a write these tests expect to succeed.
+        let config = ClientConfig::new(self.specs.clone(), zone)
+            .with_write_ack(ack)
+            .with_timeout(Duration::from_secs(1));
         Client::new(config).expect("client")
     }
 

@@ -916,16 +916,22 @@ impl Client {
             tokio::spawn(async move {
                 let result = write_once(&node, &command).await;
                 let ok = result.is_ok();
+                let result_kind = result.clone().map(|_| ());
                 let _ = tx.send(result).await;
                 let newer = weak
                     .upgrade()
                     .and_then(|inner| inner.landed(&key, &zone, write, ok));
-                if !ok {
-                    retry_with_tombstone(weak, zone, key, write, false).await;
+                if let Err(error) = &result_kind {
+                    // A write that timed out or broke its connection may still land later, after a newer write
+                    // of the key: its tombstone goes out even if a newer write supersedes it. One that surely
+                    // never left (breaker open) or was refused is superseded by newer writes.
+                    let indeterminate = matches!(error, ClientError::Timeout { .. } | ClientError::Io { .. });
+                    retry_with_tombstone(weak, zone, key, write, Retrying::after_failure(indeterminate))
+                        .await;
                 } else if let Some(newer) = newer {
                     // An older value may have overwritten a newer one (or a tombstone): replace it with a
                     // tombstone at once, which at worst costs a miss.
-                    retry_with_tombstone(weak, zone, key, newer, true).await;
+                    retry_with_tombstone(weak, zone, key, newer, Retrying::LateWrite).await;
                 }
             });
         }
@@ -1088,29 +1094,53 @@ fn copy_reply(target: Arc<NodeClient>, key: &[u8], reply: &MetaReply) {
     warmup::copy_one(target, key, reply.value.clone().unwrap_or_default(), flags, ttl);
 }
 
-/// Retries a write that `zone` missed, as a tombstone (never the value: a late value could overwrite a newer
+/// Why a zone is sent a tombstone in the background.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retrying {
+    /// The write surely did not reach the zone: a later write of the key supersedes the retry.
+    Missed,
+    /// The write may still land later (it timed out or lost its connection): the tombstone goes out whatever
+    /// is written after it.
+    MayLandLate,
+    /// An older write landed after a newer one: the tombstone goes out at once.
+    LateWrite,
+}
+
+impl Retrying {
+    fn after_failure(indeterminate: bool) -> Self {
+        if indeterminate {
+            Self::MayLandLate
+        } else {
+            Self::Missed
+        }
+    }
+}
+
+/// Sends `zone` a tombstone for `key` in the background (never the value: a late value could overwrite a newer
 /// one written by another process; a late tombstone at worst costs a miss), until the zone takes it, the
-/// tombstone TTL passes, or a later write of the key by this client supersedes it. `now`: the first attempt
-/// goes out at once rather than after a pause.
-async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, write: u64, now: bool) {
+/// tombstone TTL passes, or (unless `why` says otherwise) a later write of the key by this client supersedes it.
+async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, write: u64, why: Retrying) {
     let Some(strong) = inner.upgrade() else { return };
     let config = &strong.config;
     let deadline = tokio::time::Instant::now() + config.tombstone_ttl;
     let max_pause = config.max_retry_pause;
+    let superseded = |retries: &HashMap<Bytes, Retry>| {
+        why != Retrying::MayLandLate && retries.get(&key).is_some_and(|r| r.write > write)
+    };
     {
         let mut retries = strong.retries.lock();
-        let retry = retries.entry(key.clone()).or_insert(Retry { write, zones: 0 });
-        if retry.write > write {
+        if superseded(&retries) {
             return;
         }
-        retry.write = write;
+        let retry = retries.entry(key.clone()).or_insert(Retry { write, zones: 0 });
+        retry.write = retry.write.max(write);
         retry.zones += 1;
     }
     bump(&strong.counters.retries_pending);
     let client = Client { inner: strong };
     let command = client.tombstone(&key);
     drop(client);
-    let mut pause = if now {
+    let mut pause = if why == Retrying::LateWrite {
         Duration::ZERO
     } else {
         Duration::from_millis(200).min(max_pause)
@@ -1119,7 +1149,7 @@ async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, writ
         tokio::time::sleep(pause).await;
         pause = (pause * 2).clamp(Duration::from_millis(200).min(max_pause), max_pause);
         let Some(strong) = inner.upgrade() else { return };
-        if strong.retries.lock().get(&key).is_none_or(|r| r.write != write) {
+        if superseded(&strong.retries.lock()) {
             break None;
         }
         if tokio::time::Instant::now() >= deadline {
