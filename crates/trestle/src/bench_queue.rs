@@ -168,6 +168,10 @@ pub struct QueueBenchReport {
     pub acked: u64,
     /// Failed requests (each retried by the loop that made it).
     pub errors: u64,
+    /// Sends acknowledged over the whole run, warm-up included.
+    pub sent_total: u64,
+    /// Messages acknowledged by consumers over the whole run, warm-up included.
+    pub acked_total: u64,
 }
 
 /// The run's clock and counters, shared by every producer and consumer.
@@ -178,6 +182,9 @@ struct Run {
     until: u64,
     sent: AtomicU64,
     acked: AtomicU64,
+    /// The same over the whole run, warm-up and the last moments included (what the servers wrote).
+    sent_total: AtomicU64,
+    acked_total: AtomicU64,
     /// Sent (or being sent) and not yet acknowledged by a consumer.
     backlog: AtomicI64,
     errors: AtomicU64,
@@ -219,6 +226,7 @@ impl Run {
     }
 
     fn sent(&self, n: u32) {
+        self.sent_total.fetch_add(u64::from(n), Ordering::Relaxed);
         if self.in_window(self.now()) {
             self.sent.fetch_add(u64::from(n), Ordering::Relaxed);
         }
@@ -243,6 +251,7 @@ impl Run {
         let mut n = 0;
         for payload in payloads {
             n += 1;
+            self.acked_total.fetch_add(1, Ordering::Relaxed);
             if !self.in_window(now) {
                 continue;
             }
@@ -332,7 +341,10 @@ fn validate(args: &QueueBenchArgs) -> Result<(), QueueBenchError> {
     }
     let max_batch = trestle_queue::MAX_BATCH;
     if args.send_batch == 0 || args.send_batch > max_batch {
-        return bad(format!("--send-batch {} must be 1 to {max_batch}", args.send_batch));
+        return bad(format!(
+            "--send-batch {} must be 1 to {max_batch}",
+            args.send_batch
+        ));
     }
     // RabbitMQ's prefetch count is a 16-bit number.
     if args.receive_batch == 0 || args.receive_batch > u32::from(u16::MAX).min(max_batch) {
@@ -395,6 +407,8 @@ async fn measure<S: System>(args: &QueueBenchArgs, system: &S) -> Result<QueueBe
         until: warmup.saturating_add(measured),
         sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
+        sent_total: AtomicU64::new(0),
+        acked_total: AtomicU64::new(0),
         backlog: AtomicI64::new(0),
         errors: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -454,6 +468,8 @@ async fn measure<S: System>(args: &QueueBenchArgs, system: &S) -> Result<QueueBe
         max_us: all.max(),
         acked,
         errors: run.errors.load(Ordering::Relaxed),
+        sent_total: run.sent_total.load(Ordering::Relaxed),
+        acked_total: run.acked_total.load(Ordering::Relaxed),
     })
 }
 
@@ -462,7 +478,11 @@ fn print_report(args: &QueueBenchArgs, r: &QueueBenchReport) {
     println!(
         "bench queue {system}{}: {} producers (batches of {}), {} consumers (batches of {}), {} B payloads, \
          {} s measured after {} s warm-up, backlog cap {}",
-        if args.label.is_empty() { String::new() } else { format!(" [{}]", args.label) },
+        if args.label.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", args.label)
+        },
         args.producers,
         args.send_batch,
         args.consumers,
@@ -486,9 +506,13 @@ fn print_report(args: &QueueBenchArgs, r: &QueueBenchReport) {
     );
     println!(
         "result system={system} label={} partitions={} producers={} consumers={} acked_per_s={:.0} sent_per_s={:.0} \
-         p50_us={} p99_us={} p999_us={} max_us={} acked={} errors={}",
+         p50_us={} p99_us={} p999_us={} max_us={} acked={} errors={} sent_total={} acked_total={}",
         if args.label.is_empty() { "-" } else { &args.label },
-        if args.system == QueueSystem::Trestle { args.partitions.to_string() } else { "-".into() },
+        if args.system == QueueSystem::Trestle {
+            args.partitions.to_string()
+        } else {
+            "-".into()
+        },
         args.producers,
         args.consumers,
         r.acked_per_sec,
@@ -499,6 +523,8 @@ fn print_report(args: &QueueBenchArgs, r: &QueueBenchReport) {
         r.max_us,
         r.acked,
         r.errors,
+        r.sent_total,
+        r.acked_total,
     );
 }
 
@@ -603,7 +629,10 @@ mod trestle {
 
     impl Consumer for Worker {
         async fn take(&mut self) -> Result<Vec<Vec<u8>>, QueueBenchError> {
-            let deliveries = self.client.receive(&self.queue, self.max, IDLE_WAIT, None).await?;
+            let deliveries = self
+                .client
+                .receive(&self.queue, self.max, IDLE_WAIT, None)
+                .await?;
             if deliveries.is_empty() {
                 return Ok(Vec::new());
             }
@@ -646,7 +675,10 @@ mod rabbitmq {
             suffix: &str,
         ) -> Result<Self, QueueBenchError> {
             let admin = connect(&endpoints[0]).await?;
-            let channel = admin.create_channel().await.map_err(rabbit("opening a channel"))?;
+            let channel = admin
+                .create_channel()
+                .await
+                .map_err(rabbit("opening a channel"))?;
             let queue = format!("bench-{suffix}");
             let mut arguments = FieldTable::default();
             arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
@@ -674,7 +706,11 @@ mod rabbitmq {
         }
 
         pub(super) async fn cleanup(self) -> Result<(), QueueBenchError> {
-            let channel = self.admin.create_channel().await.map_err(rabbit("opening a channel"))?;
+            let channel = self
+                .admin
+                .create_channel()
+                .await
+                .map_err(rabbit("opening a channel"))?;
             channel
                 .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
                 .await
@@ -702,7 +738,10 @@ mod rabbitmq {
 
         async fn producer(&self, i: usize) -> Result<Publisher, QueueBenchError> {
             let connection = connect(&self.endpoints[i % self.endpoints.len()]).await?;
-            let channel = connection.create_channel().await.map_err(rabbit("opening a channel"))?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(rabbit("opening a channel"))?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
@@ -716,7 +755,10 @@ mod rabbitmq {
 
         async fn consumer(&self, i: usize) -> Result<Subscriber, QueueBenchError> {
             let connection = connect(&self.endpoints[i % self.endpoints.len()]).await?;
-            let channel = connection.create_channel().await.map_err(rabbit("opening a channel"))?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(rabbit("opening a channel"))?;
             channel
                 .basic_qos(self.prefetch, BasicQosOptions::default())
                 .await
@@ -771,7 +813,9 @@ mod rabbitmq {
             let first = match tokio::time::timeout(IDLE_WAIT, self.consumer.next()).await {
                 Err(_) => return Ok(Vec::new()),
                 Ok(None) => {
-                    return Err(QueueBenchError::Options("rabbitmq: the consumer was cancelled".into()));
+                    return Err(QueueBenchError::Options(
+                        "rabbitmq: the consumer was cancelled".into(),
+                    ));
                 }
                 Ok(Some(delivery)) => delivery.map_err(rabbit("receiving"))?,
             };
