@@ -527,7 +527,42 @@ fn config_validation_names_the_problem() {
             .validate(),
         Err(ClientConfigError::Zero { name: "timeout" })
     );
-    assert!(ClientConfig::new(one, "a").validate().is_ok());
+    assert!(ClientConfig::new(one.clone(), "a").validate().is_ok());
+    assert!(matches!(
+        ClientConfig::new(one.clone(), "a")
+            .with_tombstone_ttl(Duration::from_millis(500))
+            .validate(),
+        Err(ClientConfigError::Invalid {
+            name: "tombstone_ttl",
+            ..
+        })
+    ));
+    assert_eq!(
+        ClientConfig::new(one.clone(), "a")
+            .with_near_cache(trestle_cache::NearCacheConfig::default().with_capacity_bytes(0))
+            .validate(),
+        Err(ClientConfigError::Zero {
+            name: "near_cache.capacity_bytes"
+        })
+    );
+    assert_eq!(
+        ClientConfig::new(one.clone(), "a")
+            .with_warm_up(trestle_cache::WarmUpConfig::default().with_batch(0))
+            .validate(),
+        Err(ClientConfigError::Zero {
+            name: "warm_up.batch"
+        })
+    );
+    let bad_detector = trestle_shard_router::HotKeyConfig::default().with_hot_fraction(2.0);
+    assert!(matches!(
+        ClientConfig::new(one, "a")
+            .with_hot_keys(trestle_cache::HotKeysConfig::default().with_detector(bad_detector))
+            .validate(),
+        Err(ClientConfigError::Invalid {
+            name: "hot_keys.detector",
+            ..
+        })
+    ));
     assert_eq!(Ack::Quorum.needed(3), 2);
     assert_eq!(Ack::All.needed(3), 3);
     assert_eq!(Ack::One.needed(3), 1);

@@ -143,3 +143,60 @@ impl HotKeys {
         self.detector.lock().hot_keys()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn near(ttl: Duration) -> NearCache {
+        NearCache::new(&NearCacheConfig::default().with_ttl(ttl))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_is_served_until_its_ttl_then_dropped() {
+        let cache = near(Duration::from_secs(1));
+        let epoch = cache.epoch(b"k");
+        cache.insert(b"k", Bytes::from_static(b"v"), epoch);
+        assert_eq!(cache.get(b"k"), Some(Bytes::from_static(b"v")));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(cache.get(b"k"), Some(Bytes::from_static(b"v")));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(cache.get(b"k"), None);
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_fetched_before_a_local_write_is_not_kept() {
+        let cache = near(Duration::from_secs(60));
+        // A read takes the epoch, then a local delete of the key happens before its value arrives.
+        let epoch = cache.epoch(b"k");
+        cache.invalidate(b"k");
+        cache.insert(b"k", Bytes::from_static(b"deleted"), epoch);
+        assert_eq!(cache.get(b"k"), None);
+        // A read that starts after the write is kept.
+        let epoch = cache.epoch(b"k");
+        cache.insert(b"k", Bytes::from_static(b"new"), epoch);
+        assert_eq!(cache.get(b"k"), Some(Bytes::from_static(b"new")));
+    }
+
+    #[test]
+    fn hot_keys_decay_so_a_cooled_key_stops_being_hot() {
+        let config = HotKeysConfig::default()
+            .with_detector(
+                trestle_shard_router::HotKeyConfig::default()
+                    .with_min_observations(10)
+                    .with_hot_fraction(0.3),
+            )
+            .with_decay_every(100);
+        let hot = HotKeys::new(&config).expect("valid");
+        for _ in 0..50 {
+            hot.observe(b"celebrity");
+        }
+        assert!(hot.observe(b"celebrity"));
+        // Traffic moves on: after enough decays the old favourite is no longer above 30%.
+        for i in 0..1000u32 {
+            hot.observe(format!("other-{}", i % 5).as_bytes());
+        }
+        assert!(!hot.observe(b"celebrity"));
+    }
+}
