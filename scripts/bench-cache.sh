@@ -3,20 +3,27 @@
 # (`memcaslap` in libmemcached-tools), 90% gets and 10% sets, fixed value sizes, server pinned to one core and
 # the load generator to another. Prints throughput and latency percentiles per round and the median of the rounds.
 #
-# Usage: scripts/bench-cache.sh [--time 10s] [--rounds 3] [--concurrency 16] [--sizes "100 4096"]
+# Usage: [TRESTLE_BIN=path] scripts/bench-cache.sh [--time 10s] [--rounds 3] [--concurrency 16] [--sizes "100 4096"] [--no-meta]
+#                                [--no-client]
+#
+# Then, unless --no-meta: `trestle bench cache` (the meta protocol, mg/ms, 90% gets) against each server, pinned
+# the same way; unless --no-client: `trestle bench cache --client` against two Trestle nodes on core 0 (a plain
+# single-node get against replicated reads and writes). Both report p50/p99/p999 from an HDR histogram.
 #
 # Latency percentiles come from memaslap's log2 histogram (its only percentile source), so they are bucket upper
 # bounds: "p99 256" means 99% of requests took under 256 us. The benchmark is a command, not a test.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-time_per_round=10s rounds=3 concurrency=16 sizes="100 4096"
+time_per_round=10s rounds=3 concurrency=16 sizes="100 4096" meta=1 client=1
 while (($#)); do
     case $1 in
         --time) time_per_round=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --sizes) sizes=$2; shift 2 ;;
+        --no-meta) meta=0; shift ;;
+        --no-client) client=0; shift ;;
         *) die "unknown option $1 (see the header of $0)" ;;
     esac
 done
@@ -26,14 +33,22 @@ for tool in memcached memcaslap taskset; do
 done
 (($(nproc) >= 2)) || die "needs 2 cores: one for the server, one for the load generator"
 
-say "building the release trestle binary"
-(cd "$TRESTLE_ROOT" && progress cargo build --release --locked -p trestle)
-trestle="$CARGO_TARGET_DIR/release/trestle"
+# TRESTLE_BIN: a release binary built before (the shared target directory's may be replaced by another build
+# during a run); otherwise this clone's is built.
+if [[ -n ${TRESTLE_BIN:-} ]]; then
+    trestle=$TRESTLE_BIN
+else
+    say "building the release trestle binary"
+    (cd "$TRESTLE_ROOT" && progress cargo build --release --locked -p trestle)
+    trestle="$CARGO_TARGET_DIR/release/trestle"
+fi
 
 work=$(mktemp -d)
 server_pid=
+second_pid=
 cleanup() {
     [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [[ -n $second_pid ]] && kill "$second_pid" 2>/dev/null && wait "$second_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -135,3 +150,61 @@ for size in $sizes; do
     done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+seconds=${time_per_round%s}
+if ((meta)); then
+    say "the meta protocol: trestle bench cache (mg/ms, 90% gets), $concurrency connections, ${seconds}s, $rounds rounds"
+    meta_results="$work/meta.txt"
+    : >"$meta_results"
+    for size in $sizes; do
+        for round in $(seq "$rounds"); do
+            for server in memcached trestle; do
+                port=$(free_port)
+                start_server "$server" "$port"
+                line=$(RUST_LOG=warn taskset -c 1 "$trestle" bench cache --nodes "127.0.0.1:$port" \
+                    --concurrency "$concurrency" --seconds "$seconds" --value-size "$size" --seed "$round" |
+                    grep '^| mg/ms')
+                stop_server
+                # | mg/ms 90% gets | ops/s | p50 | p99 | p999 | errors | misses |
+                read -r tps p50 p99 p999 < <(awk -F'|' '{print $3, $4, $5, $6}' <<<"$line")
+                printf '%s %s %s %s %s %s %s\n' "$server" "$size" "$round" "$tps" "$p50" "$p99" "$p999" |
+                    tee -a "$meta_results"
+            done
+        done
+    done
+    say "meta protocol, medians over $rounds rounds (microseconds)"
+    printf '| server | value | ops/s | p50 | p99 | p999 |\n|---|---|---|---|---|---|\n'
+    for size in $sizes; do
+        for server in memcached trestle; do
+            rows=$(awk -v s="$server" -v z="$size" '$1 == s && $2 == z' "$meta_results")
+            printf '| %s | %s B | %s | %s | %s | %s |\n' "$server" "$size" \
+                "$(awk '{print $4}' <<<"$rows" | median)" "$(awk '{print $5}' <<<"$rows" | median)" \
+                "$(awk '{print $6}' <<<"$rows" | median)" "$(awk '{print $7}' <<<"$rows" | median)"
+        done
+    done
+fi
+
+if ((client)); then
+    say "the replicated client: trestle bench cache --client, two Trestle nodes on core 0, $rounds rounds"
+    for round in $(seq "$rounds"); do
+        p1=$(free_port) p2=$(free_port)
+        start_server trestle "$p1"
+        second_pid=$server_pid
+        start_server trestle "$p2"
+        RUST_LOG=warn taskset -c 1 "$trestle" bench cache --client --nodes "127.0.0.1:$p1,127.0.0.1:$p2" \
+            --concurrency "$concurrency" --seconds "$seconds" --seed "$round" | grep '^| [gs]et' |
+            sed "s/^/round $round /" | tee -a "$work/client.txt"
+        stop_server
+        kill "$second_pid" && wait "$second_pid" 2>/dev/null || true
+        second_pid=
+    done
+    say "replicated client, medians over $rounds rounds (microseconds)"
+    printf '| phase | ops/s | p50 | p99 | p999 |\n|---|---|---|---|---|\n'
+    awk -F'|' '{print $2}' "$work/client.txt" | sort -u | while read -r phase; do
+        rows=$(awk -F'|' -v p=" $phase " '$2 == p' "$work/client.txt")
+        printf '| %s | %s | %s | %s | %s |\n' "$phase" \
+            "$(awk -F'|' '{print $3}' <<<"$rows" | median)" "$(awk -F'|' '{print $4}' <<<"$rows" | median)" \
+            "$(awk -F'|' '{print $5}' <<<"$rows" | median)" "$(awk -F'|' '{print $6}' <<<"$rows" | median)"
+    done
+fi
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
