@@ -836,3 +836,81 @@ async fn check_final_state(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_follows_any_membership_source() {
+    use trestle_shard_router::{
+        Membership, MembershipEvent, Node, ShardMap, ShardMapConfig, StaticMembership,
+    };
+    /// The membership shared between the client and the test, which changes it.
+    struct Shared(Arc<StaticMembership>);
+    impl Membership for Shared {
+        fn watch(&self) -> tokio::sync::watch::Receiver<Option<Arc<ShardMap>>> {
+            self.0.watch()
+        }
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MembershipEvent> {
+            self.0.subscribe()
+        }
+    }
+    let mut cluster = Cluster::start(&TWO_BY_TWO).await;
+    let node = |spec: &NodeSpec| Node::new(spec.addr.to_string()).with_zone(&spec.zone);
+    let handle = Arc::new(
+        StaticMembership::new(cluster.specs.iter().map(node), ShardMapConfig::default()).expect("membership"),
+    );
+    let membership = Shared(handle.clone());
+    let client = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::All)).expect("client");
+    client.follow(membership);
+    // Node ids become the addresses membership records carry.
+    let following = eventually(Duration::from_secs(5), async || {
+        client.nodes().iter().all(|n| n.id == n.addr.to_string())
+    })
+    .await;
+    assert!(following, "{:?}", client.nodes());
+    for i in 0..100 {
+        client
+            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+    let spec = cluster.add("a3", "a").await;
+    handle.add(node(&spec)).expect("add");
+    let joined = eventually(Duration::from_secs(5), async || {
+        client.nodes().len() == 5 && client.warm_ups().iter().any(|w| w.state == WarmUpState::Done)
+    })
+    .await;
+    assert!(joined, "{:?} {:?}", client.nodes(), client.warm_ups());
+    handle.remove(&spec.addr.to_string()).expect("remove");
+    let left = eventually(Duration::from_secs(5), async || client.nodes().len() == 4).await;
+    assert!(left);
+    for i in 0..100 {
+        assert_eq!(
+            client.get(key(i).as_bytes()).await.expect("get"),
+            Some(Bytes::from(key(i)))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_given_up_when_the_tombstone_would_have_expired() {
+    let cluster = Cluster::start(&[("a1", "a")]).await;
+    // Zone b's only node is an address nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let mut specs = cluster.specs.clone();
+    specs.push(NodeSpec::new("b1", dead_addr, "b"));
+    let client = Client::new(
+        config(&specs, "a")
+            .with_write_ack(Ack::One)
+            .with_tombstone_ttl(Duration::from_secs(1)),
+    )
+    .expect("client");
+    client.delete(b"gone").await.expect("Ack::One");
+    let gave_up = eventually(Duration::from_secs(10), async || {
+        let stats = client.stats();
+        stats.retries_abandoned == 1 && stats.retries_pending == 0
+    })
+    .await;
+    assert!(gave_up, "{:?}", client.stats());
+    assert_eq!(client.stats().retries_done, 0);
+}
