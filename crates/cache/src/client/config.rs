@@ -141,7 +141,8 @@ impl NearCacheConfig {
 }
 
 /// Hot-key detection (trestle-shard-router's [`HotKeyDetector`](trestle_shard_router::HotKeyDetector) over the
-/// keys read) and what the client does with a hot key.
+/// keys read) and what the client does with a hot key. Every [`Client::get`](super::Client::get) then counts its
+/// key under one short-held lock shared by the client's clones.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct HotKeysConfig {
