@@ -131,7 +131,7 @@ pub struct CacheProxyArgs {
     #[arg(long = "node", value_delimiter = ',')]
     pub nodes: Vec<String>,
     /// Trestle store (etcd v3 API) endpoints to discover nodes from (those `trestle cache serve --register-...`
-    /// registered), comma-separated; used when no --node is given. Read once at start.
+    /// registered), comma-separated; used when no --node is given. Registrations and expiries are followed.
     #[arg(long, value_delimiter = ',')]
     pub discover_endpoints: Vec<String>,
     /// Key prefix the nodes registered under.
@@ -181,21 +181,26 @@ impl CacheProxyArgs {
 
 /// Runs the proxy until SIGINT or SIGTERM.
 pub(crate) async fn proxy(args: CacheProxyArgs) -> Result<(), String> {
-    let nodes = if !args.nodes.is_empty() {
-        args.nodes
+    let client = if !args.nodes.is_empty() {
+        let nodes = args
+            .nodes
             .iter()
             .map(|n| parse_node(n))
-            .collect::<Result<Vec<_>, _>>()?
+            .collect::<Result<Vec<_>, _>>()?;
+        Client::new(args.client_config(nodes)).map_err(|e| e.to_string())?
     } else if !args.discover_endpoints.is_empty() {
-        trestle_cache::discover_nodes(&args.discover_endpoints, &args.discover_prefix)
-            .await
-            .map_err(|e| e.to_string())?
+        // Follows registrations and expiries as they happen (joining nodes are warmed).
+        trestle_cache::discover_client(
+            &args.discover_endpoints,
+            &args.discover_prefix,
+            args.client_config(Vec::new()),
+        )
+        .await
+        .map_err(|e| e.to_string())?
     } else {
-        return Err(
-            "give the nodes (--node ID=ADDR@ZONE) or where to discover them (--discover-endpoints)".into(),
-        );
+        return Err("give the nodes (--node ID=ADDR@ZONE) or where to discover them (--discover-endpoints)".into());
     };
-    let client = Client::new(args.client_config(nodes.clone())).map_err(|e| e.to_string())?;
+    let nodes = client.nodes().len();
     let proxy = Proxy::new(
         client,
         ProxyConfig::default().with_max_connections(args.max_connections),
@@ -206,8 +211,7 @@ pub(crate) async fn proxy(args: CacheProxyArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!(
-        "trestle cache proxy: memcached protocol on {addr}, {} nodes, local zone {}",
-        nodes.len(),
+        "trestle cache proxy: memcached protocol on {addr}, {nodes} nodes, local zone {}",
         args.zone
     );
     trestle_cache::serve_proxy(listener, proxy, crate::serve::wait_for_stop_signal()).await;
