@@ -245,6 +245,12 @@ async fn a_delete_during_a_partition_never_comes_back_after_it_heals() {
             .await
             .expect("set");
     }
+    // The sets reached zone b too (Ack::One returned after zone a).
+    let landed = eventually(Duration::from_secs(10), async || {
+        in_a.stats().writes_in_flight == 0
+    })
+    .await;
+    assert!(landed, "{:?}", in_a.stats());
     // Zone b stops answering; the deletes reach zone a only.
     cluster.partition_zone("b");
     for k in &keys {

@@ -551,16 +551,17 @@ impl Client {
         }
         let topology = Arc::new(Topology { zones });
         *inner.topology.write() = topology.clone();
-        for job in jobs {
-            self.start_warm_up(job, &topology);
+        if !jobs.is_empty() {
+            self.start_warm_ups(jobs, &topology);
         }
         Ok(())
     }
 
-    fn start_warm_up(&self, job: Arc<WarmUp>, topology: &Topology) {
+    /// Registers the warm-ups of one membership change and starts one task that runs them all.
+    fn start_warm_ups(&self, jobs: Vec<Arc<WarmUp>>, topology: &Topology) {
         {
             let mut all = self.inner.warm_ups.lock();
-            all.push(job.clone());
+            all.extend(jobs.iter().cloned());
             while all.len() > 32 {
                 let Some(i) = all.iter().position(|w| !w.is_running()) else {
                     break;
@@ -569,43 +570,48 @@ impl Client {
             }
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(node = %job.node, "no Tokio runtime: the joining node is not warmed");
-            return job.finish(WarmUpState::Cancelled);
+            tracing::warn!("no Tokio runtime: joining nodes are not warmed");
+            for job in jobs {
+                job.finish(WarmUpState::Cancelled);
+            }
+            return;
         };
-        let Some(zone) = topology.zone(&job.zone) else {
-            return job.finish(WarmUpState::Cancelled);
-        };
-        let Some(target) = zone.nodes.get(&job.node).cloned() else {
-            return job.finish(WarmUpState::Cancelled);
-        };
-        let snapshot = job.snapshot();
-        let sources = snapshot
-            .sources
-            .iter()
-            .map(|id| (id.clone(), zone.nodes.get(id).cloned()))
-            .collect();
-        let fallbacks = topology
-            .zones
-            .iter()
-            .filter(|z| z.name != job.zone)
-            .flat_map(|z| z.nodes.values().cloned())
-            .collect();
-        let plan = warmup::WarmUpPlan {
-            target,
-            sources,
-            fallbacks,
-        };
+        let mut planned = Vec::new();
+        for job in jobs {
+            let zone = topology.zone(&job.zone);
+            let Some((zone, target)) = zone.and_then(|z| Some((z, z.nodes.get(&job.node)?.clone()))) else {
+                job.finish(WarmUpState::Cancelled);
+                continue;
+            };
+            let sources = job
+                .snapshot()
+                .sources
+                .iter()
+                .map(|id| (id.clone(), zone.nodes.get(id).cloned()))
+                .collect();
+            let fallbacks = topology
+                .zones
+                .iter()
+                .filter(|z| z.name != job.zone)
+                .flat_map(|z| z.nodes.values().cloned())
+                .collect();
+            let plan = warmup::WarmUpPlan {
+                target,
+                sources,
+                fallbacks,
+            };
+            planned.push((job, plan));
+        }
         let weak = Arc::downgrade(&self.inner);
-        let (zone_name, node_id) = (job.zone.clone(), job.node.clone());
-        let alive = move || {
+        let alive = move |job: &WarmUp| {
             weak.upgrade().is_some_and(|inner| {
                 inner
                     .topology()
-                    .zone(&zone_name)
-                    .is_some_and(|z| z.nodes.contains_key(&node_id))
+                    .zone(&job.zone)
+                    .is_some_and(|z| z.nodes.contains_key(&job.node))
             })
         };
-        runtime.spawn(warmup::run(job, plan, self.inner.config.warm_up.clone(), alive));
+        runtime.spawn(warmup::run_all(planned, self.inner.config.warm_up.clone(), alive));
     }
 
     /// Reads `key`: the local zone first, then each other zone on a miss or an error. A value invalidated with

@@ -177,60 +177,100 @@ pub(crate) struct WarmUpPlan {
     pub(crate) fallbacks: Vec<Arc<NodeClient>>,
 }
 
-/// Copies the moved ranges into the joining node; `alive` says whether to go on (the node is still in its
-/// zone and the client still exists).
-pub(crate) async fn run(job: Arc<WarmUp>, plan: WarmUpPlan, config: WarmUpConfig, alive: impl Fn() -> bool) {
-    let mut sources: Vec<(&String, &Option<Arc<NodeClient>>)> = plan.sources.iter().collect();
+/// Copies the moved ranges into the nodes of `jobs` (one membership change), listing each source once for all
+/// the jobs that take ranges from it; `alive` says whether a job should go on (its node is still in its zone and
+/// the client still exists).
+pub(crate) async fn run_all(
+    jobs: Vec<(Arc<WarmUp>, WarmUpPlan)>,
+    config: WarmUpConfig,
+    alive: impl Fn(&WarmUp) -> bool,
+) {
+    let mut cancelled = vec![false; jobs.len()];
+    let mut unlisted: Vec<Vec<String>> = vec![Vec::new(); jobs.len()];
+    let mut sources: Vec<(&String, &Option<Arc<NodeClient>>)> =
+        jobs.iter().flat_map(|(_, plan)| plan.sources.iter()).collect();
     sources.sort_by(|a, b| a.0.cmp(b.0));
-    let mut unlisted = Vec::new();
+    sources.dedup_by(|a, b| a.0 == b.0);
     for (id, source) in sources {
-        let Some(source) = source else {
-            job.error(format!("{id} left the zone"));
-            unlisted.push(id.clone());
-            continue;
+        let users: Vec<usize> = (0..jobs.len())
+            .filter(|&u| jobs[u].1.sources.contains_key(id))
+            .collect();
+        let listed = match source {
+            None => Err(format!("{id} left the zone")),
+            Some(source) => source
+                .list_keys(config.list_timeout)
+                .await
+                .map_err(|error| format!("listing {id}: {error}")),
         };
-        match source.list_keys(config.list_timeout).await {
-            Ok(keys) => {
-                let keys = select(&job, keys, |owner| owner == id);
-                if !copy(&job, source, &plan.target, keys, &config, &alive).await {
-                    return job.finish(WarmUpState::Cancelled);
+        let keys = match listed {
+            Ok(keys) => keys,
+            Err(message) => {
+                for &u in &users {
+                    jobs[u].0.error(message.clone());
+                    unlisted[u].push(id.clone());
                 }
+                continue;
             }
+        };
+        let Some(source) = source else { continue };
+        for &u in &users {
+            let (job, plan) = &jobs[u];
+            if cancelled[u] {
+                continue;
+            }
+            let keys = select(job, &keys, |owner| owner == id);
+            cancelled[u] = !copy(job, source, &plan.target, keys, &config, &|| alive(job)).await;
+        }
+    }
+    // Every zone holds a full copy: the ranges of sources that could not be listed come from another zone's
+    // nodes, each listed once.
+    let mut fallbacks: Vec<&Arc<NodeClient>> = (0..jobs.len())
+        .filter(|&u| !unlisted[u].is_empty() && !cancelled[u])
+        .flat_map(|u| jobs[u].1.fallbacks.iter())
+        .collect();
+    fallbacks.sort_by(|a, b| a.id.cmp(&b.id));
+    fallbacks.dedup_by(|a, b| a.id == b.id);
+    for fallback in fallbacks {
+        let users: Vec<usize> = (0..jobs.len())
+            .filter(|&u| !unlisted[u].is_empty() && !cancelled[u])
+            .filter(|&u| jobs[u].1.fallbacks.iter().any(|f| f.id == fallback.id))
+            .collect();
+        let keys = match fallback.list_keys(config.list_timeout).await {
+            Ok(keys) => keys,
             Err(error) => {
-                job.error(format!("listing {id}: {error}"));
-                unlisted.push(id.clone());
-            }
-        }
-    }
-    if !unlisted.is_empty() {
-        // Every zone holds a full copy: take the unlisted sources' ranges from another zone's nodes.
-        for fallback in &plan.fallbacks {
-            match fallback.list_keys(config.list_timeout).await {
-                Ok(keys) => {
-                    let keys = select(&job, keys, |owner| unlisted.iter().any(|u| u == owner));
-                    if !copy(&job, fallback, &plan.target, keys, &config, &alive).await {
-                        return job.finish(WarmUpState::Cancelled);
-                    }
+                for &u in &users {
+                    jobs[u].0.error(format!("listing {}: {error}", fallback.id));
                 }
-                Err(error) => job.error(format!("listing {}: {error}", fallback.id)),
+                continue;
             }
+        };
+        for &u in &users {
+            let (job, plan) = &jobs[u];
+            let keys = select(job, &keys, |owner| unlisted[u].iter().any(|x| x == owner));
+            cancelled[u] = !copy(job, fallback, &plan.target, keys, &config, &|| alive(job)).await;
         }
     }
-    job.finish(WarmUpState::Done);
+    for (u, (job, _)) in jobs.iter().enumerate() {
+        job.finish(if cancelled[u] {
+            WarmUpState::Cancelled
+        } else {
+            WarmUpState::Done
+        });
+    }
 }
 
-/// The listed keys that moved to the node from a previous owner `wanted` accepts.
-fn select(job: &WarmUp, keys: Vec<Vec<u8>>, wanted: impl Fn(&str) -> bool) -> Vec<Vec<u8>> {
-    let listed = keys.len() as u64;
-    let keys: Vec<Vec<u8>> = keys
-        .into_iter()
+/// The listed keys that moved to the job's node from a previous owner `wanted` accepts.
+fn select(job: &WarmUp, keys: &[Vec<u8>], wanted: impl Fn(&str) -> bool) -> Vec<Vec<u8>> {
+    let selected: Vec<Vec<u8>> = keys
+        .iter()
         .filter(|k| job.previous_owner(key_position(k)).is_some_and(&wanted))
+        .cloned()
         .collect();
     job.update(|p| {
-        p.keys_listed += listed;
-        p.keys_to_copy += keys.len() as u64;
+        p.keys_listed += keys.len() as u64;
+        p.keys_to_copy += selected.len() as u64;
     });
-    keys
+    selected
 }
 
 /// Copies `keys` from `source` to `target` in batches; false if told to stop.
