@@ -12,6 +12,7 @@
 //!   position lies in a moved range, reads them (`mg`, with flags and TTL) and adds them to the new node with
 //!   `ms ... ME` (add: a value written to the new node since the change, or a delete's tombstone, is never
 //!   overwritten). If a previous owner cannot be listed, the same ranges are copied from another zone's nodes.
+//!   The warm-ups of one membership change share one task, which lists each source once.
 //!
 //! Progress is a [`WarmUpProgress`] the caller polls with [`Client::warm_ups`](super::Client::warm_ups).
 
@@ -36,7 +37,8 @@ use crate::protocol::{Command, MetaStatus};
 pub enum WarmUpState {
     /// Copying.
     Running,
-    /// Every moved range was listed and copied (see [`WarmUpProgress::errors`] for keys that failed).
+    /// Finished: every moved range was dealt with. What could not be (a source that no zone could stand in
+    /// for, a batch that failed) is in [`WarmUpProgress::errors`].
     Done,
     /// Stopped early: the node left the zone again, or the client was dropped.
     Cancelled,
