@@ -37,7 +37,7 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(5);
 /// gets a tombstone (never a value) once its breaker lets a request through (fixed 200 ms wait here) and the retry
 /// pause has passed (at most 200 ms here); it reads as a miss without falling back until the tombstone expires
 /// ([`TOMBSTONE_TTL`]). So: the tombstone TTL, plus those waits, plus slack.
-const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
+const CONVERGENCE_BOUND: Duration = Duration::from_secs(15);
 const KEYS: usize = 24;
 const WRITERS: usize = 4;
 const CHAOS: Duration = Duration::from_secs(6);
