@@ -199,12 +199,13 @@ if ((client)); then
         second_pid=
     done
     say "replicated client, medians over $rounds rounds (microseconds)"
-    printf '| phase | ops/s | p50 | p99 | p999 |\n|---|---|---|---|---|\n'
+    printf '| phase | ops/s | p50 | p99 | p999 | errors |\n|---|---|---|---|---|---|\n'
     awk -F'|' '{print $2}' "$work/client.txt" | sort -u | while read -r phase; do
         rows=$(awk -F'|' -v p=" $phase " '$2 == p' "$work/client.txt")
-        printf '| %s | %s | %s | %s | %s |\n' "$phase" \
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$phase" \
             "$(awk -F'|' '{print $3}' <<<"$rows" | median)" "$(awk -F'|' '{print $4}' <<<"$rows" | median)" \
-            "$(awk -F'|' '{print $5}' <<<"$rows" | median)" "$(awk -F'|' '{print $6}' <<<"$rows" | median)"
+            "$(awk -F'|' '{print $5}' <<<"$rows" | median)" "$(awk -F'|' '{print $6}' <<<"$rows" | median)" \
+            "$(awk -F'|' '{print $7}' <<<"$rows" | median)"
     done
 fi
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
