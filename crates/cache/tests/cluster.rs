@@ -717,12 +717,9 @@ async fn random_writes_deletes_and_partitions_leave_no_replaced_value_behind() {
     for proxy in cluster.proxies.values() {
         proxy.set_jitter(Duration::from_millis(5));
     }
-    let client = Client::new(
-        config(&cluster.specs, "a")
-            .with_write_ack(Ack::One)
-            .with_timeout(PARTITION_TIMEOUT),
-    )
-    .expect("client");
+    // A 1 s timeout: a write that times out on a merely slow node may be executed after its zone took the retry's
+    // tombstone (a limit the README states); on this busy machine 400 ms was sometimes not enough.
+    let client = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::One)).expect("client");
     let keys: Vec<String> = (0..3).map(|i| format!("k{i}")).collect();
     // The last write of each key: Some(value) or None for a delete.
     let mut last: HashMap<&str, Option<String>> = HashMap::new();
