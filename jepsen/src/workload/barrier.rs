@@ -16,7 +16,7 @@
 //! - `drain` (final operations only): drains [`TASKS`] first (acknowledging each task with its result), then
 //!   [`DONE`] (receiving for 2 s once a completion arrived, since they trickle in), as the queue workload's drain
 //!   does, with `queue` naming which in the result. Once both are empty it waits (failing, so the runner retries)
-//!   until every barrier submitted with `ok` had its completion received, for at most 30 s without any arriving:
+//!   until every barrier submitted with `ok` had its completion received, for at most 60 s without any arriving:
 //!   completions are enqueued by the barrier's home partition after the last task's ack, possibly sent from
 //!   another partition. The drain that ends the wait says `empty`; later ones return at once (`finished`).
 //!
@@ -43,7 +43,7 @@ pub(crate) const DONE: &str = "jepsen-done";
 /// How long a receive waits for a message.
 const RECEIVE_WAIT: Duration = Duration::from_millis(300);
 /// How long the drain waits for completions still missing once both queues are empty, without any arriving.
-const COMPLETION_WAIT: Duration = Duration::from_secs(30);
+const COMPLETION_WAIT: Duration = Duration::from_secs(60);
 /// How long a drain of the completions' queue goes on receiving once one arrived (they trickle in as the home
 /// partitions complete barriers).
 const COMPLETION_GATHER: Duration = Duration::from_secs(2);

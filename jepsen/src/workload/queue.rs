@@ -252,11 +252,19 @@ impl Session for QueueSession {
     }
 }
 
+/// How long a drain step may take in all: below the runner's bound on final operations (twice the operation
+/// timeout, 4 s by default), so that what a step received is recorded even when its ack is slow. An ack still in
+/// flight when the budget runs out is abandoned and reported as `acked false` (it may or may not commit).
+const DRAIN_BUDGET: Duration = Duration::from_millis(3_000);
+/// What a drain step keeps of its budget for the ack.
+const ACK_RESERVE: Duration = Duration::from_millis(1_000);
+
 /// One drain step on `queue`: `ok {empty true}` when the queue holds nothing; else up to [`DRAIN_MAX`] deliveries
 /// received, each described by `describe`, and acknowledged with `results(delivery)` (`ok {received [...] acked
-/// bool empty false}`); `fail` when nothing is ready yet (deliveries still in flight). Once a receive returned
-/// something, it goes on receiving until `gather` has passed since the start (messages that trickle in, as
-/// barrier completions do), then acknowledges everything at once.
+/// bool empty false}`); `fail` when nothing is ready yet (deliveries still in flight) or the first receive did
+/// not answer in time. Once a receive returned something, it goes on receiving until `gather` has passed since
+/// the start (messages that trickle in, as barrier completions do), then acknowledges everything at once. The
+/// whole step stays within [`DRAIN_BUDGET`].
 pub(crate) async fn drain(
     client: &QueueClient,
     queue: &str,
@@ -264,25 +272,35 @@ pub(crate) async fn drain(
     describe: impl Fn(&Delivery, &Receipt) -> Value,
     results: impl Fn(&Delivery) -> Vec<u8>,
 ) -> Completion {
-    let start = tokio::time::Instant::now();
-    let depth = match client.stats(queue).await {
-        Ok(stats) => stats.total.map_or(0, |t| t.depth),
-        Err(e) => return Completion::fail(Value::Nil, format!("stats: {e}")),
+    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
+    let gather_until = tokio::time::Instant::now() + gather.min(DRAIN_BUDGET - ACK_RESERVE);
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let depth = match tokio::time::timeout(left(), client.stats(queue)).await {
+        Ok(Ok(stats)) => stats.total.map_or(0, |t| t.depth),
+        Ok(Err(e)) => return Completion::fail(Value::Nil, format!("stats: {e}")),
+        Err(_) => return Completion::fail(Value::Nil, "stats: no answer within the drain's budget"),
     };
     if depth == 0 {
         return Completion::ok(drained(Vec::new(), true, true));
     }
-    let mut deliveries = match client.receive(queue, DRAIN_MAX, RECEIVE_WAIT, None).await {
-        Ok(d) => d,
-        // A receive that failed may have made deliveries invisible: they come back after their deadline.
-        Err(e) => return Completion::fail(Value::Nil, format!("receive: {e}")),
+    // A receive that failed or was abandoned may have made deliveries invisible: they come back after their
+    // deadline.
+    let first = client.receive(queue, DRAIN_MAX, RECEIVE_WAIT, None);
+    let mut deliveries = match tokio::time::timeout(left().saturating_sub(ACK_RESERVE), first).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Completion::fail(Value::Nil, format!("receive: {e}")),
+        Err(_) => return Completion::fail(Value::Nil, "receive: no answer within the drain's budget"),
     };
-    while !deliveries.is_empty() && start.elapsed() < gather && deliveries.len() < DRAIN_MAX as usize {
-        let left = DRAIN_MAX - u32::try_from(deliveries.len()).unwrap_or(DRAIN_MAX);
-        match client.receive(queue, left, RECEIVE_WAIT, None).await {
-            Ok(more) => deliveries.extend(more),
-            // Acknowledge what was received; what this receive may have delivered comes back later.
-            Err(_) => break,
+    while !deliveries.is_empty()
+        && tokio::time::Instant::now() < gather_until
+        && deliveries.len() < DRAIN_MAX as usize
+    {
+        let max = DRAIN_MAX - u32::try_from(deliveries.len()).unwrap_or(DRAIN_MAX);
+        let more = client.receive(queue, max, RECEIVE_WAIT, None);
+        match tokio::time::timeout(left().saturating_sub(ACK_RESERVE), more).await {
+            Ok(Ok(more)) => deliveries.extend(more),
+            // Acknowledge what was received.
+            _ => break,
         }
     }
     if deliveries.is_empty() {
@@ -298,7 +316,11 @@ pub(crate) async fn drain(
         .filter_map(|d| d.receipt.map(|r| describe(d, &r)))
         .collect();
     let res: Vec<Vec<u8>> = deliveries.iter().map(&results).collect();
-    let acked = client.ack(queue, &receipts, &res).await.is_ok();
+    let ack = client.ack(queue, &receipts, &res);
+    let acked = matches!(
+        tokio::time::timeout(left().max(Duration::from_millis(300)), ack).await,
+        Ok(Ok(()))
+    );
     Completion::ok(drained(values, acked, false))
 }
 
