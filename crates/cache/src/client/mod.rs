@@ -196,12 +196,20 @@ struct Retry {
     zones: usize,
 }
 
-/// The writes of one key in flight: how many zone writes are outstanding and, per zone, the newest write that
-/// landed there.
+/// The writes of one key in flight: how many zone writes are outstanding and, per node written, what landed.
 #[derive(Default)]
 struct KeyWrites {
     in_flight: usize,
-    landed: HashMap<String, u64>,
+    landed: HashMap<String, Landed>,
+}
+
+/// The writes of one key that landed on one node.
+#[derive(Default)]
+struct Landed {
+    /// The newest write (by this client's order) that landed.
+    newest: u64,
+    /// The write the node applied last, by the CAS it gave it (nodes number their stores in order): `(cas, write)`.
+    top: Option<(u64, u64)>,
 }
 
 struct Inner {
@@ -235,26 +243,41 @@ impl Inner {
         self.topology.read().clone()
     }
 
-    /// Records the end of write `write` of `key` in `zone`. Returns the newer write that had already landed there
-    /// if this one landed after it (the two went over different connections): the zone may now hold the older
-    /// value and must be corrected.
-    fn landed(&self, key: &Bytes, zone: &str, write: u64, ok: bool) -> Option<u64> {
+    /// Records the outcome of write `write` of `key` in `zone`. Returns the newer write that had already landed
+    /// there if this one landed after it (the two went over different connections): the zone may now hold the
+    /// older value and must be corrected.
+    ///
+    /// A write whose reply carries the CAS the node gave it is ordered by that CAS (the order the node applied the
+    /// writes in, whatever order the replies came back in); one without (an invalidation) by its reply's arrival.
+    fn landed(&self, key: &Bytes, node: &str, write: u64, outcome: Option<Option<u64>>) -> Option<u64> {
         let mut writes = self.writes.lock();
         let entry = writes.get_mut(key)?;
-        let mut newer = None;
-        if ok {
-            let slot = entry.landed.entry(zone.to_owned()).or_insert(0);
-            if *slot > write {
-                newer = Some(*slot);
-            } else {
-                *slot = write;
+        let cas = outcome?;
+        let landed = entry.landed.entry(node.to_owned()).or_default();
+        let newest_before = landed.newest;
+        landed.newest = landed.newest.max(write);
+        match cas {
+            Some(cas) => {
+                if landed.top.is_none_or(|(top, _)| cas > top) {
+                    landed.top = Some((cas, write));
+                }
+                let (_, on_top) = landed.top?;
+                (on_top < landed.newest).then_some(landed.newest)
+            }
+            None => (write < newest_before).then_some(newest_before),
+        }
+    }
+
+    /// Records that one zone write of `key` finished (after any retry it needs is registered, so that no one sees
+    /// neither the write in flight nor its retry pending).
+    fn write_done(&self, key: &Bytes) {
+        let mut writes = self.writes.lock();
+        if let Some(entry) = writes.get_mut(key) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            if entry.in_flight == 0 {
+                writes.remove(key);
             }
         }
-        entry.in_flight = entry.in_flight.saturating_sub(1);
-        if entry.in_flight == 0 {
-            writes.remove(key);
-        }
-        newer
     }
 }
 
@@ -315,11 +338,16 @@ impl Drop for LoadGuard<'_> {
     }
 }
 
-/// Sends one write to one node; `HD` and `NF` (nothing to delete or invalidate) are acknowledgements.
-async fn write_once(node: &NodeClient, command: &Command) -> Result<(), ClientError> {
+/// Sends one write to one node; `HD` and `NF` (nothing to delete or invalidate) are acknowledgements. Returns
+/// the CAS the node gave the item, when the command asked for it (`c`).
+async fn write_once(node: &NodeClient, command: &Command) -> Result<Option<u64>, ClientError> {
     let replies = node.exchange(std::slice::from_ref(command)).await?;
-    match replies.first().map(|r| r.status) {
-        Some(MetaStatus::Stored | MetaStatus::NotFound) => Ok(()),
+    let reply = replies.first();
+    match reply.map(|r| r.status) {
+        Some(MetaStatus::Stored | MetaStatus::NotFound) => Ok(reply
+            .and_then(|r| r.flags.number::<u64>(b'c'))
+            .and_then(Result::ok)
+            .filter(|&cas| cas > 0)),
         other => Err(ClientError::Server {
             node: node.id.clone(),
             error: ReplyError::Malformed {
@@ -916,29 +944,45 @@ impl Client {
             .in_flight += zones;
         let needed = self.inner.config.write_ack.needed(zones);
         let (tx, mut rx) = mpsc::channel(zones);
+        // Sets (tombstones included) ask for the CAS the node gives them, which orders them on the node.
+        let command = match command {
+            Command::MetaSet { key, data, flags } => Command::MetaSet {
+                key,
+                data,
+                flags: flags.with(b'c'),
+            },
+            other => other,
+        };
         for zone in &topology.zones {
             let node = zone.node(key).clone();
             let (tx, command) = (tx.clone(), command.clone());
             let (weak, zone, key) = (Arc::downgrade(&self.inner), zone.name.clone(), owned.clone());
             tokio::spawn(async move {
                 let result = write_once(&node, &command).await;
-                let ok = result.is_ok();
                 let result_kind = result.clone().map(|_| ());
-                let _ = tx.send(result).await;
-                let newer = weak
-                    .upgrade()
-                    .and_then(|inner| inner.landed(&key, &zone, write, ok));
-                if let Err(error) = &result_kind {
+                let _ = tx.send(result.clone().map(|_| ())).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let newer = inner.landed(&key, &node.id, write, result.ok());
+                let retry = match &result_kind {
                     // A write that timed out or broke its connection may still land later, after a newer write
                     // of the key: its tombstone goes out even if a newer write supersedes it. One that surely
                     // never left (breaker open) or was refused is superseded by newer writes.
-                    let indeterminate = matches!(error, ClientError::Timeout { .. } | ClientError::Io { .. });
-                    retry_with_tombstone(weak, zone, key, write, Retrying::after_failure(indeterminate))
-                        .await;
-                } else if let Some(newer) = newer {
+                    Err(error) => Some((
+                        write,
+                        Retrying::after_failure(matches!(
+                            error,
+                            ClientError::Timeout { .. } | ClientError::Io { .. }
+                        )),
+                    )),
                     // An older value may have overwritten a newer one (or a tombstone): replace it with a
                     // tombstone at once, which at worst costs a miss.
-                    retry_with_tombstone(weak, zone, key, newer, Retrying::LateWrite).await;
+                    Ok(()) => newer.map(|newer| (newer, Retrying::LateWrite)),
+                };
+                let retry = retry.filter(|&(id, why)| register_retry(&inner, &key, id, why));
+                inner.write_done(&key);
+                drop(inner);
+                if let Some((id, why)) = retry {
+                    run_retry(weak, zone, key, id, why).await;
                 }
             });
         }
@@ -1123,40 +1167,49 @@ impl Retrying {
     }
 }
 
+/// Whether a newer write of `key` by this client makes the retry of `write` unnecessary.
+fn superseded(retries: &HashMap<Bytes, Retry>, key: &Bytes, write: u64, why: Retrying) -> bool {
+    why != Retrying::MayLandLate && retries.get(key).is_some_and(|r| r.write > write)
+}
+
+/// Registers a retry of `write` (counted as pending from now); false if a newer write already supersedes it.
+fn register_retry(inner: &Inner, key: &Bytes, write: u64, why: Retrying) -> bool {
+    let mut retries = inner.retries.lock();
+    if superseded(&retries, key, write, why) {
+        return false;
+    }
+    let retry = retries.entry(key.clone()).or_insert(Retry { write, zones: 0 });
+    retry.write = retry.write.max(write);
+    retry.zones += 1;
+    bump(&inner.counters.retries_pending);
+    true
+}
+
 /// Sends `zone` a tombstone for `key` in the background (never the value: a late value could overwrite a newer
 /// one written by another process; a late tombstone at worst costs a miss), until the zone takes it, the
 /// tombstone TTL passes, or (unless `why` says otherwise) a later write of the key by this client supersedes it.
-async fn retry_with_tombstone(inner: Weak<Inner>, zone: String, key: Bytes, write: u64, why: Retrying) {
+/// The retry must have been registered with [`register_retry`].
+async fn run_retry(inner: Weak<Inner>, zone: String, key: Bytes, write: u64, why: Retrying) {
     let Some(strong) = inner.upgrade() else { return };
     let config = &strong.config;
     let deadline = tokio::time::Instant::now() + config.tombstone_ttl;
     let max_pause = config.max_retry_pause;
-    let superseded = |retries: &HashMap<Bytes, Retry>| {
-        why != Retrying::MayLandLate && retries.get(&key).is_some_and(|r| r.write > write)
-    };
-    {
-        let mut retries = strong.retries.lock();
-        if superseded(&retries) {
-            return;
-        }
-        let retry = retries.entry(key.clone()).or_insert(Retry { write, zones: 0 });
-        retry.write = retry.write.max(write);
-        retry.zones += 1;
-    }
-    bump(&strong.counters.retries_pending);
+    let timeout = config.timeout;
     let client = Client { inner: strong };
     let command = client.tombstone(&key);
     drop(client);
-    let mut pause = if why == Retrying::LateWrite {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(200).min(max_pause)
+    let mut pause = match why {
+        Retrying::LateWrite => Duration::ZERO,
+        Retrying::Missed => Duration::from_millis(200).min(max_pause),
+        // A write that timed out went to a slow node: give it another timeout to land before the tombstone, which
+        // must land after it.
+        Retrying::MayLandLate => Duration::from_millis(200).min(max_pause).max(timeout),
     };
     let outcome = loop {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).clamp(Duration::from_millis(200).min(max_pause), max_pause);
         let Some(strong) = inner.upgrade() else { return };
-        if superseded(&strong.retries.lock()) {
+        if superseded(&strong.retries.lock(), &key, write, why) {
             break None;
         }
         if tokio::time::Instant::now() >= deadline {
