@@ -20,7 +20,8 @@
 //!   write or a delete (down, partitioned) is retried in the background with a tombstone, pausing up to
 //!   [`ClientConfig::max_retry_pause`], until it accepts it or the tombstone TTL has passed; a later write of
 //!   the same key by this client supersedes the retry if the failed write surely never left (a write that timed
-//!   out may still land). An older write that lands in a zone after a newer one is corrected with a tombstone.
+//!   out may still land). An older write that a node applied after a newer one (told apart by the CAS values the
+//!   node gave them) is corrected with a tombstone.
 //! - **Failures** are per node: a timeout per request, and a circuit breaker from trestle-breaker that fails
 //!   fast while a node is down and lets a trial request through after its wait.
 //! - **Coalescing** ([`Client::get_or_load`]): concurrent misses in one process share one load, and across
