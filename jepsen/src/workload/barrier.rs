@@ -18,7 +18,9 @@
 //!   does, with `queue` naming which in the result. Once both are empty it waits (failing, so the runner retries)
 //!   until every barrier submitted with `ok` had its completion received, for at most 60 s without any arriving:
 //!   completions are enqueued by the barrier's home partition after the last task's ack, possibly sent from
-//!   another partition. The drain that ends the wait says `empty`; later ones return at once (`finished`).
+//!   another partition. The drain that ends the wait says `empty`; later ones return at once (`finished`). Any
+//!   60 s without progress (nothing received, whatever the reason) end the drain without `empty`: a completion
+//!   still missing is then unknown.
 //!
 //! The `barrier` checker (`checker/barrier.rs`) reads the history.
 
@@ -259,6 +261,14 @@ impl BarrierSession {
     }
 
     async fn drain(&mut self) -> Completion {
+        // The drain gives up once it has gone COMPLETION_WAIT without progress, whatever the reason (a partition
+        // that never answers again, say): a missing completion is then unknown, not waited for forever.
+        if let Ok(mut book) = self.book.lock() {
+            let since = *book.progress.get_or_insert_with(Instant::now);
+            if since.elapsed() >= COMPLETION_WAIT {
+                book.finished = true;
+            }
+        }
         if self.book.lock().is_ok_and(|b| b.finished) {
             return Completion::ok(Value::map(vec![
                 (Value::Str("finished".into()), Value::Bool(true)),
