@@ -3,18 +3,26 @@
 //! `etcdutl snapshot restore`).
 //!
 //! The file: `TRESTLE-ETCD-BACKUP-1\n`, the length of the store's encoding as a little-endian `u64`, the store
-//! (postcard `MvccStore`: every retained version of every key, the leases, the revisions), zeros up to a multiple
-//! of 512 bytes, and the SHA-256 of everything before it. The trailing hash and the 512-byte alignment are what
+//! (its key space in trestle-raft's key-space snapshot format, without an applied mark: every retained version
+//! of every key, the history, the leases, the revisions and alarms; backups made by older versions hold a
+//! postcard store instead, and still restore), zeros up to a multiple of 512 bytes, and the SHA-256 of
+//! everything before it. The trailing hash and the 512-byte alignment are what
 //! etcd's tools look for at the end of a snapshot (`etcdctl snapshot save` checks that a hash is there); the body
 //! is Trestle's own, so etcd's tools cannot read it, nor Trestle's theirs.
 
 use std::io::Write;
 
-use sha2::{Digest, Sha256};
-use trestle_raft::{ClusterState, Membership, NodeConfig, PeerNode, node_id_for};
+use std::sync::Arc;
 
-use crate::mvcc::MvccStore;
+use sha2::{Digest, Sha256};
+use trestle_raft::{
+    ClusterState, FrozenState, KeySpace, Membership, MemoryKeySpace, NodeConfig, PeerNode, StateMachine,
+    node_id_for,
+};
+
+use crate::mvcc::{DEFAULT_MAX_TXN_OPS, MvccStore};
 use crate::node::STORE_GROUP;
+use crate::store::StoreApp;
 
 const MAGIC: &[u8] = b"TRESTLE-ETCD-BACKUP-1\n";
 const ALIGN: usize = 512;
@@ -53,9 +61,10 @@ pub enum BackupError {
     Io(String),
 }
 
-/// The backup of `store`, whole.
-pub fn encode_backup(store: &MvccStore) -> Result<Vec<u8>, BackupError> {
-    let body = postcard::to_allocvec(store).map_err(|e| BackupError::Store(e.to_string()))?;
+/// The backup of a store frozen by [`StoreApp::freeze_backup`], whole.
+pub fn encode_backup(store: FrozenState) -> Result<Vec<u8>, BackupError> {
+    let mut body = Vec::new();
+    store(&mut body).map_err(|e| BackupError::Store(e.to_string()))?;
     let mut out = Vec::with_capacity(MAGIC.len() + 8 + body.len() + ALIGN + HASH);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -66,8 +75,19 @@ pub fn encode_backup(store: &MvccStore) -> Result<Vec<u8>, BackupError> {
     Ok(out)
 }
 
-/// The store inside a backup, once its hash and framing check out.
+/// The store inside a backup, once its hash and framing check out, in memory.
 pub fn decode_backup(backup: &[u8]) -> Result<MvccStore, BackupError> {
+    let body = backup_body(backup)?;
+    let space: Arc<dyn KeySpace> = Arc::new(MemoryKeySpace::new());
+    let mut app = StoreApp::open(space.clone()).map_err(|e| BackupError::Store(e.to_string()))?;
+    app.restore(&mut &body[..])
+        .map_err(|e| BackupError::Store(e.to_string()))?;
+    drop(app);
+    MvccStore::open(space, DEFAULT_MAX_TXN_OPS).map_err(|e| BackupError::Store(e.to_string()))
+}
+
+/// The store's bytes inside a backup, once its hash and framing check out.
+fn backup_body(backup: &[u8]) -> Result<&[u8], BackupError> {
     let not_a_backup = BackupError::NotABackup {
         expected: "TRESTLE-ETCD-BACKUP-1",
     };
@@ -85,11 +105,10 @@ pub fn decode_backup(backup: &[u8]) -> Result<MvccStore, BackupError> {
     let mut length = [0u8; 8];
     length.copy_from_slice(&contents[MAGIC.len()..MAGIC.len() + 8]);
     let length = usize::try_from(u64::from_le_bytes(length)).map_err(|_| BackupError::Checksum { size })?;
-    let body = contents
+    contents
         .get(MAGIC.len() + 8..)
         .and_then(|rest| rest.get(..length))
-        .ok_or(BackupError::Checksum { size })?;
-    postcard::from_bytes(body).map_err(|e| BackupError::Store(e.to_string()))
+        .ok_or(BackupError::Checksum { size })
 }
 
 /// Seeds the data directory of `config` (which must not exist yet) with the key space of `backup`, as one member
@@ -97,7 +116,9 @@ pub fn decode_backup(backup: &[u8]) -> Result<MvccStore, BackupError> {
 /// initial cluster, then start them: they begin at the backup's revision, with the store's history, leases
 /// and compaction point, and the new membership.
 pub async fn restore_backup(backup: &[u8], config: &NodeConfig) -> Result<(), BackupError> {
-    let store = decode_backup(backup)?;
+    // Checked whole before anything is written.
+    decode_backup(backup)?;
+    let body = backup_body(backup)?;
     if config.initial_cluster.is_empty() {
         return Err(BackupError::Config(
             "restoring needs the new cluster's members (--initial-cluster)".into(),
@@ -135,10 +156,9 @@ pub async fn restore_backup(backup: &[u8], config: &NodeConfig) -> Result<(), Ba
     std::fs::create_dir_all(&config.data_dir).map_err(|e| BackupError::Io(e.to_string()))?;
     let db = trestle_raft::open_db(&db_path).map_err(|e| BackupError::Io(e.to_string()))?;
     let storage = trestle_raft::GroupStorage::rocksdb(db).map_err(|e| BackupError::Io(e.to_string()))?;
+    // The store's bytes become the seed snapshot as they are: members restore them as any snapshot.
     trestle_raft::seed_group(&storage, STORE_GROUP, membership, |out: &mut dyn Write| {
-        postcard::to_io(&store, out)
-            .map(|_| ())
-            .map_err(|e| trestle_raft::SnapshotError::invalid(format!("encoding the store: {e}")))
+        Ok(out.write_all(body)?)
     })
     .await
     .map_err(|e| BackupError::Io(e.to_string()))

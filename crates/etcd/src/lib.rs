@@ -5,11 +5,13 @@
 //! And [`RetryingClient`], the etcd client rule every Trestle crate uses to retry only what is safe to retry,
 //! against Trestle or a real etcd.
 //!
-//! - **The data model.** [`MvccStore`] is etcd's MVCC model as a sans-IO state machine (revisions, per-key
-//!   create/mod revision and version, leases, transactions, compaction, watch history), tested synchronously
-//!   against a model.
-//! - **The replicated store.** [`StoreApp`] is that model as a trestle-raft `StateMachine`; [`Store`] is the
-//!   service around it (lease keep-alives answered by the leader, the leader's lease clock, etcd's error words).
+//! - **The data model.** etcd's MVCC model laid out as etcd lays it out (revisions, per-key create/mod revision
+//!   and version, leases, transactions, compaction, watch history): a key index in memory ([`MvccIndex`]) and
+//!   the versions in a trestle-raft key space, by revision. [`MvccStore`] runs it on its own over any key
+//!   space; it is tested synchronously against a model.
+//! - **The replicated store.** [`StoreApp`] is that model as a trestle-raft state machine whose state lives in
+//!   its group's key space of the node's RocksDB; [`Store`] is the service around it (lease keep-alives
+//!   answered by the leader, the leader's lease clock, etcd's error words).
 //! - **The API.** [`EtcdServer`] serves the store with etcd's wire format, codes and messages.
 //! - **The node.** [`EtcdNode`] is a trestle-raft `Node` running the store as group 0 ([`STORE_GROUP`]) and
 //!   serving the API on the client port; further keyspaces and any other service run beside it.
@@ -51,10 +53,10 @@ pub use backup::{BackupError, decode_backup, encode_backup, restore_backup};
 pub use client::{CallKind, ClientError, RetryPolicy, RetryingClient};
 #[cfg(feature = "server")]
 pub use mvcc::{
-    Compare, CompareResult, CompareTarget, DEFAULT_MAX_TXN_OPS, DeleteRangeRequest, DeleteRangeResponse,
-    Event, EventKind, KeyValue, Lease, LeaseId, MAX_LEASE_TTL, MvccError, MvccStore, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnRequest,
-    TxnResponse, in_range,
+    COMPACTION_STEP, Compare, CompareResult, CompareTarget, DEFAULT_MAX_TXN_OPS, DeleteRangeRequest,
+    DeleteRangeResponse, Event, EventKind, KeyValue, KvWrite, Lease, LeaseId, MAX_LEASE_TTL, MvccError,
+    MvccIndex, MvccStore, MvccView, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseOp, Revision, SortOrder, SortTarget, TxnRequest, TxnResponse, in_range,
 };
 #[cfg(feature = "server")]
 pub use node::{EtcdNode, EtcdNodeConfig, EtcdNodeError, STORE_GROUP, cluster_id_for_token};

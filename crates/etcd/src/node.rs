@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tonic::service::RoutesBuilder;
 use tracing::{Instrument, info_span};
-use trestle_raft::{GroupId, Node, NodeConfig, NodeError, NodeId, node_id_for};
+use trestle_raft::{GroupId, Node, NodeConfig, NodeError, NodeId, StartGroupError, node_id_for};
 
 use crate::api::{EtcdServer, EtcdSettings};
 use crate::store::{Store, StoreApp, StoreService, StoreSettings, StoreSettingsError};
@@ -127,7 +127,7 @@ impl EtcdNode {
         let replicated = node
             .start_service(
                 STORE_GROUP,
-                StoreApp::default(),
+                open_store(node, STORE_GROUP)?,
                 StoreService::new(config.store.clone()),
                 config.store.replicated.clone(),
             )
@@ -196,7 +196,7 @@ impl EtcdNode {
             self.node
                 .start_service(
                     group,
-                    StoreApp::default(),
+                    open_store(&self.node, group)?,
                     StoreService::new(settings.clone()),
                     settings.replicated.clone(),
                 )
@@ -215,6 +215,12 @@ impl EtcdNode {
     pub async fn shutdown(self) {
         self.node.shutdown().await;
     }
+}
+
+/// The store of `group` in the node's key space: its index rebuilt from what the key space holds.
+fn open_store(node: &Node, group: GroupId) -> Result<StoreApp, NodeError> {
+    StoreApp::open(node.key_space(group))
+        .map_err(|source| NodeError::Group(StartGroupError::Storage { group, source }))
 }
 
 /// Waits for a task the node aborts at shutdown; a node's task ends only then, so its result says nothing.

@@ -156,7 +156,9 @@ impl<M> std::fmt::Debug for DiskBacked<M> {
     }
 }
 
-const MAGIC: &[u8; 8] = b"TRKV1\n\0\0";
+/// The first bytes of a key-space snapshot (see the module's documentation).
+pub const KEY_SPACE_SNAPSHOT_MAGIC: &[u8; 8] = b"TRKV1\n\0\0";
+const MAGIC: &[u8; 8] = KEY_SPACE_SNAPSHOT_MAGIC;
 const END: u32 = u32::MAX;
 /// The largest key or value a snapshot may hold: a damaged length must not become a huge allocation.
 const MAX_FIELD: u32 = 256 << 20;
@@ -298,6 +300,14 @@ fn field_len(field: &[u8]) -> io::Result<u32> {
                 field.len()
             ))
         })
+}
+
+/// Writes a frozen key space in the snapshot format [`DiskBacked`] restores from (see the module's
+/// documentation). An application uses it to write records it built itself (in a
+/// [`MemoryKeySpace`](crate::MemoryKeySpace), converting an older format) or a view whose applied mark it
+/// hides (a backup that seeds another cluster), and hands the bytes to [`GroupApp::restore`](crate::GroupApp).
+pub fn write_key_space(frozen: &dyn FrozenKeySpace, out: &mut dyn Write) -> Result<(), SnapshotError> {
+    write_frozen(frozen, out)
 }
 
 /// Writes a frozen key space in the snapshot format.

@@ -100,7 +100,7 @@ mod tls;
 mod transport;
 mod types;
 
-pub use disk_backed::{DiskBacked, DiskStateMachine};
+pub use disk_backed::{DiskBacked, DiskStateMachine, KEY_SPACE_SNAPSHOT_MAGIC, write_key_space};
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
 pub use keyspace::{
     FrozenKeySpace, KeyRead, KeySpace, MemoryKeySpace, Record, RocksKeySpace, StateTxn, Visitor, Writes,

@@ -487,7 +487,7 @@ impl Invariants {
                             value: a.value,
                             revision: a.revision,
                             node: *i,
-                            found: render(events),
+                            found: render(&events),
                         })
                     })
                     .collect()

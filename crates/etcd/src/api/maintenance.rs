@@ -129,6 +129,7 @@ impl PbMaintenanceService for EtcdServer {
         let (hash, revision) = self
             .store
             .read(|app| (app.store().hash(), app.store().revision()));
+        let hash = hash.map_err(Status::from)?;
         Ok(Response::new(PbHashResponse {
             header: Some(self.header(revision)),
             hash,
@@ -156,10 +157,14 @@ impl PbMaintenanceService for EtcdServer {
         &self,
         _request: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        // This member's applied state, at one revision (taken under the store's read lock).
-        let (backup, revision) = self
+        // This member's applied state, at one revision: frozen under the store's read lock, written after it
+        // is released, while entries go on applying.
+        let (frozen, revision) = self
             .store
-            .read(|app| (crate::backup::encode_backup(app.store()), app.store().revision()));
+            .read(|app| (app.freeze_backup(), app.store().revision()));
+        let backup = tokio::task::spawn_blocking(move || crate::backup::encode_backup(frozen))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let backup = backup.map_err(|e| Status::internal(e.to_string()))?;
         let header = self.header(revision);
         let total = backup.len();

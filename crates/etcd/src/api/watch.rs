@@ -230,8 +230,23 @@ impl EtcdServer {
             if watcher.next_revision > current {
                 continue;
             }
-            let events = match store.events_since(watcher.next_revision) {
-                Ok(events) => events,
+            let mut matching = Vec::new();
+            let scanned = store.scan_events(
+                watcher.next_revision,
+                watcher.prev_kv,
+                |key| in_range(key, &watcher.key, &watcher.range_end),
+                |_, event| {
+                    let wanted = match event.kind {
+                        EventKind::Put => !watcher.no_put,
+                        EventKind::Delete => !watcher.no_delete,
+                    };
+                    if wanted {
+                        matching.push(convert::event(event));
+                    }
+                },
+            );
+            match scanned {
+                Ok(()) => {}
                 Err(MvccError::Compacted {
                     requested,
                     compact_revision,
@@ -240,23 +255,11 @@ impl EtcdServer {
                     gone.push(*id);
                     continue;
                 }
-                Err(_) => continue,
-            };
-            let matching: Vec<_> = events
-                .into_iter()
-                .filter(|(_, e)| in_range(&e.kv.key, &watcher.key, &watcher.range_end))
-                .filter(|(_, e)| match e.kind {
-                    EventKind::Put => !watcher.no_put,
-                    EventKind::Delete => !watcher.no_delete,
-                })
-                .map(|(_, e)| {
-                    let mut event = e.clone();
-                    if !watcher.prev_kv {
-                        event.prev_kv = None;
-                    }
-                    convert::event(event)
-                })
-                .collect();
+                Err(e) => {
+                    tracing::error!(watch_id = *id, error = %e, "reading the history for a watcher failed");
+                    continue;
+                }
+            }
             watcher.next_revision = current + 1;
             if !matching.is_empty() {
                 responses.push(PbWatchResponse {

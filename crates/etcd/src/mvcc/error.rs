@@ -77,6 +77,13 @@ pub enum MvccError {
     /// A write that needs space while a `NOSPACE` alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// Reading or writing the store's key space failed, or found it damaged. Applying stops the group rather
+    /// than letting this member's state drift from the others'.
+    #[error("etcdserver: storage: {detail}")]
+    Storage {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl MvccError {
@@ -94,7 +101,7 @@ impl MvccError {
             }
             Self::LeaseNotFound { .. } => tonic::Code::NotFound,
             Self::LeaseExists { .. } => tonic::Code::FailedPrecondition,
-            Self::UndecodableCommand { .. } => tonic::Code::Internal,
+            Self::UndecodableCommand { .. } | Self::Storage { .. } => tonic::Code::Internal,
             Self::NoSpace => tonic::Code::ResourceExhausted,
         }
     }

@@ -1,11 +1,17 @@
-//! etcd's MVCC data model as a sans-IO state machine.
+//! etcd's MVCC data model, laid out as etcd lays it out.
 //!
-//! [`MvccStore`] holds every version of every key since the last compaction, the leases and their keys, and the
-//! events watchers replay. It is fed commands and returns responses; it has no clock, no disk and no network, so
-//! it is tested synchronously against a simple model (`tests.rs`). Raft replicates the commands; every replica
-//! applies them in log order and reaches the same state.
+//! [`MvccIndex`] is what stays in memory: every key's retained revisions, the leases and their keys, the
+//! revisions. The versions themselves — values, tombstones, the event history watchers replay — live in a
+//! trestle-raft key space, keyed by revision (`layout.rs`). Every operation is given the key space to read
+//! and write, so the rules have no clock, no network and no Raft: the coordination store applies them through
+//! each entry's transaction, and [`MvccStore`] runs them on its own over any key space. They are tested
+//! synchronously against a model (`tests.rs`) over a `MemoryKeySpace`. Raft replicates the commands; every
+//! replica applies them in log order and reaches the same state.
 
 mod error;
+mod index;
+mod layout;
+pub(crate) mod legacy;
 mod store;
 mod types;
 
@@ -13,8 +19,11 @@ mod types;
 mod tests;
 
 pub use error::MvccError;
+pub(crate) use layout::META_ALARMS;
 pub(crate) use store::put_size;
-pub use store::{DEFAULT_MAX_TXN_OPS, MAX_LEASE_TTL, MvccStore, in_range};
+pub use store::{
+    COMPACTION_STEP, DEFAULT_MAX_TXN_OPS, KvWrite, MAX_LEASE_TTL, MvccIndex, MvccStore, MvccView, in_range,
+};
 pub use types::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind,
     KeyValue, Lease, LeaseId, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp,

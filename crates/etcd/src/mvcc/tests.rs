@@ -384,7 +384,7 @@ fn revoking_a_lease_deletes_its_keys_in_one_revision() {
 }
 
 #[test]
-fn snapshots_round_trip() {
+fn a_store_reopens_from_its_key_space() {
     let mut s = MvccStore::default();
     s.lease_grant(3, 10).unwrap();
     s.put(&PutRequest {
@@ -398,9 +398,11 @@ fn snapshots_round_trip() {
         ..Default::default()
     })
     .unwrap();
-    let bytes = serde_json::to_vec(&s).unwrap();
-    let back: MvccStore = serde_json::from_slice(&bytes).unwrap();
+    // Everything the store is lives in its key space: reopening it rebuilds an equal store.
+    let back = MvccStore::open(s.space().clone(), DEFAULT_MAX_TXN_OPS).unwrap();
     assert_eq!(back, s);
+    assert_eq!(back.lease_keys(3), vec![b"a".to_vec()]);
+    assert_eq!(back.approximate_size(), s.approximate_size());
 }
 
 // ----- model-based property test -----
@@ -710,9 +712,10 @@ fn check_against_model(ops: &[Op]) -> Result<(), TestCaseError> {
             prop_assert_eq!(store.lease_keys(*id), keys);
         }
     }
-    let restored: MvccStore =
-        serde_json::from_slice(&serde_json::to_vec(&store).map_err(|e| TestCaseError::fail(e.to_string()))?)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    // Reopened from its key space (a restart), the store is the same, size included.
+    let restored = MvccStore::open(store.space().clone(), DEFAULT_MAX_TXN_OPS)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(restored.approximate_size(), store.approximate_size());
     prop_assert_eq!(restored, store);
     Ok(())
 }
@@ -774,4 +777,118 @@ fn hash_kv_refuses_future_and_compacted_revisions() {
     store.compact(4).unwrap();
     assert!(matches!(store.hash_kv(3), Err(MvccError::Compacted { .. })));
     assert_eq!(store.hash_kv(4).unwrap().1, 4, "the compact revision comes back");
+}
+
+/// Writes straight into a key space in memory (what an entry's transaction does, committed at once).
+struct Immediate(trestle_raft::MemoryKeySpace);
+
+impl trestle_raft::KeyRead for Immediate {
+    fn get(&self, key: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+        self.0.get(key)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> std::io::Result<Vec<trestle_raft::Record>> {
+        self.0.scan(start, end, limit)
+    }
+}
+
+impl KvWrite for Immediate {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        let mut writes = trestle_raft::Writes::new();
+        writes.put(key, value);
+        trestle_raft::KeySpace::write(&self.0, &writes).unwrap();
+    }
+    fn delete(&mut self, key: Vec<u8>) {
+        let mut writes = trestle_raft::Writes::new();
+        writes.delete(key);
+        trestle_raft::KeySpace::write(&self.0, &writes).unwrap();
+    }
+}
+
+fn records(space: &trestle_raft::MemoryKeySpace, tag: u8) -> usize {
+    use trestle_raft::KeyRead;
+    space.scan(&[tag], Some(&[tag + 1]), usize::MAX).unwrap().len()
+}
+
+#[test]
+fn compaction_removes_history_in_bounded_steps_and_a_reopen_midway_agrees() {
+    let space = trestle_raft::MemoryKeySpace::new();
+    let mut disk = Immediate(space.clone());
+    let mut index = MvccIndex::new(DEFAULT_MAX_TXN_OPS);
+    for i in 0..1000 {
+        index
+            .put(&mut disk, &put(&format!("k{}", i % 10), &i.to_string()))
+            .unwrap();
+    }
+    index
+        .delete_range(
+            &mut disk,
+            &DeleteRangeRequest {
+                key: kv(b"k3"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(records(&space, b'r'), 1001);
+    assert_eq!(records(&space, b'k'), 1001);
+    index.compact(&mut disk, 900).unwrap();
+    assert_eq!(
+        index.retained_versions(),
+        10 + 102,
+        "each key's version at 900, and everything after"
+    );
+    // Reads see the compaction at once; the disk catches up a bounded step at a time.
+    assert!(
+        index.compact_step(&mut disk, 100).unwrap(),
+        "more than one step of history to remove"
+    );
+    assert!(records(&space, b'r') > index.retained_versions());
+    // A restart now rebuilds the same index from the disk: the versions still there are forgotten again.
+    assert_eq!(MvccIndex::load(&space, DEFAULT_MAX_TXN_OPS).unwrap(), index);
+    let mut steps = 1;
+    loop {
+        steps += 1;
+        if !index.compact_step(&mut disk, 100).unwrap() {
+            break;
+        }
+    }
+    assert_eq!(steps, 9, "899 records up to revision 900, 100 a step");
+    assert!(!index.compacting());
+    assert_eq!(records(&space, b'r'), index.retained_versions());
+    assert_eq!(records(&space, b'k'), index.retained_versions());
+    let reopened = MvccIndex::load(&space, DEFAULT_MAX_TXN_OPS).unwrap();
+    assert_eq!(reopened, index);
+    assert_eq!(reopened.hash_kv(&space, 0), index.hash_kv(&space, 0));
+    // Watches may still start at the compact revision.
+    assert_eq!(index.events_since(&space, 900).unwrap().len(), 103);
+}
+
+#[test]
+fn events_carry_the_previous_value_read_from_the_history() {
+    let mut s = MvccStore::default();
+    s.put(&put("a", "1")).unwrap();
+    s.put(&put("a", "2")).unwrap();
+    s.delete_range(&DeleteRangeRequest {
+        key: kv(b"a"),
+        ..Default::default()
+    })
+    .unwrap();
+    let events = s.events_since(1).unwrap();
+    let shape: Vec<_> = events
+        .iter()
+        .map(|(rev, e)| (*rev, e.kind, e.prev_kv.as_ref().map(|p| p.value.clone())))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (2, EventKind::Put, None),
+            (3, EventKind::Put, Some(b"1".to_vec())),
+            (4, EventKind::Delete, Some(b"2".to_vec())),
+        ]
+    );
+    assert_eq!(s.events_at(4)[0].kv.mod_revision, 4);
 }
