@@ -278,6 +278,14 @@ async fn a_wiped_follower_catches_up_by_snapshot() {
     .await;
     assert_eq!(count, 200);
     drop(got);
+    // The installed key space is the leader's: HashKV agrees at a revision both reached.
+    let revision = cluster.node(leader).store().read(|app| app.store().revision());
+    let hashes: Vec<_> = [leader, victim]
+        .iter()
+        .map(|i| cluster.node(*i).store().read(|app| app.store().hash_kv(revision)))
+        .collect();
+    assert_eq!(hashes[0], hashes[1]);
+    assert!(hashes[0].is_ok());
     cluster.shutdown().await;
 }
 

@@ -36,6 +36,9 @@ struct Store {
     max_txn_ops: usize,
 }
 
+/// A key's events at one revision, with their sub-revisions, in order.
+type EventsOfKey = VecDeque<(u32, Event)>;
+
 /// The records of the old store `bytes` holds (alarms after it, if any, go to `META_ALARMS` as they are), in a
 /// key space in memory without an applied mark.
 pub(crate) fn to_key_space(bytes: &[u8]) -> Result<MemoryKeySpace, String> {
@@ -51,7 +54,7 @@ pub(crate) fn to_key_space(bytes: &[u8]) -> Result<MemoryKeySpace, String> {
     }
     // The retained events give the sub-revisions of their revisions' versions; versions older than the
     // events (compacted) get theirs in key order.
-    let mut subs: BTreeMap<(Revision, Vec<u8>), VecDeque<(u32, Event)>> = BTreeMap::new();
+    let mut subs: BTreeMap<(Revision, Vec<u8>), EventsOfKey> = BTreeMap::new();
     let mut next_sub: BTreeMap<Revision, u32> = BTreeMap::new();
     for (revision, events) in store.events {
         next_sub.insert(revision, events.len() as u32);
