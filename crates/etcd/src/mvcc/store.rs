@@ -780,7 +780,7 @@ impl MvccIndex {
             }
             !index.is_empty()
         });
-        self.size -= freed;
+        self.size = self.size.saturating_sub(freed);
         self.compact_revision = revision;
         self.compacting = Some(start);
         disk.put(layout::META_COMPACT.to_vec(), layout::encode_i64(revision));
