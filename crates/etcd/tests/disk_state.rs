@@ -188,10 +188,23 @@ async fn compaction_removes_history_from_disk_on_every_member() {
     }
     client.compact(revision, None).await.unwrap();
     // The compaction removes a bounded step of records per applied entry: a few more writes finish it.
+    let mut last = 0;
     for i in 0..10 {
-        client.put(format!("after/{i}"), "x", None).await.unwrap();
+        last = client
+            .put(format!("after/{i}"), "x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
     }
     for (_, node) in cluster.running() {
+        wait_for(
+            "every member to apply the writes after",
+            Duration::from_secs(10),
+            || async { (node.store().read(|app| app.store().revision()) >= last).then_some(()) },
+        )
+        .await;
         wait_for(
             "the history below the compaction to leave the disk",
             Duration::from_secs(10),
