@@ -201,6 +201,9 @@ impl DiskStateMachine for StoreMachine {
 #[derive(Debug)]
 pub struct StoreApp {
     inner: DiskBacked<StoreMachine>,
+    /// Whether anything was applied or restored since the store opened: only a store that just opened may
+    /// keep its key space over a snapshot no newer than it (a restart).
+    changed_since_open: bool,
 }
 
 impl Default for StoreApp {
@@ -209,7 +212,10 @@ impl Default for StoreApp {
         let machine = StoreMachine::new(DEFAULT_MAX_TXN_OPS);
         let space: Arc<dyn KeySpace> = Arc::new(MemoryKeySpace::new());
         match DiskBacked::open(machine, space) {
-            Ok(inner) => Self { inner },
+            Ok(inner) => Self {
+                inner,
+                changed_since_open: false,
+            },
             // An empty key space in memory loads without reading anything that can fail.
             Err(e) => unreachable!("an empty store in memory failed to open: {e}"),
         }
@@ -222,6 +228,7 @@ impl StoreApp {
     pub fn open(space: Arc<dyn KeySpace>) -> std::io::Result<Self> {
         Ok(Self {
             inner: DiskBacked::open(StoreMachine::new(DEFAULT_MAX_TXN_OPS), space)?,
+            changed_since_open: false,
         })
     }
 
@@ -258,6 +265,7 @@ impl StoreApp {
     /// Applies one command as the next log entry, as the group would (tests and tools).
     pub fn apply_command(&mut self, command: &StoreCommand) -> StoreResult {
         let index = self.last_index() + 1;
+        self.changed_since_open = true;
         let result = StateMachine::apply(&mut self.inner, index, command.clone());
         if let Err(e) = StateMachine::commit(&mut self.inner, index) {
             return StoreResult {
@@ -334,10 +342,12 @@ impl StateMachine for StoreApp {
     type Response = StoreResult;
 
     fn apply(&mut self, index: u64, command: StoreCommand) -> StoreResult {
+        self.changed_since_open = true;
         StateMachine::apply(&mut self.inner, index, command)
     }
 
     fn undecodable(&mut self, index: u64, error: String) -> StoreResult {
+        self.changed_since_open = true;
         StateMachine::undecodable(&mut self.inner, index, error)
     }
 
@@ -356,13 +366,20 @@ impl StateMachine for StoreApp {
     fn restore(&mut self, input: &mut dyn Read) -> Result<(), SnapshotError> {
         let mut head = [0u8; MARK_END];
         let read = read_up_to(input, &mut head)?;
+        let opened = !self.changed_since_open;
+        self.changed_since_open = true;
         if head[..read].starts_with(KEY_SPACE_SNAPSHOT_MAGIC) {
             if read == MARK_END && head[MARK_AT] == 1 {
                 let mark = u64::from_le_bytes(head[MARK_AT + 1..MARK_END].try_into().unwrap_or_default());
                 if self.inner.applied_index() >= Some(mark) {
-                    // A restart: the key space holds this snapshot's state or a later one, and the index was
-                    // loaded from it when the store opened. Nothing to do.
-                    return Ok(());
+                    if opened {
+                        // A restart: the key space holds this snapshot's state or a later one, and the index
+                        // was loaded from it when the store opened. Nothing to do.
+                        return Ok(());
+                    }
+                    // Not a restart: the snapshot replaces whatever is held. Without its mark, `DiskBacked`
+                    // cannot take it for a state it already holds; the entries after it apply again.
+                    head[MARK_AT..MARK_END].fill(0);
                 }
             }
             return StateMachine::restore(&mut self.inner, &mut (&head[..read]).chain(input));
