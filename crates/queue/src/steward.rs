@@ -43,11 +43,13 @@ pub enum MemberStep {
     Promote(NodeId),
     /// A partition member the cluster no longer has: remove it.
     Remove(NodeId),
+    /// The leader itself is no longer in the cluster: hand the leadership over, so the next leader removes it.
+    HandOver,
 }
 
 /// The next change for a partition led by `leader` with `partition` members, given the cluster's `cluster`
 /// members; `caught_up(id)` says whether a learner's log is close enough to the leader's to vote. `None`: nothing
-/// to do. The leader never removes itself (a leader whose member left the cluster hands over first).
+/// to do. The leader never removes itself: a leader the cluster lost hands over first, once the others are set.
 pub fn membership_step(
     leader: NodeId,
     cluster: &Members,
@@ -69,7 +71,10 @@ pub fn membership_step(
         .iter()
         .chain(&partition.learners)
         .find(|id| **id != leader && !cluster.contains(**id));
-    gone.map(|&id| MemberStep::Remove(id))
+    if let Some(&id) = gone {
+        return Some(MemberStep::Remove(id));
+    }
+    (!cluster.contains(leader)).then_some(MemberStep::HandOver)
 }
 
 /// Which of its partitions `me` should hand to which voter, given each partition's leader: one partition, to
@@ -178,6 +183,13 @@ async fn follow_membership(
         },
         MemberStep::Promote(id) => MemberChange::Promote(id),
         MemberStep::Remove(id) => MemberChange::Remove(id),
+        MemberStep::HandOver => {
+            match transfer_leadership(service.raft(), group, None, Duration::from_secs(5)).await {
+                Ok(to) => tracing::info!(group, to, "left the cluster: partition leadership handed over"),
+                Err(e) => tracing::debug!(group, error = %e, "handover not done; next round"),
+            }
+            return true;
+        }
     };
     match service.change_member(change).await {
         Ok(_) => tracing::info!(group, ?step, "queue partition follows the cluster's membership"),
@@ -196,10 +208,11 @@ async fn balance_leaders(me: NodeId, partitions: &BTreeMap<GroupId, PartitionHan
         return;
     };
     let (members, _) = members_of(first.service().raft());
-    // Only when every partition has the same voters (no membership change under way).
-    let same = partitions
-        .values()
-        .all(|p| members_of(p.service().raft()).0.voters == members.voters);
+    // Only when every partition has the same voters and no learners (no membership change under way).
+    let same = partitions.values().all(|p| {
+        let (m, _) = members_of(p.service().raft());
+        m.voters == members.voters && m.learners.is_empty()
+    });
     if !same {
         return;
     }
@@ -275,6 +288,11 @@ mod tests {
         );
         assert_eq!(
             membership_step(3, &members(&[1, 2], &[]), &members(&[1, 2, 3], &[]), |_| true),
+            Some(MemberStep::HandOver),
+            "the leader the cluster lost hands over; the next leader removes it"
+        );
+        assert_eq!(
+            membership_step(1, &cluster, &members(&[1, 2], &[]), |_| true),
             None
         );
     }

@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     pub base_backoff: Duration,
     /// The longest retry delay. Default 5 min.
     pub max_backoff: Duration,
+    /// Spread retry delays randomly (up to one more delay) so that failures together do not retry together.
+    /// Default on.
+    pub jitter: bool,
     /// How long shutdown waits for running jobs. Default 30 s.
     pub shutdown_grace: Duration,
     /// Pause after a failed receive (the cluster is unavailable), before trying again. Default 1 s.
@@ -71,6 +74,7 @@ impl WorkerConfig {
             heartbeat_extend: Duration::from_secs(30),
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
+            jitter: true,
             shutdown_grace: Duration::from_secs(30),
             error_pause: Duration::from_secs(1),
         }
@@ -99,12 +103,24 @@ impl WorkerConfig {
         Ok(())
     }
 
-    /// The retry delay after failed delivery number `delivery` (1 for the first).
+    /// The retry delay after failed delivery number `delivery` (1 for the first): exponential from
+    /// `base_backoff`, doubling per delivery, at most `max_backoff` (plus jitter when on).
     pub fn backoff(&self, delivery: u32) -> Duration {
-        let doublings = delivery.saturating_sub(1).min(30);
-        self.base_backoff
-            .saturating_mul(1 << doublings)
-            .min(self.max_backoff)
+        use backon::BackoffBuilder as _;
+        let mut builder = backon::ExponentialBuilder::default()
+            .with_min_delay(self.base_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_factor(2.0)
+            .without_max_times();
+        if self.jitter {
+            builder = builder.with_jitter();
+        }
+        let delay = builder
+            .build()
+            .nth(delivery.saturating_sub(1).min(64) as usize)
+            .unwrap_or(self.max_backoff);
+        // Whole milliseconds: the builder's float arithmetic leaves nanosecond noise (and the wire carries ms).
+        Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -304,11 +320,20 @@ mod tests {
         let mut c = WorkerConfig::new("q");
         c.base_backoff = Duration::from_millis(100);
         c.max_backoff = Duration::from_secs(1);
+        c.jitter = false;
         assert_eq!(c.backoff(1), Duration::from_millis(100));
         assert_eq!(c.backoff(2), Duration::from_millis(200));
         assert_eq!(c.backoff(4), Duration::from_millis(800));
         assert_eq!(c.backoff(5), Duration::from_secs(1));
         assert_eq!(c.backoff(u32::MAX), Duration::from_secs(1));
+        c.jitter = true;
+        for delivery in 1..10 {
+            let d = c.backoff(delivery);
+            assert!(
+                d >= Duration::from_millis(100) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

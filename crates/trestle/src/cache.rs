@@ -198,7 +198,9 @@ pub(crate) async fn proxy(args: CacheProxyArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
     } else {
-        return Err("give the nodes (--node ID=ADDR@ZONE) or where to discover them (--discover-endpoints)".into());
+        return Err(
+            "give the nodes (--node ID=ADDR@ZONE) or where to discover them (--discover-endpoints)".into(),
+        );
     };
     let nodes = client.nodes().len();
     let proxy = Proxy::new(
