@@ -197,7 +197,7 @@ impl DiskStateMachine for StoreMachine {
     }
 }
 
-/// The coordination store's replicated state and its event feed: [`StoreMachine`] on the group's key space.
+/// The coordination store's replicated state and its event feed: `StoreMachine` on the group's key space.
 #[derive(Debug)]
 pub struct StoreApp {
     inner: DiskBacked<StoreMachine>,
