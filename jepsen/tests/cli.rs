@@ -152,7 +152,7 @@ fn unreadable_input_is_a_clear_error() {
 #[test]
 fn bad_command_lines_exit_254() {
     assert_eq!(
-        run(&["check", "--model", "queue", "x.edn"]).status.code(),
+        run(&["check", "--model", "no-such-model", "x.edn"]).status.code(),
         Some(254)
     );
     assert_eq!(run(&[]).status.code(), Some(254));
@@ -169,7 +169,7 @@ fn test_rejects_what_it_cannot_do_before_starting_anything() {
             "at least 5 nodes",
         ),
         (
-            &["test", "--workload", "queue"][..],
+            &["test", "--workload", "no-such-workload"][..],
             254,
             "expected one of register, set",
         ),
