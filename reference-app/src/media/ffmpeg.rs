@@ -396,7 +396,9 @@ pub fn concat_list(files: &[PathBuf]) -> String {
 
 /// Generates a demo clip: `testsrc2` pictures (and a 440 Hz `sine` when `with_audio`), H.264/AAC in MP4,
 /// with a 3-second GOP that is deliberately not aligned to our segments, so that tests prove the pipeline
-/// realigns keyframes. No `drawtext`: a minimal machine may have no fonts.
+/// realigns keyframes. The picture is negated for 1.3 s out of every 2.6 s: hard scene cuts between segment
+/// boundaries, where x264 would add keyframes of its own unless scene-cut detection is off. No `drawtext`:
+/// a minimal machine may have no fonts.
 pub fn test_clip_args(
     tools: &Tools,
     out: &Path,
@@ -409,7 +411,7 @@ pub fn test_clip_args(
     let threads = tools.threads.to_string();
     let gop = fps.frames_in(Duration::from_secs(3)).max(1).to_string();
     let video = format!(
-        "testsrc2=size={width}x{height}:rate={fps}:duration={}",
+        "testsrc2=size={width}x{height}:rate={fps}:duration={},negate=enable='gte(mod(t,2.6),1.3)'",
         seconds(duration)
     );
     let mut list: Vec<OsString> = Vec::with_capacity(40);
@@ -821,7 +823,7 @@ mod tests {
                 "-f",
                 "lavfi",
                 "-i",
-                "testsrc2=size=640x360:rate=25/1:duration=12.000000"
+                "testsrc2=size=640x360:rate=25/1:duration=12.000000,negate=enable='gte(mod(t,2.6),1.3)'"
             ]
         );
         assert!(args.contains(&"sine=frequency=440:sample_rate=48000:duration=12.000000".to_owned()));
