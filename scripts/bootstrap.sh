@@ -32,6 +32,7 @@ need kubernetes-client "kubectl: its kustomize renders deploy/k8s in the deploy 
 need python3-venv      "Python 3 with venv: the deploy check's tools install into one" file '/usr/lib/python3*/ensurepip/__init__.py'
 need openssl           "openssl: test certificates for the deploy check's TLS cluster (--cluster)" cmd openssl
 need libfaketime       "libfaketime: the chaos suite's clock nemesis skews node clocks with it" file '/usr/lib/*/faketime/libfaketimeMT.so.1'
+need ffmpeg            "ffmpeg and ffprobe: the reference app validates, transcodes and packages video" cmd ffprobe
 
 present() { # KIND TARGET
     case $1 in

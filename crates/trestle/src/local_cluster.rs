@@ -29,6 +29,9 @@ pub struct LocalClusterArgs {
     /// How long to wait for a leader before giving up, in seconds.
     #[arg(long, default_value_t = 60)]
     pub startup_timeout: u64,
+    /// Work queue partitions every node hosts (`trestle serve --queue-partitions`); 0: no queue service.
+    #[arg(long, default_value_t = 0)]
+    pub queue_partitions: u32,
 }
 
 struct Ports {
@@ -112,6 +115,7 @@ pub(crate) async fn run(args: LocalClusterArgs) -> Result<(), String> {
                 &format!("http://127.0.0.1:{}", p.metrics),
             ])
             .args(["--initial-cluster", &initial_cluster])
+            .args(["--queue-partitions", &args.queue_partitions.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)

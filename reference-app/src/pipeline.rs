@@ -1,0 +1,767 @@
+//! The upload service and pipeline coordinator (Netflix's Archer-style chunked encoding on Burns' work queue and
+//! coordinated batch patterns).
+//!
+//! An upload is streamed to a local file under a size limit, probed with ffprobe and checked against the upload
+//! limits: anything that is not a playable video is refused with the reason and leaves nothing behind. Accepted
+//! sources go to the origin; the video's record is created in the store; its chunks are planned on multiples of
+//! the HLS segment duration; and one join barrier per rendition is submitted to the sharded `transcode` queue (a
+//! task per chunk), plus one for the audio track. When a rendition's barrier completes, the coordinator — a worker
+//! on the `pipeline` queue — concatenates the rendition's chunks with the audio, packages fMP4 HLS, stores every
+//! file at the origin under its digest, and records the rendition's playlist; the step that finds every rendition
+//! assembled writes the master playlist and marks the video ready, once (a compare-and-swap on the record). A
+//! barrier that fails (a task dead-lettered) marks the video failed with the reason.
+//!
+//! Routes: `POST /videos?title=...` (the body is the file), `GET /videos`, `GET /videos/{id}` (with progress:
+//! chunks encoded per rendition), plus `/health` and `/metrics`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http::{StatusCode, header};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use trestle_queue::client::{Delivery, QueueClient};
+use trestle_queue::worker::{Handler, JobError};
+use trestle_queue::{NewMessage, QueueError, QueueSettings};
+
+use crate::http::{Problem, TraceContext};
+use crate::media;
+use crate::meta::{self, Meta, MetaError, Rendition, Source, Status, Video};
+use crate::origin::{Digest, OriginClient};
+use crate::tasks::{self, Step, Task};
+
+/// The coordinator's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PipelineConfig {
+    /// Where uploads are spooled and renditions assembled.
+    pub work_dir: PathBuf,
+    /// ffmpeg and ffprobe.
+    pub tools: media::Tools,
+    /// What uploads may be.
+    pub limits: media::UploadLimits,
+    /// The rendition ladder (each video gets the rungs its source can fill).
+    pub ladder: Vec<media::Rung>,
+    /// The HLS segment duration. Default 2 s.
+    pub segment: Duration,
+    /// Segments per encoded chunk. Default 2 (4 s chunks).
+    pub segments_per_chunk: u32,
+    /// Partitions the `transcode` queue is sharded over. Default 3.
+    pub transcode_partitions: u32,
+    /// Deliveries of an encode task before it is dead-lettered. Default 3.
+    pub max_deliveries: u32,
+    /// How long packaging one rendition may run. Default 10 min.
+    pub package_timeout: Duration,
+}
+
+impl PipelineConfig {
+    /// The defaults, working in `work_dir`.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            work_dir: work_dir.into(),
+            tools: media::Tools::default(),
+            limits: media::UploadLimits::default(),
+            ladder: media::default_ladder(),
+            segment: Duration::from_secs(2),
+            segments_per_chunk: 2,
+            transcode_partitions: 3,
+            max_deliveries: 3,
+            package_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.tools.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(!self.ladder.is_empty(), "the ladder needs at least one rung");
+        anyhow::ensure!(
+            self.segment >= Duration::from_millis(500) && self.segment <= Duration::from_secs(20),
+            "the segment duration must be 0.5 s to 20 s, not {:?}",
+            self.segment
+        );
+        anyhow::ensure!(
+            (1..=30).contains(&self.segments_per_chunk),
+            "segments per chunk must be 1 to 30, not {}",
+            self.segments_per_chunk
+        );
+        anyhow::ensure!(
+            self.transcode_partitions >= 1,
+            "the transcode queue needs a partition"
+        );
+        anyhow::ensure!(self.max_deliveries >= 1, "max deliveries must be at least 1");
+        anyhow::ensure!(
+            !self.work_dir.to_string_lossy().contains('%'),
+            "the work directory {} contains '%', which ffmpeg's HLS muxer reads as a segment number",
+            self.work_dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// The coordinator: the upload API and the `pipeline` queue's handler share it.
+#[derive(Clone)]
+pub struct Coordinator {
+    config: Arc<PipelineConfig>,
+    meta: Meta,
+    queue: QueueClient,
+    origin: OriginClient,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `name` unless it exists.
+async fn ensure_queue(
+    queue: &QueueClient,
+    name: &str,
+    partitions: u32,
+    settings: &QueueSettings,
+) -> anyhow::Result<()> {
+    match queue.create_queue(name, partitions, settings).await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.refusal(), Some(QueueError::QueueExists { .. })) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("cannot create the queue {name}: {e}")),
+    }
+}
+
+impl Coordinator {
+    /// A coordinator; creates the pipeline's queues when they do not exist.
+    pub async fn new(
+        config: PipelineConfig,
+        meta: Meta,
+        queue: QueueClient,
+        origin: OriginClient,
+    ) -> anyhow::Result<Self> {
+        let mut config = config;
+        config.validate()?;
+        tokio::fs::create_dir_all(&config.work_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.work_dir.display()))?;
+        // ffmpeg reads relative names in a concat list against the list's directory: every path is absolute.
+        config.work_dir = tokio::fs::canonicalize(&config.work_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", config.work_dir.display()))?;
+        for dir in ["uploads", "assembly"] {
+            let path = config.work_dir.join(dir);
+            // Spooled uploads and half-assembled renditions of a previous run are garbage: their work is redone.
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                tokio::fs::remove_dir_all(&path)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot clear {}: {e}", path.display()))?;
+            }
+            tokio::fs::create_dir_all(&path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        }
+        let mut dead = QueueSettings::default();
+        dead.max_deliveries = 1000;
+        ensure_queue(&queue, tasks::TRANSCODE_DEAD_LETTERS, 1, &dead).await?;
+        ensure_queue(&queue, tasks::PIPELINE_DEAD_LETTERS, 1, &dead).await?;
+        let mut transcode = QueueSettings::default();
+        transcode.visibility_timeout_ms = 60_000;
+        transcode.max_deliveries = config.max_deliveries;
+        transcode.dead_letter_queue = Some(tasks::TRANSCODE_DEAD_LETTERS.to_owned());
+        ensure_queue(
+            &queue,
+            tasks::TRANSCODE_QUEUE,
+            config.transcode_partitions,
+            &transcode,
+        )
+        .await?;
+        let mut pipeline = QueueSettings::default();
+        pipeline.visibility_timeout_ms = 120_000;
+        pipeline.max_deliveries = 12;
+        pipeline.dead_letter_queue = Some(tasks::PIPELINE_DEAD_LETTERS.to_owned());
+        ensure_queue(&queue, tasks::PIPELINE_QUEUE, 1, &pipeline).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            meta,
+            queue,
+            origin,
+        })
+    }
+
+    /// The HTTP routes (without `/health` and `/metrics`).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/videos",
+                axum::routing::post(upload)
+                    .get(list)
+                    .layer(DefaultBodyLimit::disable()),
+            )
+            .route("/videos/{id}", axum::routing::get(show))
+            .with_state(self.clone())
+    }
+
+    /// Spools `body` to a file, refusing more than the upload limit.
+    async fn spool(&self, body: Body) -> Result<tempfile::TempPath, Problem> {
+        let limit = self.config.limits.max_bytes;
+        let file = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(self.config.work_dir.join("uploads"))
+            .map_err(|e| Problem::internal(format!("cannot spool the upload: {e}")))?;
+        let (file, path) = file.into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut stream = body.into_data_stream();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| Problem::bad_request(format!("the upload could not be read: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "upload too large",
+                    format!("uploads may be at most {limit} bytes"),
+                ));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Problem::internal(format!("cannot spool the upload: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Problem::internal(format!("cannot spool the upload: {e}")))?;
+        if size == 0 {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not a playable video",
+                "the upload is empty",
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Accepts an upload: validates it, stores it, records it and submits its encodes.
+    async fn accept(&self, title: String, body: Body, trace: TraceContext) -> Result<Video, Problem> {
+        let spooled = self.spool(body).await?;
+        let info = media::probe(&self.config.tools, &spooled)
+            .await
+            .map_err(|e| match e {
+                media::ProbeError::NotMedia { .. } => Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not a playable video",
+                    e.to_string(),
+                ),
+                other => Problem::internal(format!("probing the upload failed: {other}")),
+            })?;
+        media::check(&info, &self.config.limits).map_err(|r| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not a playable video",
+                r.to_string(),
+            )
+        })?;
+        let Some(video_stream) = info.video.as_ref() else {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not a playable video",
+                "the file has no video stream",
+            ));
+        };
+        let plan = media::plan_chunks(
+            info.video_duration(),
+            self.config.segment,
+            self.config.segments_per_chunk,
+        )
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not a playable video",
+                e.to_string(),
+            )
+        })?;
+        let rungs = media::ladder_for(video_stream, &self.config.ladder);
+        let stored = self
+            .origin
+            .put_file(&spooled, Some(&trace))
+            .await
+            .map_err(|e| Problem::upstream(format!("storing the upload at the origin failed: {e}")))?;
+        drop(spooled);
+        let chunks = u32::try_from(plan.chunks.len()).unwrap_or(u32::MAX);
+        let segment_ms = millis(self.config.segment);
+        let video = Video {
+            id: meta::new_id(),
+            title,
+            created_ms: meta::now_ms(),
+            status: Status::Processing,
+            source: Source {
+                digest: stored.digest,
+                size: stored.size,
+                info: info.clone(),
+            },
+            segment_ms,
+            renditions: rungs
+                .iter()
+                .map(|rung| Rendition {
+                    rung: rung.clone(),
+                    chunks,
+                    playlist: None,
+                    bandwidth: None,
+                })
+                .collect(),
+            audio: None,
+            master: None,
+            failure: None,
+            ready_ms: None,
+        };
+        self.meta
+            .create(&video)
+            .await
+            .map_err(|e| Problem::upstream(format!("recording the video failed: {e}")))?;
+        if let Err(e) = self.submit(&video, &plan, &rungs, trace).await {
+            let reason = format!("its encodes could not be queued: {e}");
+            let _ = self.mark_failed(&video.id, &reason).await;
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue unavailable",
+                reason,
+            ));
+        }
+        metrics::counter!("pipeline_uploads_accepted_total").increment(1);
+        tracing::info!(video = %video.id, chunks, renditions = rungs.len(), "upload accepted");
+        Ok(video)
+    }
+
+    /// Submits the audio barrier and one barrier per rendition.
+    async fn submit(
+        &self,
+        video: &Video,
+        plan: &media::ChunkPlan,
+        rungs: &[media::Rung],
+        trace: TraceContext,
+    ) -> Result<(), trestle_queue::client::ClientError> {
+        let step = |step: Step| NewMessage::new(tasks::encode(&step));
+        let audio = Task::EncodeAudio {
+            video: video.id.clone(),
+            source: video.source.digest,
+            info: video.source.info.clone(),
+            trace: Some(trace),
+        };
+        self.queue
+            .submit_barrier(
+                tasks::TRANSCODE_QUEUE,
+                vec![NewMessage::new(tasks::encode(&audio))],
+                (
+                    tasks::PIPELINE_QUEUE,
+                    step(Step::AudioEncoded {
+                        video: video.id.clone(),
+                        trace: Some(trace),
+                    }),
+                ),
+                (
+                    tasks::PIPELINE_QUEUE,
+                    step(Step::Failed {
+                        video: video.id.clone(),
+                        what: "audio".into(),
+                        trace: Some(trace),
+                    }),
+                ),
+                Some(&format!("{}/audio", video.id)),
+            )
+            .await?;
+        for rung in rungs {
+            let tasks: Vec<NewMessage> = plan
+                .chunks
+                .iter()
+                .map(|chunk| {
+                    let task = Task::EncodeChunk {
+                        video: video.id.clone(),
+                        source: video.source.digest,
+                        chunk: *chunk,
+                        rung: rung.clone(),
+                        fps: video_fps(video),
+                        segment_ms: video.segment_ms,
+                        trace: Some(trace),
+                    };
+                    // No key: the queue spreads the chunks over its shards.
+                    NewMessage::new(tasks::encode(&task))
+                })
+                .collect();
+            self.queue
+                .submit_barrier(
+                    tasks::TRANSCODE_QUEUE,
+                    tasks,
+                    (
+                        tasks::PIPELINE_QUEUE,
+                        step(Step::AssembleRendition {
+                            video: video.id.clone(),
+                            rendition: rung.name.clone(),
+                            trace: Some(trace),
+                        }),
+                    ),
+                    (
+                        tasks::PIPELINE_QUEUE,
+                        step(Step::Failed {
+                            video: video.id.clone(),
+                            what: rung.name.clone(),
+                            trace: Some(trace),
+                        }),
+                    ),
+                    Some(&format!("{}/{}", video.id, rung.name)),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn mark_failed(&self, id: &str, reason: &str) -> Result<Video, MetaError> {
+        self.meta
+            .update(id, |v| {
+                if v.status != Status::Processing {
+                    return Ok(None);
+                }
+                let mut next = v.clone();
+                next.status = Status::Failed;
+                next.failure = Some(reason.to_owned());
+                Ok(Some(next))
+            })
+            .await
+    }
+
+    /// Packages rendition `name` of `video` from its chunks (`digests`, in order) and the audio track; stores
+    /// every file at the origin and returns the digest of its media playlist.
+    async fn package(
+        &self,
+        video: &Video,
+        name: &str,
+        audio: &Digest,
+        digests: &[Digest],
+        trace: Option<&TraceContext>,
+    ) -> Result<(Digest, Option<media::Bandwidth>), JobError> {
+        let retry = |what: &str, e: String| JobError::Retry(format!("{what}: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-{name}-", video.id))
+            .tempdir_in(self.config.work_dir.join("assembly"))
+            .map_err(|e| retry("creating an assembly directory", e.to_string()))?;
+        let mut chunk_files = Vec::with_capacity(digests.len());
+        for (i, digest) in digests.iter().enumerate() {
+            let path = dir.path().join(format!("chunk-{i:05}"));
+            self.origin
+                .download(digest, &path, trace)
+                .await
+                .map_err(|e| retry("downloading a chunk", e.to_string()))?;
+            chunk_files.push(path);
+        }
+        let audio_file = dir.path().join("audio");
+        self.origin
+            .download(audio, &audio_file, trace)
+            .await
+            .map_err(|e| retry("downloading the audio track", e.to_string()))?;
+        let list = dir.path().join("chunks.txt");
+        tokio::fs::write(&list, media::concat_list(&chunk_files))
+            .await
+            .map_err(|e| retry("writing the concat list", e.to_string()))?;
+        let out = dir.path().join("hls");
+        tokio::fs::create_dir_all(&out)
+            .await
+            .map_err(|e| retry("creating the output directory", e.to_string()))?;
+        let segment = Duration::from_millis(video.segment_ms);
+        let args = media::package_args(&self.config.tools, &list, &audio_file, segment, &out);
+        media::run(&self.config.tools, &args, self.config.package_timeout)
+            .await
+            .map_err(|e| retry("packaging failed", e.to_string()))?;
+        let text = tokio::fs::read_to_string(out.join(media::PLAYLIST))
+            .await
+            .map_err(|e| retry("reading the packaged playlist", e.to_string()))?;
+        let mut playlist = media::parse_media_playlist(&text)
+            .map_err(|e| JobError::Permanent(format!("ffmpeg wrote a playlist we cannot read: {e}")))?;
+        let upload = async |file: &str, extension: &str| -> Result<String, JobError> {
+            let stored = self
+                .origin
+                .put_file(&out.join(file), trace)
+                .await
+                .map_err(|e| retry("storing a segment", e.to_string()))?;
+            Ok(format!("/b/{}.{extension}", stored.digest))
+        };
+        if let Some(map) = playlist.map_uri.clone() {
+            playlist.map_uri = Some(upload(&map, "mp4").await?);
+        }
+        let mut sizes = Vec::with_capacity(playlist.segments.len());
+        for segment in &mut playlist.segments {
+            let size = tokio::fs::metadata(out.join(&segment.uri))
+                .await
+                .map_err(|e| retry("reading a segment", e.to_string()))?
+                .len();
+            sizes.push((size, segment.duration));
+            segment.uri = upload(&segment.uri.clone(), "m4s").await?;
+        }
+        let stored = self
+            .origin
+            .put_bytes(playlist.render().into(), trace)
+            .await
+            .map_err(|e| retry("storing the playlist", e.to_string()))?;
+        Ok((stored.digest, media::Bandwidth::measure(&sizes)))
+    }
+
+    async fn assemble(
+        &self,
+        id: &str,
+        name: &str,
+        delivery: &Delivery,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), JobError> {
+        let video = self.meta.get(id).await.map_err(meta_error)?;
+        let rendition = video
+            .renditions
+            .iter()
+            .find(|r| r.rung.name == name)
+            .ok_or_else(|| JobError::Permanent(format!("video {id} has no rendition {name}")))?;
+        if rendition.playlist.is_none() {
+            let Some(audio) = video.audio else {
+                return Err(JobError::Retry(format!(
+                    "rendition {name} of {id} waits for the audio track"
+                )));
+            };
+            let digests = join_digests(delivery, rendition.chunks)?;
+            let started = std::time::Instant::now();
+            let (playlist, bandwidth) = self.package(&video, name, &audio, &digests, trace).await?;
+            metrics::histogram!("pipeline_package_seconds").record(started.elapsed().as_secs_f64());
+            self.meta
+                .update(id, |v| {
+                    let mut next = v.clone();
+                    let Some(r) = next.renditions.iter_mut().find(|r| r.rung.name == name) else {
+                        return Ok(None);
+                    };
+                    if r.playlist.is_some() {
+                        return Ok(None);
+                    }
+                    r.playlist = Some(playlist);
+                    r.bandwidth = bandwidth;
+                    Ok(Some(next))
+                })
+                .await
+                .map_err(meta_error)?;
+            tracing::info!(video = id, rendition = name, %playlist, "rendition assembled");
+        }
+        self.finish(id, trace).await
+    }
+
+    /// Writes the master playlist and marks the video ready when every rendition is assembled (once).
+    async fn finish(&self, id: &str, trace: Option<&TraceContext>) -> Result<(), JobError> {
+        let video = self.meta.get(id).await.map_err(meta_error)?;
+        if video.master.is_some() || video.renditions.iter().any(|r| r.playlist.is_none()) {
+            return Ok(());
+        }
+        let fps = video_fps(&video);
+        let variants: Vec<media::Variant> = video
+            .renditions
+            .iter()
+            .map(|r| {
+                media::Variant::for_rung(&r.rung, format!("{}/index.m3u8", r.rung.name), fps, r.bandwidth)
+            })
+            .collect();
+        let master = media::master_playlist(&variants);
+        let stored = self
+            .origin
+            .put_bytes(master.into(), trace)
+            .await
+            .map_err(|e| JobError::Retry(format!("storing the master playlist: {e}")))?;
+        let updated = self
+            .meta
+            .update(id, |v| {
+                if v.master.is_some() || v.status == Status::Failed {
+                    return Ok(None);
+                }
+                let mut next = v.clone();
+                next.master = Some(stored.digest);
+                next.status = Status::Ready;
+                next.ready_ms = Some(meta::now_ms());
+                Ok(Some(next))
+            })
+            .await
+            .map_err(meta_error)?;
+        if updated.master == Some(stored.digest) && updated.status == Status::Ready {
+            metrics::counter!("pipeline_videos_ready_total").increment(1);
+            let seconds = updated.ready_ms.unwrap_or(0).saturating_sub(updated.created_ms) as f64 / 1000.0;
+            metrics::histogram!("pipeline_upload_to_ready_seconds").record(seconds);
+            tracing::info!(video = id, seconds, "video ready");
+        }
+        Ok(())
+    }
+}
+
+/// The source's frame rate (every rendition keeps it).
+fn video_fps(video: &Video) -> media::Rational {
+    video
+        .source
+        .info
+        .video
+        .as_ref()
+        .map_or(media::Rational { num: 25, den: 1 }, |v| v.frame_rate)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn meta_error(e: MetaError) -> JobError {
+    match e {
+        MetaError::NotFound { .. } | MetaError::Corrupt { .. } => JobError::Permanent(e.to_string()),
+        other => JobError::Retry(other.to_string()),
+    }
+}
+
+/// The chunk digests a rendition's completed barrier carries, in chunk order.
+fn join_digests(delivery: &Delivery, chunks: u32) -> Result<Vec<Digest>, JobError> {
+    let join = delivery
+        .join
+        .as_ref()
+        .ok_or_else(|| JobError::Permanent("the step carries no join results".into()))?;
+    (0..chunks)
+        .map(|slot| {
+            let bytes = join
+                .results
+                .get(&slot)
+                .ok_or_else(|| JobError::Permanent(format!("the join has no result for chunk {slot}")))?;
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| JobError::Permanent(format!("chunk {slot}'s result is not a digest")))
+        })
+        .collect()
+}
+
+impl Handler for Coordinator {
+    async fn handle(&self, delivery: &Delivery) -> Result<Vec<u8>, JobError> {
+        let step: Step = tasks::decode(&delivery.payload).map_err(|e| {
+            tracing::error!(error = %e, "a step that is not ours: dead-lettered");
+            JobError::Permanent(e.to_string())
+        })?;
+        match step {
+            Step::AudioEncoded { video, trace } => {
+                let digest = join_digests(delivery, 1)?
+                    .pop()
+                    .ok_or_else(|| JobError::Permanent("no audio digest".into()))?;
+                self.meta
+                    .update(&video, |v| {
+                        if v.audio.is_some() {
+                            return Ok(None);
+                        }
+                        let mut next = v.clone();
+                        next.audio = Some(digest);
+                        Ok(Some(next))
+                    })
+                    .await
+                    .map_err(meta_error)?;
+                tracing::info!(
+                    video,
+                    trace_id = trace.map(|t| t.trace_hex()).unwrap_or_default(),
+                    "audio encoded"
+                );
+            }
+            Step::AssembleRendition {
+                video,
+                rendition,
+                trace,
+            } => {
+                let span = tracing::info_span!(
+                    "assemble",
+                    video,
+                    rendition,
+                    trace_id = trace.map(|t| t.trace_hex()).unwrap_or_default()
+                );
+                tracing::Instrument::instrument(
+                    self.assemble(&video, &rendition, delivery, trace.as_ref()),
+                    span,
+                )
+                .await?;
+            }
+            Step::Failed { video, what, .. } => {
+                let reason = delivery
+                    .join
+                    .as_ref()
+                    .map(|j| format!("{what}: chunk {} failed: {}", j.failed_slot, j.reason))
+                    .unwrap_or_else(|| format!("{what} failed"));
+                self.mark_failed(&video, &reason).await.map_err(meta_error)?;
+                metrics::counter!("pipeline_videos_failed_total").increment(1);
+                tracing::warn!(video, %reason, "video failed");
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// A video and how far its encodes are.
+#[derive(Debug, Serialize)]
+struct VideoView {
+    #[serde(flatten)]
+    video: Video,
+    /// Chunks encoded per rendition.
+    progress: HashMap<String, u32>,
+}
+
+async fn upload(
+    State(c): State<Coordinator>,
+    Query(query): Query<HashMap<String, String>>,
+    axum::Extension(trace): axum::Extension<TraceContext>,
+    body: Body,
+) -> Result<Response, Problem> {
+    let title = query.get("title").map(|t| t.trim()).unwrap_or_default();
+    if title.is_empty() || title.chars().count() > 200 {
+        return Err(Problem::bad_request(
+            "give the video a title of 1 to 200 characters: POST /videos?title=...",
+        ));
+    }
+    let video = c.accept(title.to_owned(), body, trace).await?;
+    let location = format!("/videos/{}", video.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        axum::Json(video),
+    )
+        .into_response())
+}
+
+async fn list(State(c): State<Coordinator>) -> Result<Response, Problem> {
+    let videos = c
+        .meta
+        .list(1000)
+        .await
+        .map_err(|e| Problem::upstream(format!("the store failed: {e}")))?;
+    Ok(axum::Json(videos).into_response())
+}
+
+async fn show(State(c): State<Coordinator>, UrlPath(id): UrlPath<String>) -> Result<Response, Problem> {
+    if !meta::valid_id(&id) {
+        return Err(Problem::bad_request(format!(
+            "{id:?} is not a video id (16 hex digits)"
+        )));
+    }
+    let video = c.meta.get(&id).await.map_err(|e| match e {
+        MetaError::NotFound { .. } => Problem::not_found(format!("no video {id}")),
+        other => Problem::upstream(format!("the store failed: {other}")),
+    })?;
+    let names: Vec<String> = video.renditions.iter().map(|r| r.rung.name.clone()).collect();
+    let progress = c
+        .meta
+        .progress(&id, &names)
+        .await
+        .map_err(|e| Problem::upstream(format!("the store failed: {e}")))?
+        .into_iter()
+        .collect();
+    Ok(axum::Json(VideoView { video, progress }).into_response())
+}
+
+/// Whether `path` exists (for health checks of the work directory).
+pub fn work_dir_ok(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("the work directory {} is gone", path.display()))
+    }
+}
