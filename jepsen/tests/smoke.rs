@@ -1,7 +1,7 @@
-//! Smoke runs: a real 3-node `trestle` cluster, about 15 s of `register`, `set`, `lock` or `election` under
-//! partitions and kill -9 (and SIGSTOP pauses for `lock`), checked, and every nemesis proven to have fired. As root
-//! the register, lock and election runs use network namespaces (the `auto` mode); the set run always uses the
-//! loopback proxy mode, so both network modes are exercised. The four run in parallel (one test binary).
+//! Smoke runs: a real 3-node `trestle` cluster, about 15 s of `register`, `set`, `lock`, `election`, `queue` or
+//! `barrier` under partitions and kill -9 (and SIGSTOP pauses for `lock`), checked, and every nemesis proven to have
+//! fired. As root the runs use network namespaces (the `auto` mode) except `set`, which always uses the loopback
+//! proxy mode, so both network modes are exercised. They run in parallel (one test binary).
 //!
 //! The `trestle` binary comes from `TRESTLE_BIN`, else next to this test's executable or in its parent directory
 //! (`target/debug/trestle` when the workspace is built). The seed is printed; `TRESTLE_JEPSEN_SEED=<n>` replays.
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use trestle_jepsen::{NetMode, ScheduleConfig, TestConfig, Verdict, find_trestle, run_test};
+use trestle_jepsen::{Details, NetMode, ScheduleConfig, TestConfig, Verdict, find_trestle, run_test};
 
 fn seed() -> u64 {
     std::env::var("TRESTLE_JEPSEN_SEED")
@@ -247,4 +247,42 @@ async fn fenced_lock_under_clock_skew_and_pauses_is_safe() {
     };
     assert!(ok_count(&outcome, "append") > 50, "{}", outcome.summary);
     assert!(outcome.summary.contains("lock: VALID"), "{}", outcome.summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_under_partitions_and_kills_loses_nothing_acknowledged() {
+    let Some(outcome) = smoke(Smoke::new("queue", NetMode::Auto)).await else {
+        return;
+    };
+    let Details::Queue(r) = &outcome.report.details else {
+        panic!("the queue workload is checked by the queue checker");
+    };
+    let summary = &outcome.summary;
+    // The faults did not stop the queue: sends were acknowledged and received, and the drain emptied it.
+    assert!(r.acknowledged > 20, "{summary}");
+    assert!(r.received >= r.acknowledged, "{summary}");
+    assert!(r.acks > 20, "{summary}");
+    assert!(r.drained && r.lost.is_empty(), "{summary}");
+    assert!(
+        r.unexpected.is_empty() && r.delivered_after_ack.is_empty(),
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_under_partitions_and_kills_completes_each_batch_once() {
+    let Some(outcome) = smoke(Smoke::new("barrier", NetMode::Auto)).await else {
+        return;
+    };
+    let Details::Barrier(r) = &outcome.report.details else {
+        panic!("the barrier workload is checked by the barrier checker");
+    };
+    let summary = &outcome.summary;
+    assert!(r.acknowledged > 5, "{summary}");
+    // Every acknowledged barrier completed, once (a barrier whose submission timed out may have too).
+    assert!(r.completed >= r.acknowledged, "{summary}");
+    assert!(
+        r.drained && r.missing.is_empty() && r.violations.is_empty(),
+        "{summary}"
+    );
 }

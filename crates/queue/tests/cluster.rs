@@ -4,6 +4,8 @@
 #![cfg(feature = "raft")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -23,13 +25,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .with_test_writer()
-            .try_init();
+        support::init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..3)
             .map(|_| (free_loopback_port(), free_loopback_port()))
