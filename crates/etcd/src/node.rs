@@ -102,7 +102,7 @@ impl EtcdNode {
         extra: RoutesBuilder,
     ) -> Result<Self, EtcdNodeError> {
         config.validate()?;
-        let span = info_span!("etcd", id = config.node.node_id());
+        let span = info_span!("etcd", peer_url = %config.node.advertise_peer_url);
         async move {
             let node = Node::start(config.node.clone()).await?;
             match Self::serve_store(&node, &config, extra).await {

@@ -824,7 +824,8 @@ async fn a_removed_member_comes_back_at_its_url_with_an_empty_data_directory() {
     std::fs::remove_dir_all(&cluster.members[gone].dir).unwrap();
     client.put("while-away", "1", None).await.unwrap();
 
-    // Back as a learner at the same URL (so the same id), empty: it catches up, publishes itself, is promoted.
+    // Back as a learner at the same URL, empty: a new member with a new id (the old one's log is gone). It
+    // catches up, publishes itself, is promoted.
     let added = client
         .member_add(
             [url.clone()],
@@ -832,8 +833,15 @@ async fn a_removed_member_comes_back_at_its_url_with_an_empty_data_directory() {
         )
         .await
         .unwrap();
-    assert_eq!(added.member().unwrap().id(), id);
+    let old_id = id;
+    let id = added.member().unwrap().id();
+    assert_ne!(id, old_id, "a member added back got its old id");
     let node = cluster.start_node(gone, ClusterState::Existing).await;
+    assert_eq!(
+        node.id(),
+        id,
+        "the returning member joined under another id than MemberAdd gave it"
+    );
     cluster.nodes[gone] = Some(node);
     wait_for(
         "the returning learner to catch up",

@@ -2,9 +2,11 @@
 //!
 //! - **Membership follows the cluster's.** A partition's leader compares the partition's members with those of a
 //!   reference group (the coordination store's, whose membership is the cluster's: etcd's `MemberAdd` and
-//!   `MemberRemove` change it). A member the cluster gained joins the partition as a learner, becomes a voter once
-//!   its log has caught up, and a member the cluster lost leaves the partition. One change per partition per
-//!   round, so a partition never changes two members at once.
+//!   `MemberRemove` change it). A member the cluster lost leaves the partition first; then a member the cluster
+//!   gained joins as a learner, under the id the cluster gave it, and becomes a voter once its log has caught up.
+//!   One change per partition per round, so a partition never changes two members at once. Ids are never
+//!   reused (`MemberChange::Add`), and a node answers only for its own id, so a member removed, wiped and added
+//!   back is a new member to every partition, never the old voter with its log gone.
 //! - **Leaders spread over the members.** Each member counts the partitions every voter leads; a member that
 //!   leads more than one partition above the least-loaded voter hands one of its partitions to that voter. Every
 //!   member runs the same rule on its own leaderships, so the counts converge to within one of each other.
@@ -50,12 +52,24 @@ pub enum MemberStep {
 /// The next change for a partition led by `leader` with `partition` members, given the cluster's `cluster`
 /// members; `caught_up(id)` says whether a learner's log is close enough to the leader's to vote. `None`: nothing
 /// to do. The leader never removes itself: a leader the cluster lost hands over first, once the others are set.
+///
+/// Members the cluster lost leave before new ones join: a removed member may be gone for good (stopped, its
+/// data wiped), and while it stays a voter it counts in the partition's quorum without answering, so adding a
+/// voter first would need every other member up to commit anything.
 pub fn membership_step(
     leader: NodeId,
     cluster: &Members,
     partition: &Members,
     caught_up: impl Fn(NodeId) -> bool,
 ) -> Option<MemberStep> {
+    let gone = partition
+        .voters
+        .iter()
+        .chain(&partition.learners)
+        .find(|id| **id != leader && !cluster.contains(**id));
+    if let Some(&id) = gone {
+        return Some(MemberStep::Remove(id));
+    }
     if let Some(&id) = cluster.voters.iter().find(|id| !partition.contains(**id)) {
         return Some(MemberStep::AddLearner(id));
     }
@@ -65,14 +79,6 @@ pub fn membership_step(
         .find(|id| cluster.voters.contains(id) && caught_up(**id))
     {
         return Some(MemberStep::Promote(id));
-    }
-    let gone = partition
-        .voters
-        .iter()
-        .chain(&partition.learners)
-        .find(|id| **id != leader && !cluster.contains(**id));
-    if let Some(&id) = gone {
-        return Some(MemberStep::Remove(id));
     }
     (!cluster.contains(leader)).then_some(MemberStep::HandOver)
 }
@@ -175,7 +181,8 @@ async fn follow_membership(
     };
     let change = match step {
         MemberStep::AddLearner(id) => match nodes.get(&id) {
-            Some(node) => MemberChange::Add {
+            Some(node) => MemberChange::AddWithId {
+                id,
                 node: node.clone(),
                 learner: true,
             },
@@ -294,6 +301,20 @@ mod tests {
         assert_eq!(
             membership_step(1, &cluster, &members(&[1, 2], &[]), |_| true),
             None
+        );
+    }
+
+    #[test]
+    fn a_member_removed_and_added_back_leaves_under_its_old_id_before_joining_under_its_new_one() {
+        // 3 was removed, wiped and added back as 4 (a new id at the same URL).
+        let cluster = members(&[1, 2, 4], &[]);
+        assert_eq!(
+            membership_step(1, &cluster, &members(&[1, 2, 3], &[]), |_| true),
+            Some(MemberStep::Remove(3))
+        );
+        assert_eq!(
+            membership_step(1, &cluster, &members(&[1, 2], &[]), |_| true),
+            Some(MemberStep::AddLearner(4))
         );
     }
 

@@ -6,6 +6,10 @@
 //! - **Nodes and groups.** A [`Node`] owns one RocksDB instance, one peer port, a client port and `/health` and
 //!   `/metrics`. It runs any number of Raft groups; every peer RPC names its group. A group replicates opaque
 //!   commands for a [`GroupApp`] ([`start_group`], [`GroupStateMachine`]).
+//! - **Member ids are never reused.** Founders derive theirs from their peer URLs ([`node_id_for`]); each
+//!   [`MemberChange::Add`] gives a new one, which a joining node asks the leader for ([`ClusterState::Existing`]).
+//!   Every peer request names the node it is for, and a node answers only for its own id, so a member removed,
+//!   wiped and added back at the same URL is never taken for its old self by a group that still lists it.
 //! - **Services.** The replicated-service layer ([`Replicated`]) gives any [`StateMachine`] group commit,
 //!   forwarding to the leader without duplicates, linearizable reads, membership changes, a leader clock and
 //!   per-group metrics; [`Node::start_service`] runs one as a group. The etcd-compatible store (the
@@ -83,6 +87,7 @@
 
 mod disk_backed;
 mod group;
+mod join;
 mod keyspace;
 mod leadership;
 mod log_store;

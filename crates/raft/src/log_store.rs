@@ -48,27 +48,45 @@ pub(crate) fn meta_key(group: GroupId, tag: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The node's id as its data directory records it; when it records none (a new directory, or one written by an
-/// older version, which derived the id the same way), `derive()`, recorded with a synced write.
-pub(crate) fn node_id(db: &DB, derive: impl FnOnce() -> u64) -> io::Result<u64> {
+const NODE_ID_KEY: &[u8] = b"node/id";
+
+/// The node's id as its data directory records it; `None` in a new directory (or one written by a version that
+/// did not record it, which derived the id from the peer URL as founders still do).
+pub(crate) fn recorded_node_id(db: &DB) -> io::Result<Option<u64>> {
     let cf = db.cf_handle(CF_META).ok_or_else(|| rocksdb_missing_cf(CF_META))?;
-    const KEY: &[u8] = b"node/id";
-    if let Some(raw) = db
-        .get_cf(&cf, KEY)
+    let Some(raw) = db
+        .get_cf(&cf, NODE_ID_KEY)
         .map_err(|e| io_err("reading the node id", e))?
-    {
-        let bytes: [u8; 8] = raw.as_slice().try_into().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the recorded node id has {} bytes, not 8", raw.len()),
-            )
-        })?;
-        return Ok(u64::from_be_bytes(bytes));
+    else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = raw.as_slice().try_into().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the recorded node id has {} bytes, not 8", raw.len()),
+        )
+    })?;
+    Ok(Some(u64::from_be_bytes(bytes)))
+}
+
+/// Whether the database holds any group's Raft log or vote: a directory that does but records no id was written
+/// by a version that derived the id from the peer URL.
+pub(crate) fn holds_raft_state(db: &DB) -> io::Result<bool> {
+    for name in [CF_META, CF_LOG] {
+        let cf = db.cf_handle(name).ok_or_else(|| rocksdb_missing_cf(name))?;
+        if let Some(first) = db.iterator_cf(&cf, IteratorMode::Start).next() {
+            first.map_err(|e| io_err("reading the raft state", e))?;
+            return Ok(true);
+        }
     }
-    let id = derive();
-    db.put_cf_opt(&cf, KEY, id.to_be_bytes(), &synced())
-        .map_err(|e| io_err("recording the node id", e))?;
-    Ok(id)
+    Ok(false)
+}
+
+/// Records the node's id in its data directory, with a synced write.
+pub(crate) fn record_node_id(db: &DB, id: u64) -> io::Result<()> {
+    let cf = db.cf_handle(CF_META).ok_or_else(|| rocksdb_missing_cf(CF_META))?;
+    db.put_cf_opt(&cf, NODE_ID_KEY, id.to_be_bytes(), &synced())
+        .map_err(|e| io_err("recording the node id", e))
 }
 
 fn synced() -> WriteOptions {

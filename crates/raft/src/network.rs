@@ -211,6 +211,7 @@ impl PeerClient {
         let mut request = Request::new(RaftRequest {
             group: self.group,
             payload,
+            target: self.target,
         });
         request.set_timeout(ttl);
         let result = match rpc {
@@ -258,7 +259,7 @@ impl PeerClient {
         let ttl = self
             .snapshot_chunk_timeout
             .saturating_mul(u32::try_from(chunks).unwrap_or(u32::MAX));
-        let (group, chunk_bytes) = (self.group, self.snapshot_chunk_bytes);
+        let (group, target, chunk_bytes) = (self.group, self.target, self.snapshot_chunk_bytes);
         // The chunks are read as the transport asks for them: a snapshot is never held whole in memory.
         let stream = futures::stream::unfold(
             (data, Some(header), false),
@@ -288,6 +289,7 @@ impl PeerClient {
                     group,
                     header: header.unwrap_or_default(),
                     data: buf,
+                    target,
                 };
                 Some((chunk, (data, None, last)))
             },
@@ -468,7 +470,11 @@ pub(crate) async fn forward(
         )
     })?;
     let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut request = Request::new(RaftRequest { group, payload });
+    let mut request = Request::new(RaftRequest {
+        group,
+        payload,
+        target: 0,
+    });
     request.set_timeout(timeout);
     let reply = match client.forward(request).await {
         Ok(reply) => reply.into_inner(),
@@ -498,18 +504,59 @@ pub(crate) async fn forward(
     Ok(reply.payload)
 }
 
+/// Asks the peer at `url` for `group`'s members, as its leader knows them after a linearizable read
+/// (`UNAVAILABLE` from a member that does not lead the group).
+pub(crate) async fn members_at(
+    channels: &PeerChannels,
+    url: &str,
+    group: GroupId,
+    timeout: Duration,
+) -> Result<Vec<(NodeId, PeerNode)>, Status> {
+    let channel = channels
+        .get(url)
+        .map_err(|e| Status::unavailable(format!("bad peer url {url}: {e}")))?;
+    let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut request = Request::new(RaftRequest {
+        group,
+        payload: Vec::new(),
+        target: 0,
+    });
+    request.set_timeout(timeout);
+    let reply = client.members(request).await?.into_inner();
+    decode_reply(reply).map_err(Status::internal)
+}
+
 /// The server side of the peer protocol.
 #[derive(Clone, Debug)]
 pub struct PeerService {
+    node_id: NodeId,
     groups: GroupRegistry,
     snapshots: SharedSnapshotStore,
 }
 
 impl PeerService {
-    /// A service dispatching to the groups in `groups`; snapshots received for them are written into
-    /// `snapshots` (the node's snapshot store).
-    pub fn new(groups: GroupRegistry, snapshots: SharedSnapshotStore) -> Self {
-        Self { groups, snapshots }
+    /// A service of node `node_id` dispatching to the groups in `groups`; snapshots received for them are written
+    /// into `snapshots` (the node's snapshot store). Requests that name another node id are refused.
+    pub fn new(node_id: NodeId, groups: GroupRegistry, snapshots: SharedSnapshotStore) -> Self {
+        Self {
+            node_id,
+            groups,
+            snapshots,
+        }
+    }
+
+    /// Refuses a request meant for another node id (0: any) with `UNAVAILABLE`, so the sender backs off as from
+    /// a member that is down. A member removed and added back at the same peer URL with an empty data directory
+    /// has a new id: the groups that still list the old one must not take this node for it, as it holds none of
+    /// the old one's log or votes.
+    fn check_target(&self, target: NodeId) -> Result<(), Status> {
+        if target == 0 || target == self.node_id {
+            return Ok(());
+        }
+        Err(Status::unavailable(format!(
+            "a request for node {target} reached node {} (another incarnation at the same peer URL)",
+            self.node_id
+        )))
     }
 
     /// The tonic server wrapper, with no message size limit (snapshot chunks and entry batches are bounded by
@@ -524,6 +571,7 @@ impl PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
+        self.check_target(first.target)?;
         let group = first.group;
         let (vote, meta, size): (Vote, SnapshotMeta, u64) = decode_request(&first.header)?;
         let raft = self.groups.raft(group)?;
@@ -633,19 +681,34 @@ fn answer<T: Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Result<Re
 #[tonic::async_trait]
 impl pb::raft_peer_server::RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let RaftRequest { group, payload } = request.into_inner();
+        let RaftRequest {
+            group,
+            payload,
+            target,
+        } = request.into_inner();
+        self.check_target(target)?;
         let raft = self.groups.raft(group)?;
         answer(raft.append_entries(decode_request(&payload)?).await)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let RaftRequest { group, payload } = request.into_inner();
+        let RaftRequest {
+            group,
+            payload,
+            target,
+        } = request.into_inner();
+        self.check_target(target)?;
         let raft = self.groups.raft(group)?;
         answer(raft.vote(decode_request(&payload)?).await)
     }
 
     async fn pre_vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let RaftRequest { group, payload } = request.into_inner();
+        let RaftRequest {
+            group,
+            payload,
+            target,
+        } = request.into_inner();
+        self.check_target(target)?;
         let raft = self.groups.raft(group)?;
         answer(raft.pre_vote(decode_request(&payload)?).await)
     }
@@ -662,13 +725,18 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
     }
 
     async fn transfer_leader(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let RaftRequest { group, payload } = request.into_inner();
+        let RaftRequest {
+            group,
+            payload,
+            target,
+        } = request.into_inner();
+        self.check_target(target)?;
         let raft = self.groups.raft(group)?;
         answer(raft.handle_transfer_leader(decode_request(&payload)?).await)
     }
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let RaftRequest { group, payload } = request.into_inner();
+        let RaftRequest { group, payload, .. } = request.into_inner();
         let handler = match self.groups.forward_handler(group) {
             Ok(handler) => handler,
             // Not hosted (or not yet, or no longer): nothing was done, the sender may look elsewhere.
@@ -682,6 +750,24 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
             })),
             Err(err) => reply::<(), _>(Err(err)),
         }
+    }
+
+    async fn members(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let group = request.into_inner().group;
+        let raft = self.groups.raft(group)?;
+        // Only the leader answers, once it knows it still leads and has applied everything committed: a
+        // lagging member could still list a removed member at the asker's peer URL, under the old id.
+        raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map_err(|e| Status::unavailable(format!("group {group}: {e}")))?;
+        let metrics = raft.metrics().borrow_watched().clone();
+        let members: Vec<(NodeId, PeerNode)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        reply::<_, ()>(Ok(members))
     }
 }
 

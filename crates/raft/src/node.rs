@@ -33,7 +33,9 @@ pub enum ClusterState {
     /// Found the cluster listed in `initial_cluster` (ignored once the node has data).
     #[default]
     New,
-    /// Join a cluster that already added this node (`MemberAdd`); wait for its leader.
+    /// Join a cluster that already added this node (`MemberAdd`); wait for its leader. A node whose data
+    /// directory is new asks the members in `initial_cluster` for the id the cluster gave its peer URL (see
+    /// [`NodeConfig::membership_group`]).
     Existing,
 }
 
@@ -112,7 +114,8 @@ pub struct NodeConfig {
     pub advertise_client_urls: Vec<String>,
     /// Address the Raft peer API listens on. Default 127.0.0.1:2380.
     pub listen_peer: SocketAddr,
-    /// Peer URL announced to the cluster; the node id derives from it. Default: `http://` + `listen_peer`.
+    /// Peer URL announced to the cluster: a founder's id derives from it, a joining node is found by it.
+    /// Default: `http://` + `listen_peer`.
     pub advertise_peer_url: String,
     /// Address of `/health` and `/metrics`; `None` to serve none. Default 127.0.0.1:2381.
     pub listen_metrics: Option<SocketAddr>,
@@ -124,6 +127,12 @@ pub struct NodeConfig {
     pub initial_cluster: Vec<(String, String)>,
     /// New or existing cluster.
     pub cluster_state: ClusterState,
+    /// The group whose membership is the cluster's: a node joining an existing cluster with a new data directory
+    /// looks its id up there, by its peer URL, asking the group's leader. Default 0 (the coordination store's).
+    pub membership_group: GroupId,
+    /// How long a node joining an existing cluster with a new data directory keeps asking for its id before it
+    /// gives up ([`NodeError::Join`]). Default 30 s.
+    pub join_timeout: Duration,
     /// Raft settings.
     pub raft: RaftSettings,
     /// Where the Raft logs, votes and snapshots live. Default: RocksDB and files under `data_dir`.
@@ -153,6 +162,8 @@ impl NodeConfig {
             metrics: None,
             initial_cluster: Vec::new(),
             cluster_state: ClusterState::New,
+            membership_group: 0,
+            join_timeout: Duration::from_secs(30),
             raft: RaftSettings::default(),
             storage: NodeStorage::Disk,
             network: NodeNetwork::Tcp,
@@ -218,8 +229,9 @@ impl NodeConfig {
         Ok(())
     }
 
-    /// The id a node with this configuration gets when its data directory is new (derived from its advertised
-    /// peer URL). A node keeps the id its data directory was created with ([`Node::id`]).
+    /// The id a founder with this configuration gets when its data directory is new (derived from its advertised
+    /// peer URL). A node that joins an existing cluster gets the id `MemberAdd` gave it instead, and every node
+    /// keeps the id its data directory was created with ([`Node::id`]).
     pub fn node_id(&self) -> NodeId {
         node_id_for(&self.advertise_peer_url)
     }
@@ -330,6 +342,15 @@ pub enum NodeError {
         group: GroupId,
         /// What is wrong.
         source: crate::replicated::ReplicatedSettingsError,
+    },
+    /// A node joining an existing cluster with a new data directory could not learn its id: no leader of the
+    /// membership group answered, or none lists its peer URL (it was not added with `MemberAdd`).
+    #[error("joining an existing cluster as {peer_url}: {reason}")]
+    Join {
+        /// The node's advertised peer URL.
+        peer_url: String,
+        /// What the members answered last.
+        reason: String,
     },
     /// [`Node::serve_clients`] was called a second time: the client port serves one set of routes.
     #[error("the client port {addr} is already serving")]
@@ -467,7 +488,7 @@ impl Node {
     /// is bound (so a taken port fails the start) and serves once [`Node::serve_clients`] is called.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         config.validate()?;
-        let (storage, node_id) = match &config.storage {
+        let (storage, recorded_id) = match &config.storage {
             NodeStorage::Disk => {
                 std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
                     path: config.data_dir.clone(),
@@ -478,37 +499,58 @@ impl Node {
                     path: db_path.clone(),
                     message: e.to_string(),
                 })?;
-                // The id is derived from the advertised peer URL once, when the data directory is new, and kept:
-                // a member whose URL changes (MemberUpdate, then a restart on the new URL) stays the same member.
-                let node_id =
-                    crate::log_store::node_id(&db, || config.node_id()).map_err(|e| NodeError::DataDir {
-                        path: db_path,
-                        message: e.to_string(),
-                    })?;
+                let data_dir_error = |e: std::io::Error| NodeError::DataDir {
+                    path: db_path.clone(),
+                    message: e.to_string(),
+                };
+                let mut recorded = crate::log_store::recorded_node_id(&db).map_err(data_dir_error)?;
+                if recorded.is_none() && crate::log_store::holds_raft_state(&db).map_err(data_dir_error)? {
+                    // Written by a version that derived every id from the peer URL and did not record it.
+                    recorded = Some(config.node_id());
+                }
                 let storage = GroupStorage::rocksdb(db).map_err(|e| NodeError::DataDir {
                     path: config.data_dir.clone(),
                     message: format!("starting the WAL sync thread: {e}"),
                 })?;
-                (storage, node_id)
+                (storage, recorded)
             }
-            NodeStorage::Memory(memory) => (GroupStorage::memory(memory.clone()), config.node_id()),
+            NodeStorage::Memory(memory) => (GroupStorage::memory(memory.clone()), None),
+        };
+        let peer_client_tls = match &config.peer_tls {
+            Some(tls) => Some(tls.peer_client_config().map_err(ConfigError::from)?),
+            None => None,
+        };
+        let channels = match &config.network {
+            NodeNetwork::Tcp => PeerChannels::new(peer_client_tls),
+            NodeNetwork::Custom { connect, .. } => {
+                let connect = connect.clone();
+                PeerChannels::with_connect(move |endpoint| connect(endpoint))
+            }
+        };
+        // The id is chosen once, when the data directory is new, and kept: a member whose URL changes
+        // (MemberUpdate, then a restart on the new URL) stays the same member. A founder derives it from its peer
+        // URL; a node joining an existing cluster takes the one MemberAdd gave it, which is new on every add.
+        let node_id = match recorded_id {
+            Some(id) => id,
+            None => {
+                let id = match config.cluster_state {
+                    ClusterState::New => config.node_id(),
+                    ClusterState::Existing => crate::join::own_id_from_cluster(&config, &channels).await?,
+                };
+                if let GroupStorage::RocksDb { db, .. } = &storage {
+                    crate::log_store::record_node_id(db, id).map_err(|e| NodeError::DataDir {
+                        path: config.data_dir.join("db"),
+                        message: e.to_string(),
+                    })?;
+                }
+                id
+            }
         };
         let span = info_span!("node", id = node_id, name = %config.name);
         async move {
             let db_handles_at_rest = match &storage {
                 GroupStorage::RocksDb { db, .. } => Arc::strong_count(db),
                 _ => 0,
-            };
-            let peer_client_tls = match &config.peer_tls {
-                Some(tls) => Some(tls.peer_client_config().map_err(ConfigError::from)?),
-                None => None,
-            };
-            let channels = match &config.network {
-                NodeNetwork::Tcp => PeerChannels::new(peer_client_tls),
-                NodeNetwork::Custom { connect, .. } => {
-                    let connect = connect.clone();
-                    PeerChannels::with_connect(move |endpoint| connect(endpoint))
-                }
             };
             let raft_config = Arc::new(openraft_config(&config, node_id)?);
 
@@ -534,7 +576,7 @@ impl Node {
             })?;
 
             let peer_routes = tonic::service::Routes::new(
-                PeerService::new(groups.clone(), storage.snapshots()).into_server(),
+                PeerService::new(node_id, groups.clone(), storage.snapshots()).into_server(),
             );
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {

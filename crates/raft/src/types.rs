@@ -31,13 +31,26 @@ impl fmt::Display for PeerNode {
     }
 }
 
-/// The node id a peer URL gets. Ids derive from the advertised peer URL, so `MemberAdd` (which knows only the
-/// URL, as in etcd) and the new node itself agree on the id without talking. A node re-added at the same URL
-/// must start from an empty data directory.
+/// The node id a founding member gets: derived from its advertised peer URL, so every founder writes the same
+/// first membership without talking. Members added later get a new id on each add
+/// ([`MemberChange::Add`](crate::MemberChange::Add)).
 pub fn node_id_for(peer_url: &str) -> NodeId {
+    fnv1a(peer_url.trim_end_matches('/').bytes())
+}
+
+/// The id a member added at `peer_url` gets when the group's log ends at `last_log_index` on the leader adding it.
+/// A removal is a log entry, so a member removed and added back at the same URL gets a different id: the groups
+/// that still list the old id cannot take the new, empty member for it. The added node learns its id from the
+/// group's leader (see [`ClusterState::Existing`](crate::ClusterState::Existing)).
+pub(crate) fn added_node_id(peer_url: &str, last_log_index: u64) -> NodeId {
+    let url = peer_url.trim_end_matches('/').bytes();
+    fnv1a(url.chain(*b"#").chain(last_log_index.to_be_bytes()))
+}
+
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> NodeId {
     // FNV-1a: stable across versions and platforms, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in peer_url.trim_end_matches('/').bytes() {
+    for byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -122,5 +135,23 @@ mod encoding_tests {
             decode::<CommandBytes>(&old).expect("decodes"),
             CommandBytes(raw.clone())
         );
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn a_member_added_again_at_the_same_url_gets_another_id() {
+        let url = "http://127.0.0.1:2380";
+        let first = added_node_id(url, 10);
+        assert_ne!(
+            first,
+            added_node_id(url, 12),
+            "the removal in between is a log entry"
+        );
+        assert_ne!(first, node_id_for(url), "nor the id a founder at that URL had");
+        assert_eq!(first, added_node_id(&format!("{url}/"), 10));
     }
 }

@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// The founding members: `name=peer-url,name=peer-url,...` [default: this node alone].
     #[arg(long, env = "TRESTLE_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
-    /// `new` to found the cluster, `existing` to join one that added this node with MemberAdd [default: new].
+    /// `new` to found the cluster, `existing` to join one that added this node with MemberAdd; a node with a new
+    /// data directory then asks the members of --initial-cluster for the id MemberAdd gave it [default: new].
     #[arg(long, env = "TRESTLE_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
     /// The cluster's name (etcd's flag): every member given the same token reports the same cluster id, founders

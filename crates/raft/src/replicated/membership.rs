@@ -15,7 +15,8 @@ use crate::types::{NodeId, PeerNode, Raft};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum MemberChange {
-    /// Add a member, as a learner or as a voter. Its id derives from its peer URL.
+    /// Add a member, as a learner or as a voter, under a new id (never one the group has had before: a member
+    /// removed and added back at the same URL is a new member). No member may have its peer URL already.
     Add {
         /// How to reach it (name and client URLs may be empty until it starts and publishes them).
         node: PeerNode,
@@ -32,6 +33,16 @@ pub enum MemberChange {
     /// Move a member to another peer URL (etcd's MemberUpdate): it keeps its id, name and client URLs, and the
     /// others reach it at the new URL; restart it advertising that URL, on its data directory.
     UpdatePeerUrl(NodeId, String),
+    /// Add a member under the id another group gave it: a group that follows the cluster's membership (a queue
+    /// partition) adds the cluster's members as they are. No member may have the id or the peer URL already.
+    AddWithId {
+        /// The member's id in the cluster.
+        id: NodeId,
+        /// How to reach it.
+        node: PeerNode,
+        /// Add as a non-voting learner.
+        learner: bool,
+    },
 }
 
 /// Runs `change` on this node, which believes it leads. `Ok(None)`: not the leader (any more), or another
@@ -49,9 +60,19 @@ pub(crate) async fn change_member_local<S: Service>(
     let is_voter = |id: NodeId| membership.voter_ids().any(|v| v == id);
     let is_learner = |id: NodeId| membership.learner_ids().any(|l| l == id);
     let (id, result) = match change {
-        MemberChange::Add { node, learner } => {
-            let id = crate::types::node_id_for(&node.peer_url);
-            if membership.get_node(&id).is_some() {
+        MemberChange::Add { node, learner } | MemberChange::AddWithId { node, learner, .. } => {
+            let id = match change {
+                MemberChange::AddWithId { id, .. } => *id,
+                _ => {
+                    let last_log_index = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+                    crate::types::added_node_id(&node.peer_url, last_log_index)
+                }
+            };
+            let url = node.peer_url.trim_end_matches('/');
+            let taken = membership
+                .nodes()
+                .any(|(other, n)| *other == id || n.peer_url.trim_end_matches('/') == url);
+            if taken {
                 return Err(S::status(Failure::MemberExists));
             }
             let added = raft.add_learner(id, node.clone(), false).await;

@@ -1,0 +1,120 @@
+//! How a node joining an existing cluster with a new data directory learns its id.
+//!
+//! `MemberAdd` gives every member it adds a new id, never one a group has had before (see
+//! [`MemberChange::Add`](crate::MemberChange::Add)): a member removed, wiped and added back at the same peer URL
+//! must not be taken for the old one by a group that still lists it, because it holds none of the old one's log
+//! or votes. So the new node cannot derive its id from its URL, as founders do; like an etcd member, it asks the
+//! cluster. The members listed in `initial_cluster` are asked in turn for the membership group's members; only
+//! that group's leader answers, after a linearizable read, so the answer includes every `MemberAdd` and
+//! `MemberRemove` that completed before the node started. The node takes the id listed at its peer URL.
+
+use std::time::Duration;
+
+use tracing::{debug, info};
+
+use crate::network::{PeerChannels, members_at};
+use crate::node::{NodeConfig, NodeError};
+use crate::types::{NodeId, PeerNode};
+
+/// Time allowed for one member to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between rounds over the members, doubled each round up to `MAX_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// The id `members` give the member at `peer_url`, if any.
+pub(crate) fn id_at(members: &[(NodeId, PeerNode)], peer_url: &str) -> Option<NodeId> {
+    members
+        .iter()
+        .find(|(_, node)| same_url(&node.peer_url, peer_url))
+        .map(|(id, _)| *id)
+}
+
+/// Asks the other members of `config.initial_cluster` for this node's id until one leader lists its peer URL,
+/// or `config.join_timeout` passes.
+pub(crate) async fn own_id_from_cluster(
+    config: &NodeConfig,
+    channels: &PeerChannels,
+) -> Result<NodeId, NodeError> {
+    let me = &config.advertise_peer_url;
+    let group = config.membership_group;
+    let others: Vec<&str> = config
+        .initial_cluster
+        .iter()
+        .map(|(_, url)| url.as_str())
+        .filter(|url| !same_url(url, me))
+        .collect();
+    let join_error = |reason: String| NodeError::Join {
+        peer_url: me.clone(),
+        reason,
+    };
+    if others.is_empty() {
+        return Err(join_error(
+            "the initial cluster lists no other member to ask for this node's id".into(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + config.join_timeout;
+    let mut pause = FIRST_PAUSE;
+    let mut last = String::from("no member answered");
+    loop {
+        for url in &others {
+            match members_at(channels, url, group, ASK_TIMEOUT).await {
+                Ok(members) => match id_at(&members, me) {
+                    Some(id) => {
+                        info!(
+                            id,
+                            leader = url,
+                            group,
+                            "joining with the id the cluster gave this peer URL"
+                        );
+                        return Ok(id);
+                    }
+                    None => {
+                        last = format!(
+                            "the leader at {url} lists no member at this peer URL in group {group} (add it with \
+                             MemberAdd first)"
+                        );
+                    }
+                },
+                Err(status) => {
+                    debug!(url, %status, "no membership from this member");
+                    last = format!("{url}: {}", status.message());
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(join_error(last));
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: NodeId, url: &str) -> (NodeId, PeerNode) {
+        (
+            id,
+            PeerNode {
+                name: String::new(),
+                peer_url: url.into(),
+                client_urls: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_joining_node_takes_the_id_listed_at_its_peer_url() {
+        let members = [member(7, "http://a:2380"), member(9, "http://b:2380/")];
+        assert_eq!(id_at(&members, "http://b:2380"), Some(9));
+        assert_eq!(id_at(&members, "http://a:2380/"), Some(7));
+        assert_eq!(id_at(&members, "http://c:2380"), None);
+    }
+}
