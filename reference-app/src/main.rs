@@ -258,7 +258,7 @@ async fn run(service: Service) -> anyhow::Result<()> {
             let jobs = Worker::new(queue, jobs).map_err(|e| anyhow::anyhow!("{e}"))?;
             let work_dir = args.work_dir.clone();
             let health: http::HealthCheck = Arc::new(move || pipeline::work_dir_ok(&work_dir));
-            let router = http::finish("worker", axum::Router::new(), Some(health), Some(metrics));
+            let router = http::finish("worker", transcoder.router(), Some(health), Some(metrics));
             let listener = http::bind(args.common.listen).await?;
             tracing::info!(addr = %args.common.listen, concurrency = args.concurrency, "transcode worker running");
             let server = tokio::spawn(http::serve(listener, router, stop));

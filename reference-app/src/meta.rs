@@ -82,6 +82,9 @@ pub struct Video {
     pub failure: Option<String>,
     /// Milliseconds since the Unix epoch when it became ready.
     pub ready_ms: Option<u64>,
+    /// How many times an operator retried it after a failure (0: never).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// Milliseconds since the Unix epoch.

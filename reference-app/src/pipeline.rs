@@ -12,7 +12,8 @@
 //! barrier that fails (a task dead-lettered) marks the video failed with the reason.
 //!
 //! Routes: `POST /videos?title=...` (the body is the file), `GET /videos`, `GET /videos/{id}` (with progress:
-//! chunks encoded per rendition), plus `/health` and `/metrics`.
+//! chunks encoded per rendition), `POST /videos/{id}/retry` (a failed video's missing parts are submitted again),
+//! plus `/health` and `/metrics`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,7 @@ impl Coordinator {
                     .layer(DefaultBodyLimit::disable()),
             )
             .route("/videos/{id}", axum::routing::get(show))
+            .route("/videos/{id}/retry", axum::routing::post(retry))
             .with_state(self.clone())
     }
 
@@ -318,6 +320,7 @@ impl Coordinator {
             master: None,
             failure: None,
             ready_ms: None,
+            attempt: 0,
         };
         self.meta
             .create(&video)
@@ -325,7 +328,7 @@ impl Coordinator {
             .map_err(|e| Problem::upstream(format!("recording the video failed: {e}")))?;
         if let Err(e) = self.submit(&video, &plan, &rungs, trace).await {
             let reason = format!("its encodes could not be queued: {e}");
-            let _ = self.mark_failed(&video.id, &reason).await;
+            let _ = self.mark_failed(&video.id, video.attempt, &reason).await;
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue unavailable",
@@ -337,7 +340,9 @@ impl Coordinator {
         Ok(video)
     }
 
-    /// Submits the audio barrier and one barrier per rendition.
+    /// Submits the barriers of what `video` still lacks: the audio track's, and one per rendition without a
+    /// playlist. Their idempotency keys name the video's attempt, so a client retry submits nothing twice and an
+    /// operator's retry submits anew.
     async fn submit(
         &self,
         video: &Video,
@@ -346,35 +351,45 @@ impl Coordinator {
         trace: TraceContext,
     ) -> Result<(), trestle_queue::client::ClientError> {
         let step = |step: Step| NewMessage::new(tasks::encode(&step));
+        let attempt = video.attempt;
         let audio = Task::EncodeAudio {
             video: video.id.clone(),
             source: video.source.digest,
             info: video.source.info.clone(),
             trace: Some(trace),
         };
-        self.queue
-            .submit_barrier(
-                tasks::TRANSCODE_QUEUE,
-                vec![NewMessage::new(tasks::encode(&audio))],
-                (
-                    tasks::PIPELINE_QUEUE,
-                    step(Step::AudioEncoded {
-                        video: video.id.clone(),
-                        trace: Some(trace),
-                    }),
-                ),
-                (
-                    tasks::PIPELINE_QUEUE,
-                    step(Step::Failed {
-                        video: video.id.clone(),
-                        what: "audio".into(),
-                        trace: Some(trace),
-                    }),
-                ),
-                Some(&format!("{}/audio", video.id)),
-            )
-            .await?;
-        for rung in rungs {
+        if video.audio.is_none() {
+            self.queue
+                .submit_barrier(
+                    tasks::TRANSCODE_QUEUE,
+                    vec![NewMessage::new(tasks::encode(&audio))],
+                    (
+                        tasks::PIPELINE_QUEUE,
+                        step(Step::AudioEncoded {
+                            video: video.id.clone(),
+                            trace: Some(trace),
+                        }),
+                    ),
+                    (
+                        tasks::PIPELINE_QUEUE,
+                        step(Step::Failed {
+                            video: video.id.clone(),
+                            what: "audio".into(),
+                            attempt,
+                            trace: Some(trace),
+                        }),
+                    ),
+                    Some(&format!("{}/{attempt}/audio", video.id)),
+                )
+                .await?;
+        }
+        let assembled = |name: &str| {
+            video
+                .renditions
+                .iter()
+                .any(|r| r.rung.name == name && r.playlist.is_some())
+        };
+        for rung in rungs.iter().filter(|r| !assembled(&r.name)) {
             let tasks: Vec<NewMessage> = plan
                 .chunks
                 .iter()
@@ -409,20 +424,22 @@ impl Coordinator {
                         step(Step::Failed {
                             video: video.id.clone(),
                             what: rung.name.clone(),
+                            attempt,
                             trace: Some(trace),
                         }),
                     ),
-                    Some(&format!("{}/{}", video.id, rung.name)),
+                    Some(&format!("{}/{attempt}/{}", video.id, rung.name)),
                 )
                 .await?;
         }
         Ok(())
     }
 
-    async fn mark_failed(&self, id: &str, reason: &str) -> Result<Video, MetaError> {
+    /// Marks video `id` failed with `reason`, unless it is no longer processing or a retry replaced `attempt`.
+    async fn mark_failed(&self, id: &str, attempt: u32, reason: &str) -> Result<Video, MetaError> {
         self.meta
             .update(id, |v| {
-                if v.status != Status::Processing {
+                if v.status != Status::Processing || v.attempt != attempt {
                     return Ok(None);
                 }
                 let mut next = v.clone();
@@ -431,6 +448,83 @@ impl Coordinator {
                 Ok(Some(next))
             })
             .await
+    }
+
+    /// The last error of the newest dead letter of video `id` in the transcode dead-letter queue (best effort: the
+    /// barrier's failure says which task failed and how, the dead letter what the worker last reported).
+    async fn last_dead_letter_error(&self, id: &str) -> Option<String> {
+        let peeked = self.queue.peek(tasks::TRANSCODE_DEAD_LETTERS, 1000).await.ok()?;
+        peeked
+            .iter()
+            .rev()
+            .filter(|p| tasks::decode::<Task>(&p.payload).is_ok_and(|t| t.video() == id))
+            .find_map(|p| {
+                p.dead_letter
+                    .as_ref()
+                    .map(|d| d.last_error.clone())
+                    .filter(|e| !e.is_empty())
+            })
+    }
+
+    /// An operator's retry of a failed video: it goes back to processing under a new attempt, and the barriers of
+    /// what it still lacks (renditions without a playlist, the audio track if missing) are submitted again. Its
+    /// dead letters stay in the dead-letter queue for inspection (redriving them later encodes them again, which
+    /// changes nothing: outputs are content-addressed and their barrier has already failed).
+    async fn retry(&self, id: &str, trace: TraceContext) -> Result<Video, Problem> {
+        let store_failed = |e: MetaError| match e {
+            MetaError::NotFound { .. } => Problem::not_found(format!("no video {id}")),
+            other => Problem::upstream(format!("the store failed: {other}")),
+        };
+        let current = self.meta.get(id).await.map_err(store_failed)?;
+        if current.status != Status::Failed {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "not failed",
+                format!(
+                    "video {id} is {:?}; only a failed video can be retried",
+                    current.status
+                )
+                .to_lowercase(),
+            ));
+        }
+        let video = self
+            .meta
+            .update(id, |v| {
+                if v.status != Status::Failed || v.attempt != current.attempt {
+                    return Err(MetaError::Refused(format!(
+                        "video {id} changed while being retried"
+                    )));
+                }
+                let mut next = v.clone();
+                next.status = Status::Processing;
+                next.failure = None;
+                next.attempt += 1;
+                Ok(Some(next))
+            })
+            .await
+            .map_err(|e| match e {
+                MetaError::Refused(reason) => Problem::new(StatusCode::CONFLICT, "conflict", reason),
+                other => store_failed(other),
+            })?;
+        let plan = media::plan_chunks(
+            video.source.info.video_duration(),
+            Duration::from_millis(video.segment_ms),
+            self.config.segments_per_chunk,
+        )
+        .map_err(|e| Problem::internal(format!("re-planning video {id}: {e}")))?;
+        let rungs: Vec<media::Rung> = video.renditions.iter().map(|r| r.rung.clone()).collect();
+        if let Err(e) = self.submit(&video, &plan, &rungs, trace).await {
+            let reason = format!("its encodes could not be queued: {e}");
+            let _ = self.mark_failed(&video.id, video.attempt, &reason).await;
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue unavailable",
+                reason,
+            ));
+        }
+        metrics::counter!("pipeline_retries_total").increment(1);
+        tracing::info!(video = id, attempt = video.attempt, "video retried");
+        Ok(video)
     }
 
     /// Packages rendition `name` of `video` from its chunks (`digests`, in order) and the audio track; stores
@@ -681,13 +775,20 @@ impl Handler for Coordinator {
                 )
                 .await?;
             }
-            Step::Failed { video, what, .. } => {
-                let reason = delivery
+            Step::Failed {
+                video, what, attempt, ..
+            } => {
+                let mut reason = delivery
                     .join
                     .as_ref()
-                    .map(|j| format!("{what}: chunk {} failed: {}", j.failed_slot, j.reason))
+                    .map(|j| format!("{what}: task {} failed: {}", j.failed_slot, j.reason))
                     .unwrap_or_else(|| format!("{what} failed"));
-                self.mark_failed(&video, &reason).await.map_err(meta_error)?;
+                if let Some(error) = self.last_dead_letter_error(&video).await {
+                    reason.push_str(&format!("; last error: {error}"));
+                }
+                self.mark_failed(&video, attempt, &reason)
+                    .await
+                    .map_err(meta_error)?;
                 metrics::counter!("pipeline_videos_failed_total").increment(1);
                 tracing::warn!(video, %reason, "video failed");
             }
@@ -725,6 +826,20 @@ async fn upload(
         axum::Json(video),
     )
         .into_response())
+}
+
+async fn retry(
+    State(c): State<Coordinator>,
+    UrlPath(id): UrlPath<String>,
+    axum::Extension(trace): axum::Extension<TraceContext>,
+) -> Result<Response, Problem> {
+    if !meta::valid_id(&id) {
+        return Err(Problem::bad_request(format!(
+            "{id:?} is not a video id (16 hex digits)"
+        )));
+    }
+    let video = c.retry(&id, trace).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(video)).into_response())
 }
 
 async fn list(State(c): State<Coordinator>) -> Result<Response, Problem> {

@@ -100,6 +100,9 @@ pub enum Step {
         video: String,
         /// Which barrier: a rendition's name or `audio`.
         what: String,
+        /// The video's attempt that submitted the barrier (a failure of an attempt a retry replaced is ignored).
+        #[serde(default)]
+        attempt: u32,
         /// The upload's trace.
         trace: Option<TraceContext>,
     },

@@ -10,7 +10,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde::{Deserialize, Serialize};
 
 use trestle_queue::client::Delivery;
 use trestle_queue::worker::{Handler, JobError};
@@ -60,10 +65,20 @@ impl TranscodeConfig {
     }
 }
 
+/// Faults an operator (or the operations view) switches on to watch the system handle them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Faults {
+    /// Every encode fails (retryably), as if ffmpeg crashed: tasks are retried, then dead-lettered, and their
+    /// videos fail.
+    #[serde(default)]
+    pub fail_encodes: bool,
+}
+
 /// The transcode [`Handler`].
 #[derive(Clone)]
 pub struct Transcoder {
     config: Arc<TranscodeConfig>,
+    fail_encodes: Arc<AtomicBool>,
     origin: OriginClient,
     meta: Meta,
     downloads: Arc<tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
@@ -100,10 +115,49 @@ impl Transcoder {
         }
         Ok(Self {
             config: Arc::new(config),
+            fail_encodes: Arc::default(),
             origin,
             meta,
             downloads: Arc::default(),
         })
+    }
+
+    /// The faults switched on.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            fail_encodes: self.fail_encodes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Switches faults on or off.
+    pub fn set_faults(&self, faults: Faults) {
+        self.fail_encodes.store(faults.fail_encodes, Ordering::Relaxed);
+        tracing::warn!(?faults, "faults set");
+    }
+
+    /// `GET /faults` and `PUT /faults` (JSON [`Faults`]) on the worker's HTTP port.
+    pub fn router(&self) -> axum::Router {
+        async fn get(State(t): State<Transcoder>) -> axum::response::Response {
+            axum::Json(t.faults()).into_response()
+        }
+        async fn put(
+            State(t): State<Transcoder>,
+            faults: Result<axum::Json<Faults>, axum::extract::rejection::JsonRejection>,
+        ) -> axum::response::Response {
+            match faults {
+                Ok(axum::Json(faults)) => {
+                    t.set_faults(faults);
+                    axum::Json(t.faults()).into_response()
+                }
+                Err(e) => crate::http::Problem::bad_request(format!(
+                    "expected JSON like {{\"fail_encodes\": true}}: {e}"
+                ))
+                .into_response(),
+            }
+        }
+        axum::Router::new()
+            .route("/faults", axum::routing::get(get).put(put))
+            .with_state(self.clone())
     }
 
     /// The source `digest` on local disk, downloaded once however many tasks ask at the same time.
@@ -147,6 +201,9 @@ impl Transcoder {
     }
 
     async fn run(&self, task: Task) -> Result<Digest, JobError> {
+        if self.fail_encodes.load(Ordering::Relaxed) {
+            return Err(JobError::Retry("injected fault: encodes fail".into()));
+        }
         let trace = task.trace().copied();
         let out_dir = tempfile::Builder::new()
             .prefix("job-")

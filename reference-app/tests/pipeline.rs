@@ -3,8 +3,8 @@
 //! not on the segment grid is uploaded; once ready, its master playlist, every rendition's playlist and every
 //! segment are fetched through the edge, and each rendition is checked with ffprobe: keyframes on every 2-second
 //! boundary, the right duration, audio present. Bad uploads are refused with problem details and leave nothing
-//! behind. Two more tests kill, with SIGKILL, a worker while it encodes and a Trestle node during uploads: the
-//! videos still become ready.
+//! behind. More tests kill, with SIGKILL, a worker while it encodes and a Trestle node during uploads (the videos
+//! still become ready), and make every encode fail (the video fails with the reason; a retry recovers it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -300,4 +300,81 @@ async fn a_trestle_node_killed_during_uploads_loses_nothing() {
     app.nodes[0].start();
     let (_, body) = get(&format!("{}/videos", app.pipeline_url)).await.unwrap();
     assert_eq!(json(&body).as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_keeps_failing_fails_the_video_and_a_retry_recovers_it() {
+    if skip_or_fail() {
+        return;
+    }
+    let app = App::start(2).await;
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("clip.mp4");
+    support::make_clip(&clip, 4);
+    let faults = |on: bool| {
+        let workers = app.workers.len();
+        let urls: Vec<String> = (0..workers)
+            .map(|i| format!("http://{}/faults", app.worker_addrs[i]))
+            .collect();
+        async move {
+            for url in urls {
+                let body = format!("{{\"fail_encodes\": {on}}}").into_bytes();
+                let (status, body) = support::put_json(&url, body).await.unwrap();
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            }
+        }
+    };
+    let (status, _) = support::put_json(
+        &format!("http://{}/faults", app.worker_addrs[0]),
+        b"nope".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "a malformed fault switch is refused");
+
+    faults(true).await;
+    let id = upload(&app, "Doomed", &clip).await;
+    // Every encode fails; after the queue's three deliveries each task is dead-lettered, its barrier fails, and
+    // the video shows as failed with the reason.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let failed = loop {
+        let (_, body) = get(&format!("{}/videos/{id}", app.pipeline_url)).await.unwrap();
+        let video = json(&body);
+        if video["status"] == "failed" {
+            break video;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not failed: {video}\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let reason = failed["failure"].as_str().unwrap();
+    assert!(reason.contains("injected fault"), "{reason}");
+    let (status, _) = get(&format!("{}/v/{id}/master.m3u8", app.edge_url))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "a failed video does not play");
+
+    // The operator fixes the cause and retries: the video completes.
+    faults(false).await;
+    let (status, body) = request(
+        "POST",
+        &format!("{}/videos/{id}/retry", app.pipeline_url),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    let video = wait_ready(&app, &id, Duration::from_secs(240)).await;
+    assert_eq!(video["attempt"], 1);
+    let (status, _) = request(
+        "POST",
+        &format!("{}/videos/{id}/retry", app.pipeline_url),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 409, "a ready video cannot be retried");
 }

@@ -155,10 +155,25 @@ fn client() -> Client {
 
 /// A request; returns the status and the body.
 pub async fn request(method: &str, url: &str, body: Vec<u8>) -> Result<(u16, bytes::Bytes), String> {
+    request_typed(method, url, body, "application/octet-stream").await
+}
+
+/// A PUT whose body is JSON.
+pub async fn put_json(url: &str, body: Vec<u8>) -> Result<(u16, bytes::Bytes), String> {
+    request_typed("PUT", url, body, "application/json").await
+}
+
+async fn request_typed(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    content_type: &str,
+) -> Result<(u16, bytes::Bytes), String> {
     use http_body_util::BodyExt;
     let request = http::Request::builder()
         .method(method)
         .uri(url)
+        .header("content-type", content_type)
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(Duration::from_secs(60), client().request(request))
@@ -193,6 +208,8 @@ pub struct App {
     pub pipeline_url: String,
     pub edge_url: String,
     pub worker_args: Vec<Vec<String>>,
+    /// Each worker's HTTP address (`/health`, `/metrics`, `/faults`).
+    pub worker_addrs: Vec<String>,
 }
 
 impl App {
@@ -318,9 +335,12 @@ impl App {
         .await;
 
         let mut worker_args = Vec::new();
+        let mut worker_addrs = Vec::new();
         let workers: Vec<Proc> = (0..workers)
             .map(|i| {
-                let mut args = store_args("worker", free_port());
+                let port = free_port();
+                worker_addrs.push(format!("127.0.0.1:{port}"));
+                let mut args = store_args("worker", port);
                 args.extend(strings(&[
                     "--work-dir",
                     &dir.path().join(format!("worker{i}")).display().to_string(),
@@ -331,6 +351,14 @@ impl App {
                 Proc::spawn(&format!("worker{i}"), &stream, &args, &logs)
             })
             .collect();
+
+        for (i, addr) in worker_addrs.iter().enumerate() {
+            let worker = &workers[i];
+            wait_ok(&format!("http://{addr}/health"), Duration::from_secs(30), || {
+                worker.tail(30)
+            })
+            .await;
+        }
 
         let edge_port = free_port();
         let mut args = store_args("edge", edge_port);
@@ -358,6 +386,7 @@ impl App {
             pipeline_url,
             edge_url,
             worker_args,
+            worker_addrs,
         }
     }
 
