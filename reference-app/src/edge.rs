@@ -8,7 +8,8 @@
 //! when the local zone fails. When the whole cache is down the edge reads the origin directly and says so in its
 //! metrics, so players keep playing.
 //!
-//! Routes: `GET /v/{id}/master.m3u8`, `GET /v/{id}/{rendition}/index.m3u8`, `GET /b/{digest}.{m4s|mp4}`,
+//! Routes: `GET /v/{id}/master.m3u8`, `GET /v/{id}/{rendition}/index.m3u8`, `GET /v/{id}/poster.jpg`,
+//! `GET /v/{id}/thumbnails.vtt` (seek previews into a sprite sheet), `GET /b/{digest}.{m4s|mp4|jpg}`,
 //! `GET /stats` (hit ratio), plus `/health` and `/metrics`.
 
 use std::collections::HashMap;
@@ -128,6 +129,8 @@ impl Edge {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v/{id}/master.m3u8", axum::routing::get(master))
+            .route("/v/{id}/poster.jpg", axum::routing::get(poster))
+            .route("/v/{id}/thumbnails.vtt", axum::routing::get(thumbnails))
             .route("/v/{id}/{rendition}/index.m3u8", axum::routing::get(rendition))
             .route("/b/{file}", axum::routing::get(blob))
             .route("/stats", axum::routing::get(stats))
@@ -172,6 +175,10 @@ impl Edge {
             ));
         }
         let video = Arc::new(video);
+        if video.images.is_none() {
+            // Its images may still come: not kept, read again next time.
+            return Ok(video);
+        }
         let mut records = self.records.lock();
         if records.len() >= self.config.max_records {
             records.clear();
@@ -281,9 +288,10 @@ async fn blob(
     let (digest, content_type) = match file.rsplit_once('.') {
         Some((d, "m4s")) => (d, "video/iso.segment"),
         Some((d, "mp4")) => (d, "video/mp4"),
+        Some((d, "jpg")) => (d, "image/jpeg"),
         _ => {
             return Err(Problem::bad_request(format!(
-                "{file:?} is not <digest>.m4s or <digest>.mp4"
+                "{file:?} is not <digest>.m4s, <digest>.mp4 or <digest>.jpg"
             )));
         }
     };
@@ -291,6 +299,34 @@ async fn blob(
         .parse()
         .map_err(|e: crate::origin::BadDigest| Problem::bad_request(e.to_string()))?;
     Ok(media_response(edge.read(&digest, &trace).await?, content_type))
+}
+
+/// The video's images, or 404 while the image pipeline has not finished.
+fn images_of(video: &Video) -> Result<&meta::Images, Problem> {
+    video
+        .images
+        .as_ref()
+        .ok_or_else(|| Problem::not_found(format!("video {} has no poster or thumbnails yet", video.id)))
+}
+
+async fn poster(
+    State(edge): State<Edge>,
+    UrlPath(id): UrlPath<String>,
+    axum::Extension(trace): axum::Extension<TraceContext>,
+) -> Result<Response, Problem> {
+    let video = edge.ready_video(&id).await?;
+    let digest = images_of(&video)?.poster;
+    Ok(media_response(edge.read(&digest, &trace).await?, "image/jpeg"))
+}
+
+async fn thumbnails(
+    State(edge): State<Edge>,
+    UrlPath(id): UrlPath<String>,
+    axum::Extension(trace): axum::Extension<TraceContext>,
+) -> Result<Response, Problem> {
+    let video = edge.ready_video(&id).await?;
+    let digest = images_of(&video)?.thumbnails_vtt;
+    Ok(media_response(edge.read(&digest, &trace).await?, "text/vtt"))
 }
 
 async fn stats(State(edge): State<Edge>) -> Response {

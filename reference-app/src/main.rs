@@ -255,19 +255,31 @@ async fn run(service: Service) -> anyhow::Result<()> {
             jobs.heartbeat_extend = Duration::from_secs(30);
             jobs.base_backoff = Duration::from_secs(1);
             jobs.max_backoff = Duration::from_secs(30);
-            let jobs = Worker::new(queue, jobs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let jobs = Worker::new(queue.clone(), jobs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The same process samples frames for the image pipeline, one at a time.
+            let mut frames = WorkerConfig::new(tasks::IMAGES_QUEUE);
+            frames.concurrency = 1;
+            frames.wait = Duration::from_secs(5);
+            frames.base_backoff = Duration::from_secs(1);
+            frames.max_backoff = Duration::from_secs(30);
+            let frames = Worker::new(queue, frames).map_err(|e| anyhow::anyhow!("{e}"))?;
             let work_dir = args.work_dir.clone();
             let health: http::HealthCheck = Arc::new(move || pipeline::work_dir_ok(&work_dir));
             let router = http::finish("worker", transcoder.router(), Some(health), Some(metrics));
             let listener = http::bind(args.common.listen).await?;
             tracing::info!(addr = %args.common.listen, concurrency = args.concurrency, "transcode worker running");
             let server = tokio::spawn(http::serve(listener, router, stop));
+            let stop_frames = shutdown.clone();
+            let frames =
+                tokio::spawn(frames.run(transcoder.clone(), async move { stop_frames.cancelled().await }));
             let stop_jobs = shutdown.clone();
             let report = jobs
                 .run(transcoder, async move { stop_jobs.cancelled().await })
                 .await;
-            tracing::info!(?report, "transcode worker stopped");
             shutdown.cancel();
+            let frames_report = frames.await?;
+            tracing::info!(?frames_report, "image sampling stopped");
+            tracing::info!(?report, "transcode worker stopped");
             server.await??;
         }
         Service::Edge(args) => {

@@ -57,6 +57,19 @@ pub struct Rendition {
     pub bandwidth: Option<media::Bandwidth>,
 }
 
+/// The image pipeline's output for a video.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Images {
+    /// The poster (JPEG) at the origin.
+    pub poster: Digest,
+    /// The seek-preview sprite sheet (JPEG) at the origin.
+    pub sprite: Digest,
+    /// The WebVTT mapping times to the sprite's tiles, at the origin.
+    pub thumbnails_vtt: Digest,
+    /// Searchable tags derived from the frames.
+    pub tags: Vec<String>,
+}
+
 /// A video's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Video {
@@ -85,6 +98,9 @@ pub struct Video {
     /// How many times an operator retried it after a failure (0: never).
     #[serde(default)]
     pub attempt: u32,
+    /// Poster, seek previews and tags, once the image pipeline is done (the video may be ready before).
+    #[serde(default)]
+    pub images: Option<Images>,
 }
 
 /// Milliseconds since the Unix epoch.

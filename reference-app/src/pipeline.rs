@@ -28,7 +28,7 @@ use futures::StreamExt;
 use http::{StatusCode, header};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use trestle_queue::client::{Delivery, QueueClient};
+use trestle_queue::client::{ClientError, Delivery, QueueClient};
 use trestle_queue::worker::{Handler, JobError};
 use trestle_queue::{NewMessage, QueueError, QueueSettings};
 
@@ -124,14 +124,44 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-/// Creates `name` unless it exists.
+/// Runs `call` until it succeeds, a partition refuses it (a refusal is an answer), or `budget` has passed, with
+/// doubling pauses (100 ms to 5 s). Only for calls that are exact when repeated: creating a queue that may exist,
+/// submitting a barrier with an idempotency key.
+async fn persist<T, F, Fut>(budget: Duration, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.refusal().is_some() || tokio::time::Instant::now() + pause >= deadline => {
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?pause, "the queue cluster failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// How long the coordinator keeps trying to reach the queue cluster at start.
+const STARTUP_BUDGET: Duration = Duration::from_secs(180);
+/// How long one upload's barrier submissions keep trying.
+const SUBMIT_BUDGET: Duration = Duration::from_secs(60);
+
+/// Creates `name` unless it exists, trying for [`STARTUP_BUDGET`] while the cluster is unavailable.
 async fn ensure_queue(
     queue: &QueueClient,
     name: &str,
     partitions: u32,
     settings: &QueueSettings,
 ) -> anyhow::Result<()> {
-    match queue.create_queue(name, partitions, settings).await {
+    match persist(STARTUP_BUDGET, || queue.create_queue(name, partitions, settings)).await {
         Ok(_) => Ok(()),
         Err(e) if matches!(e.refusal(), Some(QueueError::QueueExists { .. })) => Ok(()),
         Err(e) => Err(anyhow::anyhow!("cannot create the queue {name}: {e}")),
@@ -171,6 +201,7 @@ impl Coordinator {
         dead.max_deliveries = 1000;
         ensure_queue(&queue, tasks::TRANSCODE_DEAD_LETTERS, 1, &dead).await?;
         ensure_queue(&queue, tasks::PIPELINE_DEAD_LETTERS, 1, &dead).await?;
+        ensure_queue(&queue, tasks::IMAGES_DEAD_LETTERS, 1, &dead).await?;
         let mut transcode = QueueSettings::default();
         transcode.visibility_timeout_ms = 60_000;
         transcode.max_deliveries = config.max_deliveries;
@@ -182,6 +213,9 @@ impl Coordinator {
             &transcode,
         )
         .await?;
+        let mut images = transcode.clone();
+        images.dead_letter_queue = Some(tasks::IMAGES_DEAD_LETTERS.to_owned());
+        ensure_queue(&queue, tasks::IMAGES_QUEUE, config.transcode_partitions, &images).await?;
         let mut pipeline = QueueSettings::default();
         pipeline.visibility_timeout_ms = 120_000;
         pipeline.max_deliveries = 12;
@@ -321,6 +355,7 @@ impl Coordinator {
             failure: None,
             ready_ms: None,
             attempt: 0,
+            images: None,
         };
         self.meta
             .create(&video)
@@ -349,7 +384,7 @@ impl Coordinator {
         plan: &media::ChunkPlan,
         rungs: &[media::Rung],
         trace: TraceContext,
-    ) -> Result<(), trestle_queue::client::ClientError> {
+    ) -> Result<(), ClientError> {
         let step = |step: Step| NewMessage::new(tasks::encode(&step));
         let attempt = video.attempt;
         let audio = Task::EncodeAudio {
@@ -359,29 +394,25 @@ impl Coordinator {
             trace: Some(trace),
         };
         if video.audio.is_none() {
-            self.queue
-                .submit_barrier(
-                    tasks::TRANSCODE_QUEUE,
-                    vec![NewMessage::new(tasks::encode(&audio))],
-                    (
-                        tasks::PIPELINE_QUEUE,
-                        step(Step::AudioEncoded {
-                            video: video.id.clone(),
-                            trace: Some(trace),
-                        }),
-                    ),
-                    (
-                        tasks::PIPELINE_QUEUE,
-                        step(Step::Failed {
-                            video: video.id.clone(),
-                            what: "audio".into(),
-                            attempt,
-                            trace: Some(trace),
-                        }),
-                    ),
-                    Some(&format!("{}/{attempt}/audio", video.id)),
-                )
-                .await?;
+            self.barrier(
+                tasks::TRANSCODE_QUEUE,
+                vec![NewMessage::new(tasks::encode(&audio))],
+                step(Step::AudioEncoded {
+                    video: video.id.clone(),
+                    trace: Some(trace),
+                }),
+                step(Step::Failed {
+                    video: video.id.clone(),
+                    what: "audio".into(),
+                    attempt,
+                    trace: Some(trace),
+                }),
+                &format!("{}/{attempt}/audio", video.id),
+            )
+            .await?;
+        }
+        if video.images.is_none() {
+            self.submit_images(video, trace).await?;
         }
         let assembled = |name: &str| {
             video
@@ -407,31 +438,186 @@ impl Coordinator {
                     NewMessage::new(tasks::encode(&task))
                 })
                 .collect();
-            self.queue
-                .submit_barrier(
-                    tasks::TRANSCODE_QUEUE,
-                    tasks,
-                    (
-                        tasks::PIPELINE_QUEUE,
-                        step(Step::AssembleRendition {
-                            video: video.id.clone(),
-                            rendition: rung.name.clone(),
-                            trace: Some(trace),
-                        }),
-                    ),
-                    (
-                        tasks::PIPELINE_QUEUE,
-                        step(Step::Failed {
-                            video: video.id.clone(),
-                            what: rung.name.clone(),
-                            attempt,
-                            trace: Some(trace),
-                        }),
-                    ),
-                    Some(&format!("{}/{attempt}/{}", video.id, rung.name)),
-                )
-                .await?;
+            self.barrier(
+                tasks::TRANSCODE_QUEUE,
+                tasks,
+                step(Step::AssembleRendition {
+                    video: video.id.clone(),
+                    rendition: rung.name.clone(),
+                    trace: Some(trace),
+                }),
+                step(Step::Failed {
+                    video: video.id.clone(),
+                    what: rung.name.clone(),
+                    attempt,
+                    trace: Some(trace),
+                }),
+                &format!("{}/{attempt}/{}", video.id, rung.name),
+            )
+            .await?;
         }
+        Ok(())
+    }
+
+    /// Submits the image barrier: a thumbnail and colour sample every few seconds, and the poster (last).
+    async fn submit_images(&self, video: &Video, trace: TraceContext) -> Result<(), ClientError> {
+        let (width, height) = video
+            .source
+            .info
+            .video
+            .as_ref()
+            .map_or((640, 360), |v| (v.width, v.height));
+        let duration = video.source.info.video_duration();
+        let (_, times) = media::sample_times(duration);
+        let thumb = media::thumbnail_size(width, height, THUMBNAIL_WIDTH);
+        let poster = media::thumbnail_size(width, height, POSTER_WIDTH);
+        let frame = |at: Duration, (w, h): (u32, u32)| {
+            NewMessage::new(tasks::encode(&Task::SampleFrame {
+                video: video.id.clone(),
+                source: video.source.digest,
+                at_ms: millis(at),
+                width: w,
+                height: h,
+                trace: Some(trace),
+            }))
+        };
+        let mut messages: Vec<NewMessage> = times.iter().map(|t| frame(*t, thumb)).collect();
+        messages.push(frame(duration / 3, poster));
+        let step = |step: Step| NewMessage::new(tasks::encode(&step));
+        self.barrier(
+            tasks::IMAGES_QUEUE,
+            messages,
+            step(Step::AssembleImages {
+                video: video.id.clone(),
+                trace: Some(trace),
+            }),
+            step(Step::Failed {
+                video: video.id.clone(),
+                what: "images".into(),
+                attempt: video.attempt,
+                trace: Some(trace),
+            }),
+            &format!("{}/{}/images", video.id, video.attempt),
+        )
+        .await
+    }
+
+    /// Submits a barrier of `messages` on `queue` whose completion and failure steps go to the pipeline queue, under
+    /// idempotency key `key`: retried for [`SUBMIT_BUDGET`] while the cluster is unavailable, and exact however
+    /// often it is retried.
+    async fn barrier(
+        &self,
+        queue: &str,
+        messages: Vec<NewMessage>,
+        completion: NewMessage,
+        failure: NewMessage,
+        key: &str,
+    ) -> Result<(), ClientError> {
+        persist(SUBMIT_BUDGET, || {
+            self.queue.submit_barrier(
+                queue,
+                messages.clone(),
+                (tasks::PIPELINE_QUEUE, completion.clone()),
+                (tasks::PIPELINE_QUEUE, failure.clone()),
+                Some(key),
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Tiles the sampled thumbnails into the sprite sheet, writes its WebVTT and the tags, and records them.
+    async fn assemble_images(
+        &self,
+        id: &str,
+        delivery: &Delivery,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), JobError> {
+        let retry = |what: &str, e: String| JobError::Retry(format!("{what}: {e}"));
+        let video = self.meta.get(id).await.map_err(meta_error)?;
+        if video.images.is_some() {
+            return Ok(());
+        }
+        let join = delivery
+            .join
+            .as_ref()
+            .ok_or_else(|| JobError::Permanent("the step carries no join results".into()))?;
+        let mut frames: Vec<tasks::SampledFrame> = Vec::with_capacity(join.results.len());
+        for slot in 0..u32::try_from(join.results.len()).unwrap_or(u32::MAX) {
+            let bytes = join
+                .results
+                .get(&slot)
+                .ok_or_else(|| JobError::Permanent(format!("the join has no result for frame {slot}")))?;
+            frames.push(
+                tasks::decode(bytes)
+                    .map_err(|e| JobError::Permanent(format!("frame {slot}'s result: {e}")))?,
+            );
+        }
+        let poster = frames
+            .pop()
+            .ok_or_else(|| JobError::Permanent("the image barrier had no tasks".into()))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-images-"))
+            .tempdir_in(self.config.work_dir.join("assembly"))
+            .map_err(|e| retry("creating an assembly directory", e.to_string()))?;
+        for (i, frame) in frames.iter().enumerate() {
+            self.origin
+                .download(&frame.image, &dir.path().join(format!("thumb_{i:03}.jpg")), trace)
+                .await
+                .map_err(|e| retry("downloading a thumbnail", e.to_string()))?;
+        }
+        let count = u32::try_from(frames.len()).unwrap_or(u32::MAX);
+        let sprite_file = dir.path().join("sprite.jpg");
+        let args = media::sprite_args(&self.config.tools, dir.path(), count, &sprite_file);
+        media::run(&self.config.tools, &args, self.config.package_timeout)
+            .await
+            .map_err(|e| retry("tiling the sprite sheet", e.to_string()))?;
+        let sprite = self
+            .origin
+            .put_file(&sprite_file, trace)
+            .await
+            .map_err(|e| retry("storing the sprite sheet", e.to_string()))?
+            .digest;
+        let (width, height) = video
+            .source
+            .info
+            .video
+            .as_ref()
+            .map_or((640, 360), |v| (v.width, v.height));
+        let duration = video.source.info.video_duration();
+        let (interval, _) = media::sample_times(duration);
+        let vtt = media::thumbnails_vtt(
+            &format!("/b/{sprite}.jpg"),
+            interval,
+            count,
+            duration,
+            media::thumbnail_size(width, height, THUMBNAIL_WIDTH),
+        );
+        let vtt = self
+            .origin
+            .put_bytes(vtt.into(), trace)
+            .await
+            .map_err(|e| retry("storing the thumbnails' WebVTT", e.to_string()))?
+            .digest;
+        let colours: Vec<media::FrameColour> = frames.iter().map(|f| f.colour).collect();
+        let images = meta::Images {
+            poster: poster.image,
+            sprite,
+            thumbnails_vtt: vtt,
+            tags: media::tags(&colours),
+        };
+        self.meta
+            .update(id, |v| {
+                if v.images.is_some() {
+                    return Ok(None);
+                }
+                let mut next = v.clone();
+                next.images = Some(images.clone());
+                Ok(Some(next))
+            })
+            .await
+            .map_err(meta_error)?;
+        tracing::info!(video = id, tags = ?images.tags, "images assembled");
         Ok(())
     }
 
@@ -689,6 +875,11 @@ impl Coordinator {
     }
 }
 
+/// Seek-preview thumbnails' width.
+const THUMBNAIL_WIDTH: u32 = 160;
+/// The poster's width (at most).
+const POSTER_WIDTH: u32 = 1280;
+
 /// The source's frame rate (every rendition keeps it).
 fn video_fps(video: &Video) -> media::Rational {
     video
@@ -757,6 +948,15 @@ impl Handler for Coordinator {
                     trace_id = trace.map(|t| t.trace_hex()).unwrap_or_default(),
                     "audio encoded"
                 );
+            }
+            Step::AssembleImages { video, trace } => {
+                let span = tracing::info_span!(
+                    "images",
+                    video,
+                    trace_id = trace.map(|t| t.trace_hex()).unwrap_or_default()
+                );
+                tracing::Instrument::instrument(self.assemble_images(&video, delivery, trace.as_ref()), span)
+                    .await?;
             }
             Step::AssembleRendition {
                 video,

@@ -16,6 +16,10 @@ use crate::origin::Digest;
 
 /// The queue of encode tasks.
 pub const TRANSCODE_QUEUE: &str = "transcode";
+/// The queue of image tasks (frames sampled for thumbnails, the poster and tags).
+pub const IMAGES_QUEUE: &str = "images";
+/// Where the images queue's dead letters go.
+pub const IMAGES_DEAD_LETTERS: &str = "images-dead";
 /// The queue of the coordinator's steps.
 pub const PIPELINE_QUEUE: &str = "pipeline";
 /// Where the transcode queue's dead letters go (an operator redrives them from there).
@@ -55,20 +59,48 @@ pub enum Task {
         /// The upload's trace.
         trace: Option<TraceContext>,
     },
+    /// Take the frame at `at_ms` as a `width`×`height` JPEG and measure its average colour (the images queue).
+    SampleFrame {
+        /// The video.
+        video: String,
+        /// The source at the origin.
+        source: Digest,
+        /// Where in the source, milliseconds.
+        at_ms: u64,
+        /// The image's width.
+        width: u32,
+        /// The image's height.
+        height: u32,
+        /// The upload's trace.
+        trace: Option<TraceContext>,
+    },
+}
+
+/// What a [`Task::SampleFrame`] hands its barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampledFrame {
+    /// The JPEG at the origin.
+    pub image: Digest,
+    /// The frame's average colour.
+    pub colour: media::FrameColour,
 }
 
 impl Task {
     /// The video it belongs to.
     pub fn video(&self) -> &str {
         match self {
-            Self::EncodeChunk { video, .. } | Self::EncodeAudio { video, .. } => video,
+            Self::EncodeChunk { video, .. }
+            | Self::EncodeAudio { video, .. }
+            | Self::SampleFrame { video, .. } => video,
         }
     }
 
     /// The trace it carries.
     pub fn trace(&self) -> Option<&TraceContext> {
         match self {
-            Self::EncodeChunk { trace, .. } | Self::EncodeAudio { trace, .. } => trace.as_ref(),
+            Self::EncodeChunk { trace, .. }
+            | Self::EncodeAudio { trace, .. }
+            | Self::SampleFrame { trace, .. } => trace.as_ref(),
         }
     }
 }
@@ -89,6 +121,14 @@ pub enum Step {
     },
     /// The audio track is encoded (the join result is its digest).
     AudioEncoded {
+        /// The video.
+        video: String,
+        /// The upload's trace.
+        trace: Option<TraceContext>,
+    },
+    /// Every frame of the video is sampled (the join results are [`SampledFrame`]s, the poster last): tile the
+    /// sprite sheet, write its WebVTT, derive the tags.
+    AssembleImages {
         /// The video.
         video: String,
         /// The upload's trace.

@@ -200,7 +200,8 @@ impl Transcoder {
         }
     }
 
-    async fn run(&self, task: Task) -> Result<Digest, JobError> {
+    /// Runs `task`; returns the digest of its output and the result its barrier gets.
+    async fn run(&self, task: Task) -> Result<(Digest, Vec<u8>), JobError> {
         if self.fail_encodes.load(Ordering::Relaxed) {
             return Err(JobError::Retry("injected fault: encodes fail".into()));
         }
@@ -210,6 +211,7 @@ impl Transcoder {
             .tempdir_in(self.config.work_dir.join("out"))
             .map_err(|e| retry("creating a work directory")(e.to_string()))?;
         let tools = &self.config.tools;
+        let colour_file = out_dir.path().join("colour.rgb");
         let (args, out, progress) = match &task {
             Task::EncodeChunk {
                 video,
@@ -231,12 +233,29 @@ impl Transcoder {
                 let out = out_dir.path().join("audio.m4a");
                 (media::audio_args(tools, &src, info, &out), out, None)
             }
+            Task::SampleFrame {
+                source,
+                at_ms,
+                width,
+                height,
+                ..
+            } => {
+                let src = self.source(source, trace.as_ref()).await?;
+                let out = out_dir.path().join("frame.jpg");
+                let at = Duration::from_millis(*at_ms);
+                let args = media::frame_args(tools, &src, at, *width, *height, &out, &colour_file);
+                (args, out, None)
+            }
         };
         let started = std::time::Instant::now();
         media::run(tools, &args, self.config.encode_timeout)
             .await
             .map_err(|e| retry("ffmpeg failed")(e.to_string()))?;
-        let kind = if progress.is_some() { "chunk" } else { "audio" };
+        let kind = match &task {
+            Task::EncodeChunk { .. } => "chunk",
+            Task::EncodeAudio { .. } => "audio",
+            Task::SampleFrame { .. } => "frame",
+        };
         metrics::histogram!("transcode_encode_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
         let stored = self
@@ -251,7 +270,22 @@ impl Transcoder {
                 .map_err(|e| retry("recording progress")(e.to_string()))?;
         }
         metrics::counter!("transcode_tasks_done_total", "kind" => kind).increment(1);
-        Ok(stored.digest)
+        let result = match &task {
+            Task::SampleFrame { .. } => {
+                let raw = tokio::fs::read(&colour_file)
+                    .await
+                    .map_err(|e| retry("reading the frame's colour")(e.to_string()))?;
+                let colour = media::FrameColour::from_raw(&raw).ok_or_else(|| {
+                    JobError::Permanent(format!("ffmpeg measured {} colour bytes, not 3", raw.len()))
+                })?;
+                tasks::encode(&tasks::SampledFrame {
+                    image: stored.digest,
+                    colour,
+                })
+            }
+            _ => stored.digest.to_string().into_bytes(),
+        };
+        Ok((stored.digest, result))
     }
 }
 
@@ -270,12 +304,12 @@ impl Handler for Transcoder {
         span.in_scope(|| tracing::info!("encoding"));
         let result = tracing::Instrument::instrument(self.run(task), span.clone()).await;
         match &result {
-            Ok(digest) => span.in_scope(|| tracing::info!(%digest, "encoded")),
+            Ok((digest, _)) => span.in_scope(|| tracing::info!(%digest, "encoded")),
             Err(e) => {
                 metrics::counter!("transcode_tasks_failed_total").increment(1);
                 span.in_scope(|| tracing::warn!(error = %e, "task failed"));
             }
         }
-        result.map(|digest| digest.to_string().into_bytes())
+        result.map(|(_, result)| result)
     }
 }

@@ -226,6 +226,52 @@ async fn an_upload_becomes_a_keyframe_aligned_hls_ladder_served_through_the_edge
     assert_eq!(reads, 2 + durations.len() as u64, "{before} then {after}");
     assert!(after["hit_ratio"].as_f64().unwrap() > before["hit_ratio"].as_f64().unwrap());
 
+    // The image pipeline: a poster, seek previews (WebVTT into a sprite sheet) and tags, once its barrier is done.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let video = loop {
+        let (_, body) = get(&format!("{}/videos/{id}", app.pipeline_url)).await.unwrap();
+        let video = json(&body);
+        if !video["images"].is_null() {
+            break video;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no images: {video}\n{}",
+            app.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let tags = video["images"]["tags"].as_array().unwrap();
+    assert!(!tags.is_empty(), "{video}");
+    let (status, poster) = get(&format!("{}/v/{id}/poster.jpg", app.edge_url)).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(poster.starts_with(&[0xff, 0xd8]), "the poster is a JPEG");
+    let (status, vtt) = get(&format!("{}/v/{id}/thumbnails.vtt", app.edge_url))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let vtt = String::from_utf8(vtt.to_vec()).unwrap();
+    assert!(vtt.starts_with("WEBVTT"), "{vtt}");
+    // 20 s sampled every 2 s: ten cues, each a 160x90 tile of one sprite sheet.
+    assert_eq!(vtt.matches(" --> ").count(), 10, "{vtt}");
+    let sprite = vtt
+        .lines()
+        .find(|l| l.starts_with("/b/"))
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap();
+    assert!(vtt.contains("#xywh=640,90,160,90"), "{vtt}");
+    let (status, sheet) = get(&format!("{}{sprite}", app.edge_url)).await.unwrap();
+    assert_eq!(status, 200);
+    let sheet_file = work.path().join("sprite.jpg");
+    std::fs::write(&sheet_file, &sheet).unwrap();
+    assert_eq!(
+        support::image_size(&sheet_file),
+        (800, 180),
+        "5 columns by 2 rows of 160x90"
+    );
+
     // Every service exports metrics.
     let (status, metrics) = get(&format!("{}/metrics", app.pipeline_url)).await.unwrap();
     assert_eq!(status, 200);

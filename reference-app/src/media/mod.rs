@@ -17,6 +17,7 @@
 //! | `ladder` | the [`Rung`]s of the bitrate ladder: [`default_ladder`], and [`ladder_for`] a source (never upscale, keep its aspect), with each rung's H.264 level and HLS `CODECS` |
 //! | `plan` | [`plan_chunks`] cuts a duration into [`Chunk`]s at multiples of the segment duration ([`ChunkPlan`], serde for queue messages) |
 //! | `ffmpeg` | [`Tools`] (paths, threads, preset) and the argument builders [`chunk_args`], [`audio_args`], [`package_args`], [`concat_list`], [`test_clip_args`]; [`run`] |
+//! | `images` | the image pipeline: [`sample_times`], [`frame_args`] (a thumbnail and the frame's average colour), [`sprite_args`] (the seek-preview sprite sheet), [`thumbnails_vtt`], and [`tags`] from [`FrameColour`]s |
 //! | `hls` | [`master_playlist`] of [`Variant`]s, and [`parse_media_playlist`] / [`MediaPlaylist::render`] to rewrite a rung's playlist |
 //!
 //! What this does not do: HDR (every rung is 8-bit yuv420p and HDR sources are not tone-mapped), deinterlacing,
@@ -24,6 +25,7 @@
 
 mod ffmpeg;
 mod hls;
+mod images;
 mod ladder;
 mod plan;
 mod probe;
@@ -32,6 +34,10 @@ pub use ffmpeg::{
     AUDIO_BITRATE_KBPS, AUDIO_CHANNELS, AUDIO_SAMPLE_RATE, FfmpegError, INIT_SEGMENT, PLAYLIST,
     SEGMENT_PATTERN, StderrTail, Tools, ToolsError, audio_args, chunk_args, concat_list, package_args, run,
     test_clip_args, test_tone_args,
+};
+pub use images::{
+    FrameColour, MAX_FRAMES, SPRITE_COLUMNS, frame_args, sample_times, sprite_args, tags, thumbnail_size,
+    thumbnails_vtt,
 };
 pub use hls::{Bandwidth, HlsError, MediaPlaylist, Segment, Variant, master_playlist, parse_media_playlist};
 pub use ladder::{Rung, default_ladder, h264_level, ladder_for};

@@ -308,15 +308,15 @@ impl App {
         for (i, (_, _, metrics)) in ports.iter().enumerate() {
             let url = format!("http://127.0.0.1:{metrics}/health");
             let node = &nodes[i];
-            wait_ok(&url, Duration::from_secs(60), || node.tail(30)).await;
+            wait_ok(&url, Duration::from_secs(120), || node.tail(30)).await;
         }
         wait_ok(
             &format!("http://127.0.0.1:{cache_metrics}/health"),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || cache.tail(30),
         )
         .await;
-        wait_ok(&format!("{origin_url}/health"), Duration::from_secs(30), || {
+        wait_ok(&format!("{origin_url}/health"), Duration::from_secs(60), || {
             origin.tail(30)
         })
         .await;
@@ -329,7 +329,7 @@ impl App {
         ]));
         let pipeline = Proc::spawn("pipeline", &stream, &args, &logs);
         let pipeline_url = format!("http://127.0.0.1:{pipeline_port}");
-        wait_ok(&format!("{pipeline_url}/health"), Duration::from_secs(60), || {
+        wait_ok(&format!("{pipeline_url}/health"), Duration::from_secs(120), || {
             pipeline.tail(30)
         })
         .await;
@@ -354,7 +354,7 @@ impl App {
 
         for (i, addr) in worker_addrs.iter().enumerate() {
             let worker = &workers[i];
-            wait_ok(&format!("http://{addr}/health"), Duration::from_secs(30), || {
+            wait_ok(&format!("http://{addr}/health"), Duration::from_secs(60), || {
                 worker.tail(30)
             })
             .await;
@@ -368,7 +368,7 @@ impl App {
         ]));
         let edge = Proc::spawn("edge", &stream, &args, &logs);
         let edge_url = format!("http://127.0.0.1:{edge_port}");
-        wait_ok(&format!("{edge_url}/health"), Duration::from_secs(30), || {
+        wait_ok(&format!("{edge_url}/health"), Duration::from_secs(60), || {
             edge.tail(30)
         })
         .await;
@@ -489,4 +489,23 @@ pub fn has_audio(file: &Path) -> bool {
         .output()
         .expect("ffprobe runs");
     String::from_utf8_lossy(&out.stdout).contains("aac")
+}
+
+/// An image's width and height, from ffprobe.
+pub fn image_size(file: &Path) -> (u32, u32) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.trim().split(',').map(|p| p.parse::<u32>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
 }
