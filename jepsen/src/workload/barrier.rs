@@ -33,7 +33,9 @@ use tokio::time::Instant;
 use trestle_queue::NewMessage;
 use trestle_queue::client::{Delivery, QueueClient, Receipt};
 
-use super::queue::{create_queues, drain, failure, int, queue_client, receipt_value, serve_args};
+use super::queue::{
+    DRAIN_BUDGET, create_queues, drain, failure, int, queue_client, receipt_value, serve_args,
+};
 use super::{BoxFuture, Completion, OpRequest, Session, Workload};
 use crate::checker::CheckModel;
 use crate::history::value::Value;
@@ -275,12 +277,31 @@ impl BarrierSession {
                 (Value::Str("queue".into()), Value::Str(DONE.into())),
             ]));
         }
-        let tasks = drain(&self.client, TASKS, Duration::ZERO, task_value, task_result).await;
+        // One budget for both queues: the runner cuts a final operation at twice the operation timeout, and a cut
+        // step's acknowledged deliveries would never be recorded.
+        let deadline = Instant::now() + DRAIN_BUDGET;
+        let tasks = drain(
+            &self.client,
+            TASKS,
+            deadline,
+            Duration::ZERO,
+            task_value,
+            task_result,
+        )
+        .await;
         if !is_empty_drain(&tasks) {
             self.progressed(&tasks);
             return tagged(tasks, TASKS);
         }
-        let done = drain(&self.client, DONE, COMPLETION_GATHER, done_value, |_| Vec::new()).await;
+        let done = drain(
+            &self.client,
+            DONE,
+            deadline,
+            COMPLETION_GATHER,
+            done_value,
+            |_| Vec::new(),
+        )
+        .await;
         if !is_empty_drain(&done) {
             if let Some(received) = done.value.get("received").and_then(Value::as_seq) {
                 self.note_completions(received);

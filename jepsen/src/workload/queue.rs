@@ -241,9 +241,14 @@ impl Session for QueueSession {
                     }
                 }
                 "drain" => {
-                    drain(&self.client, QUEUE, Duration::ZERO, delivery_value, |_| {
-                        Vec::new()
-                    })
+                    drain(
+                        &self.client,
+                        QUEUE,
+                        tokio::time::Instant::now() + DRAIN_BUDGET,
+                        Duration::ZERO,
+                        delivery_value,
+                        |_| Vec::new(),
+                    )
                     .await
                 }
                 other => Completion::fail(op.value.clone(), format!("queue cannot do {other}")),
@@ -254,8 +259,9 @@ impl Session for QueueSession {
 
 /// How long a drain step may take in all: below the runner's bound on final operations (twice the operation
 /// timeout, 4 s by default), so that what a step received is recorded even when its ack is slow. An ack still in
-/// flight when the budget runs out is abandoned and reported as `acked false` (it may or may not commit).
-const DRAIN_BUDGET: Duration = Duration::from_millis(3_000);
+/// flight when the budget runs out is abandoned and reported as `acked false` (it may or may not commit). A step
+/// that drains several queues (the barrier workload's) shares one budget between them.
+pub(crate) const DRAIN_BUDGET: Duration = Duration::from_millis(3_000);
 /// What a drain step keeps of its budget for the ack.
 const ACK_RESERVE: Duration = Duration::from_millis(1_000);
 
@@ -264,16 +270,17 @@ const ACK_RESERVE: Duration = Duration::from_millis(1_000);
 /// bool empty false}`); `fail` when nothing is ready yet (deliveries still in flight) or the first receive did
 /// not answer in time. Once a receive returned something, it goes on receiving until `gather` has passed since
 /// the start (messages that trickle in, as barrier completions do), then acknowledges everything at once. The
-/// whole step stays within [`DRAIN_BUDGET`].
+/// whole step ends by `deadline` (the step's start plus [`DRAIN_BUDGET`]), give or take the ack's last 300 ms.
 pub(crate) async fn drain(
     client: &QueueClient,
     queue: &str,
+    deadline: tokio::time::Instant,
     gather: Duration,
     describe: impl Fn(&Delivery, &Receipt) -> Value,
     results: impl Fn(&Delivery) -> Vec<u8>,
 ) -> Completion {
-    let deadline = tokio::time::Instant::now() + DRAIN_BUDGET;
-    let gather_until = tokio::time::Instant::now() + gather.min(DRAIN_BUDGET - ACK_RESERVE);
+    let gather_until =
+        (tokio::time::Instant::now() + gather).min(deadline.checked_sub(ACK_RESERVE).unwrap_or(deadline));
     let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let depth = match tokio::time::timeout(left(), client.stats(queue)).await {
         Ok(Ok(stats)) => stats.total.map_or(0, |t| t.depth),

@@ -35,11 +35,11 @@ pub use ffmpeg::{
     SEGMENT_PATTERN, StderrTail, Tools, ToolsError, audio_args, chunk_args, concat_list, package_args, run,
     test_clip_args, test_tone_args,
 };
+pub use hls::{Bandwidth, HlsError, MediaPlaylist, Segment, Variant, master_playlist, parse_media_playlist};
 pub use images::{
     FrameColour, MAX_FRAMES, SPRITE_COLUMNS, frame_args, sample_times, sprite_args, tags, thumbnail_size,
     thumbnails_vtt,
 };
-pub use hls::{Bandwidth, HlsError, MediaPlaylist, Segment, Variant, master_playlist, parse_media_playlist};
 pub use ladder::{Rung, default_ladder, h264_level, ladder_for};
 pub use plan::{Chunk, ChunkPlan, MAX_CHUNKS, MAX_SEGMENT, MIN_SEGMENT, PlanError, plan_chunks};
 pub use probe::{

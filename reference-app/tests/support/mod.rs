@@ -329,9 +329,11 @@ impl App {
         ]));
         let pipeline = Proc::spawn("pipeline", &stream, &args, &logs);
         let pipeline_url = format!("http://127.0.0.1:{pipeline_port}");
-        wait_ok(&format!("{pipeline_url}/health"), Duration::from_secs(120), || {
-            pipeline.tail(30)
-        })
+        wait_ok(
+            &format!("{pipeline_url}/health"),
+            Duration::from_secs(120),
+            || pipeline.tail(30),
+        )
         .await;
 
         let mut worker_args = Vec::new();
