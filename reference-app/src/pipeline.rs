@@ -178,13 +178,7 @@ impl Coordinator {
     ) -> anyhow::Result<Self> {
         let mut config = config;
         config.validate()?;
-        tokio::fs::create_dir_all(&config.work_dir)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.work_dir.display()))?;
-        // ffmpeg reads relative names in a concat list against the list's directory: every path is absolute.
-        config.work_dir = tokio::fs::canonicalize(&config.work_dir)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", config.work_dir.display()))?;
+        config.work_dir = absolute_dir(&config.work_dir).await?;
         for dir in ["uploads", "assembly"] {
             let path = config.work_dir.join(dir);
             // Spooled uploads and half-assembled renditions of a previous run are garbage: their work is redone.
@@ -361,15 +355,7 @@ impl Coordinator {
             .create(&video)
             .await
             .map_err(|e| Problem::upstream(format!("recording the video failed: {e}")))?;
-        if let Err(e) = self.submit(&video, &plan, &rungs, trace).await {
-            let reason = format!("its encodes could not be queued: {e}");
-            let _ = self.mark_failed(&video.id, video.attempt, &reason).await;
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue unavailable",
-                reason,
-            ));
-        }
+        self.submit_or_fail(&video, &plan, &rungs, trace).await?;
         metrics::counter!("pipeline_uploads_accepted_total").increment(1);
         tracing::info!(video = %video.id, chunks, renditions = rungs.len(), "upload accepted");
         Ok(video)
@@ -455,6 +441,27 @@ impl Coordinator {
                 &format!("{}/{attempt}/{}", video.id, rung.name),
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::submit`]; if the queue cluster stays unavailable, the video is marked failed (an operator retries
+    /// it) and the caller gets 503.
+    async fn submit_or_fail(
+        &self,
+        video: &Video,
+        plan: &media::ChunkPlan,
+        rungs: &[media::Rung],
+        trace: TraceContext,
+    ) -> Result<(), Problem> {
+        if let Err(e) = self.submit(video, plan, rungs, trace).await {
+            let reason = format!("its encodes could not be queued: {e}");
+            let _ = self.mark_failed(&video.id, video.attempt, &reason).await;
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue unavailable",
+                reason,
+            ));
         }
         Ok(())
     }
@@ -636,20 +643,28 @@ impl Coordinator {
             .await
     }
 
-    /// The last error of the newest dead letter of video `id` in the transcode dead-letter queue (best effort: the
-    /// barrier's failure says which task failed and how, the dead letter what the worker last reported).
+    /// The last error of the newest dead letter of video `id` in the dead-letter queues of its tasks (best
+    /// effort: the barrier's failure says which task failed and how, the dead letter what the worker last reported).
     async fn last_dead_letter_error(&self, id: &str) -> Option<String> {
-        let peeked = self.queue.peek(tasks::TRANSCODE_DEAD_LETTERS, 1000).await.ok()?;
-        peeked
-            .iter()
-            .rev()
-            .filter(|p| tasks::decode::<Task>(&p.payload).is_ok_and(|t| t.video() == id))
-            .find_map(|p| {
-                p.dead_letter
-                    .as_ref()
-                    .map(|d| d.last_error.clone())
-                    .filter(|e| !e.is_empty())
-            })
+        for queue in [tasks::TRANSCODE_DEAD_LETTERS, tasks::IMAGES_DEAD_LETTERS] {
+            let Ok(peeked) = self.queue.peek(queue, 1000).await else {
+                continue;
+            };
+            let error = peeked
+                .iter()
+                .rev()
+                .filter(|p| tasks::decode::<Task>(&p.payload).is_ok_and(|t| t.video() == id))
+                .find_map(|p| {
+                    p.dead_letter
+                        .as_ref()
+                        .map(|d| d.last_error.clone())
+                        .filter(|e| !e.is_empty())
+                });
+            if error.is_some() {
+                return error;
+            }
+        }
+        None
     }
 
     /// An operator's retry of a failed video: it goes back to processing under a new attempt, and the barriers of
@@ -699,15 +714,7 @@ impl Coordinator {
         )
         .map_err(|e| Problem::internal(format!("re-planning video {id}: {e}")))?;
         let rungs: Vec<media::Rung> = video.renditions.iter().map(|r| r.rung.clone()).collect();
-        if let Err(e) = self.submit(&video, &plan, &rungs, trace).await {
-            let reason = format!("its encodes could not be queued: {e}");
-            let _ = self.mark_failed(&video.id, video.attempt, &reason).await;
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue unavailable",
-                reason,
-            ));
-        }
+        self.submit_or_fail(&video, &plan, &rungs, trace).await?;
         metrics::counter!("pipeline_retries_total").increment(1);
         tracing::info!(video = id, attempt = video.attempt, "video retried");
         Ok(video)
@@ -1070,6 +1077,17 @@ async fn show(State(c): State<Coordinator>, UrlPath(id): UrlPath<String>) -> Res
         .into_iter()
         .collect();
     Ok(axum::Json(VideoView { video, progress }).into_response())
+}
+
+/// Creates `dir` if needed and returns its absolute path: ffmpeg reads relative names in a concat list against the
+/// list's directory, so every path handed to it is absolute.
+pub async fn absolute_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    tokio::fs::canonicalize(dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", dir.display()))
 }
 
 /// Whether `path` exists (for health checks of the work directory).

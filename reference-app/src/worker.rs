@@ -101,12 +101,7 @@ impl Transcoder {
     pub async fn new(config: TranscodeConfig, origin: OriginClient, meta: Meta) -> anyhow::Result<Self> {
         let mut config = config;
         config.validate()?;
-        tokio::fs::create_dir_all(&config.work_dir)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.work_dir.display()))?;
-        config.work_dir = tokio::fs::canonicalize(&config.work_dir)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", config.work_dir.display()))?;
+        config.work_dir = crate::pipeline::absolute_dir(&config.work_dir).await?;
         for dir in ["sources", "out"] {
             let path = config.work_dir.join(dir);
             tokio::fs::create_dir_all(&path)
