@@ -81,7 +81,7 @@ for entry in "${needs[@]}"; do
     fi
 done
 ((failed == 0)) || die "the build's needs are not met (see above)"
-say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcaslap, kubectl, python3-venv, openssl"
+say "build needs present: compilers, libclang, protoc and its well-known types, etcd, etcdctl, ip, nft, memcached, memcaslap, kubectl, python3-venv, openssl, libfaketime, ffmpeg"
 
 # The deploy check's Python tools (scripts/check-deploy.sh: kubernetes-validate, hadolint), pinned in
 # deploy/check/requirements.txt, in a virtualenv beside the build directory; made again when that file changes.
