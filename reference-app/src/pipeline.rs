@@ -468,12 +468,7 @@ impl Coordinator {
 
     /// Submits the image barrier: a thumbnail and colour sample every few seconds, and the poster (last).
     async fn submit_images(&self, video: &Video, trace: TraceContext) -> Result<(), ClientError> {
-        let (width, height) = video
-            .source
-            .info
-            .video
-            .as_ref()
-            .map_or((640, 360), |v| (v.width, v.height));
+        let (width, height) = source_size(video);
         let duration = video.source.info.video_duration();
         let (_, times) = media::sample_times(duration);
         let thumb = media::thumbnail_size(width, height, THUMBNAIL_WIDTH);
@@ -585,12 +580,7 @@ impl Coordinator {
             .await
             .map_err(|e| retry("storing the sprite sheet", e.to_string()))?
             .digest;
-        let (width, height) = video
-            .source
-            .info
-            .video
-            .as_ref()
-            .map_or((640, 360), |v| (v.width, v.height));
+        let (width, height) = source_size(&video);
         let duration = video.source.info.video_duration();
         let (interval, _) = media::sample_times(duration);
         let vtt = media::thumbnails_vtt(
@@ -886,6 +876,16 @@ impl Coordinator {
 const THUMBNAIL_WIDTH: u32 = 160;
 /// The poster's width (at most).
 const POSTER_WIDTH: u32 = 1280;
+
+/// The source's displayed width and height (a probed upload always has a video stream; 640x360 otherwise).
+fn source_size(video: &Video) -> (u32, u32) {
+    video
+        .source
+        .info
+        .video
+        .as_ref()
+        .map_or((640, 360), |v| (v.width, v.height))
+}
 
 /// The source's frame rate (every rendition keeps it).
 fn video_fps(video: &Video) -> media::Rational {
