@@ -59,6 +59,16 @@ pub enum HarnessError {
         /// Where the logs are.
         logs: PathBuf,
     },
+    /// The cache nodes did not accept connections.
+    #[error("cache nodes {nodes} did not accept connections within {waited_ms} ms; their logs are in {logs}")]
+    CacheNotReady {
+        /// The nodes that did not.
+        nodes: String,
+        /// How long it waited.
+        waited_ms: u128,
+        /// Where the logs are.
+        logs: PathBuf,
+    },
     /// The run was interrupted (Ctrl-C or SIGTERM); the cluster was torn down.
     #[error("interrupted by {signal}; the cluster was torn down")]
     Interrupted {

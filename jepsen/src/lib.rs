@@ -2,10 +2,11 @@
 
 // The map. Each folder is one part of a Jepsen-style test:
 // - `history`: what a run records (events, operations, values) and reads back (JSON lines, Jepsen's EDN);
-// - `workload`: the clients that generate operations (register, set, lock, election);
+// - `workload`: the clients that generate operations (register, set, lock, election, queue, barrier, cache);
 // - `nemesis`: fault injection (the seeded schedule, kernel partitions, the TCP fault proxy, kills, pauses,
 //   membership changes) and the evidence it records;
-// - `checker`: judging a history (linearizability, set, lock fencing, election terms, nemesis evidence);
+// - `checker`: judging a history (linearizability, set, lock fencing, election terms, queues, barriers, the
+//   cache's deletes and convergence, nemesis evidence);
 // - `harness`: real clusters (processes, network namespaces, leftovers), the runner that ties the parts
 //   together, and the results it writes (stats, timeline, plots);
 // - `sim`: the deterministic-network simulation of the Raft layer.
@@ -19,6 +20,7 @@ pub mod sim;
 mod workload;
 
 pub use checker::barrier::{BarrierReport, check_barrier};
+pub use checker::cache::{CONVERGENCE_BOUND as CACHE_CONVERGENCE_BOUND, CacheReport, check_cache};
 pub use checker::election::{ElectionKeyReport, ElectionReport, ElectionViolation, check_election};
 pub use checker::linear::{Limits, LinearReport, ModelError, RegisterModel, Violation, check_linearizable};
 pub use checker::lock::{LockKeyReport, LockReport, LockViolation, check_lock};
@@ -43,6 +45,6 @@ pub use nemesis::schedule::{
     parse_nemeses, schedule,
 };
 pub use workload::{
-    BarrierWorkload, BoxFuture, Completion, ElectionWorkload, LockWorkload, OpRequest, QueueWorkload,
-    RegisterWorkload, Session, SetWorkload, WORKLOADS, Workload, workload_by_name,
+    BarrierWorkload, BoxFuture, CacheWorkload, Completion, ElectionWorkload, LockWorkload, OpRequest,
+    QueueWorkload, RegisterWorkload, Session, SetWorkload, WORKLOADS, Workload, workload_by_name,
 };

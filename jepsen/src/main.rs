@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Re-check a stored history: exit 0 valid, 1 invalid, 2 unknown.
     Check {
-        /// register, cas-register, set, lock, election, queue or barrier.
+        /// register, cas-register, set, lock, election, queue, barrier or cache.
         #[arg(long, value_parser = parse_model)]
         model: CheckModel,
         /// Values are [key value] tuples (Jepsen's `independent` workloads); check each key on its own.
@@ -56,7 +56,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TestArgs {
-    /// register, set, lock, lock-unfenced, election, queue or barrier.
+    /// register, set, lock, lock-unfenced, election, queue, barrier or cache.
     #[arg(long, default_value = "register")]
     workload: String,
     /// Comma-separated: partition (all partitions), partition-halves, partition-one, partition-leader,

@@ -194,3 +194,18 @@ fn test_rejects_what_it_cannot_do_before_starting_anything() {
         assert!(stdout.starts_with("seed: "), "the seed comes first: {stdout}");
     }
 }
+
+#[test]
+fn a_deleted_cache_key_read_back_after_the_zones_agreed_exits_1() {
+    let (code, out, err) = check("cache", "cache-came-back.jsonl", &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("zones agreed on every key 0.91 s after the heal"),
+        "{out}"
+    );
+    assert!(out.contains("2 came back after a delete"), "{out}");
+    assert!(
+        out.contains("came back: \"cache/0\" read 1 through zone a"),
+        "{out}"
+    );
+}

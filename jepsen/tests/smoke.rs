@@ -1,6 +1,6 @@
-//! Smoke runs: a real 3-node `trestle` cluster, about 15 s of `register`, `set`, `lock`, `election`, `queue` or
-//! `barrier` under partitions and kill -9 (and SIGSTOP pauses for `lock`), checked, and every nemesis proven to have
-//! fired. As root the runs use network namespaces (the `auto` mode) except `set`, which always uses the loopback
+//! Smoke runs: a real 3-node `trestle` cluster, about 15 s of `register`, `set`, `lock`, `election`, `queue`,
+//! `barrier` or `cache` under partitions and kill -9 (and SIGSTOP pauses for `lock` and `cache`), checked, and every
+//! nemesis proven to have fired. As root the runs use network namespaces (the `auto` mode) except `set`, which always uses the loopback
 //! proxy mode, so both network modes are exercised. They run in parallel (one test binary).
 //!
 //! The `trestle` binary comes from `TRESTLE_BIN`, else next to this test's executable or in its parent directory
@@ -134,14 +134,18 @@ async fn smoke(run: Smoke) -> Option<trestle_jepsen::TestOutcome> {
         "seed {seed}: too few ops succeeded\n{}",
         outcome.summary
     );
-    for file in [
+    let mut files = vec![
         "history.jsonl",
         "results.json",
         "timeline.html",
         "latency.png",
         "throughput.png",
         "logs/n0.log",
-    ] {
+    ];
+    if workload == "cache" {
+        files.push("logs/cache0.log");
+    }
+    for file in files {
         assert!(
             outcome.dir.join(file).is_file(),
             "{file} missing in {}",
@@ -285,4 +289,30 @@ async fn barrier_under_partitions_and_kills_completes_each_batch_once() {
         r.drained && r.missing.is_empty() && r.violations.is_empty(),
         "{summary}"
     );
+}
+
+/// Cache nodes beside the cluster's nodes, killed (restarting empty), paused and cut off from the clients: after
+/// the heal the zones agree within the bound, and no deleted key comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_under_partitions_kills_and_pauses_converges_and_keeps_deletes_deleted() {
+    let mut run = Smoke::new("cache", NetMode::Auto);
+    run.nemesis = "partition,kill,pause";
+    run.groups = &["partition", "kill", "pause"];
+    run.fault = (Duration::from_secs(3), Duration::from_millis(3200));
+    run.heal = (Duration::from_millis(1500), Duration::from_millis(1900));
+    let Some(outcome) = smoke(run).await else {
+        return;
+    };
+    let Details::Cache(r) = &outcome.report.details else {
+        panic!("the cache workload is checked by the cache checker");
+    };
+    let summary = &outcome.summary;
+    // The faults did not stop the cache: writes were acknowledged, deletes among them.
+    assert!(r.sets > 20 && r.deletes > 10, "{summary}");
+    assert!(
+        r.converged_after.is_some_and(|after| after <= r.bound),
+        "{summary}"
+    );
+    assert!(r.reads_checked > 0, "{summary}");
+    assert_eq!(r.violations(), 0, "{summary}");
 }

@@ -1,6 +1,7 @@
 //! One entry point for every checker, and the one-screen summary the CLI prints.
 
 pub(crate) mod barrier;
+pub(crate) mod cache;
 pub(crate) mod election;
 pub(crate) mod linear;
 pub(crate) mod lock;
@@ -13,6 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::checker::barrier::{BarrierReport, check_barrier};
+use crate::checker::cache::{CONVERGENCE_BOUND, CacheReport, check_cache};
 use crate::checker::election::{ElectionReport, check_election};
 use crate::checker::linear::{Limits, LinearReport, ModelError, RegisterModel, check_linearizable};
 use crate::checker::lock::{LockReport, check_lock};
@@ -40,11 +42,13 @@ pub enum CheckModel {
     Queue,
     /// Join barriers over a work queue: submit, work, finish, collect, settle, final drain.
     Barrier,
+    /// Replicated cache: set, delete, read, final sweeps through both zones.
+    Cache,
 }
 
 impl CheckModel {
     /// Every model, in the order the CLI lists them.
-    pub const ALL: [CheckModel; 7] = [
+    pub const ALL: [CheckModel; 8] = [
         CheckModel::Register,
         CheckModel::CasRegister,
         CheckModel::Set,
@@ -52,6 +56,7 @@ impl CheckModel {
         CheckModel::Election,
         CheckModel::Queue,
         CheckModel::Barrier,
+        CheckModel::Cache,
     ];
 
     /// The name on the command line.
@@ -64,6 +69,7 @@ impl CheckModel {
             CheckModel::Election => "election",
             CheckModel::Queue => "queue",
             CheckModel::Barrier => "barrier",
+            CheckModel::Cache => "cache",
         }
     }
 }
@@ -76,7 +82,7 @@ impl fmt::Display for CheckModel {
 
 /// A name that is not a model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown model {0:?}: expected register, cas-register, set, lock, election, queue or barrier")]
+#[error("unknown model {0:?}: expected register, cas-register, set, lock, election, queue, barrier or cache")]
 pub struct UnknownModel(pub String);
 
 impl FromStr for CheckModel {
@@ -106,6 +112,8 @@ pub enum Details {
     Queue(QueueReport),
     /// From [`check_barrier`].
     Barrier(BarrierReport),
+    /// From [`check_cache`], with [`CONVERGENCE_BOUND`].
+    Cache(CacheReport),
 }
 
 /// The result of checking a history against a model.
@@ -156,6 +164,7 @@ pub fn check(history: &History, model: CheckModel, limits: &Limits) -> Result<Re
         CheckModel::Election => Details::Election(check_election(history)?),
         CheckModel::Queue => Details::Queue(check_queue(history)?),
         CheckModel::Barrier => Details::Barrier(check_barrier(history)?),
+        CheckModel::Cache => Details::Cache(check_cache(history, CONVERGENCE_BOUND)?),
     };
     let verdict = match &details {
         Details::Linear(r) => r.verdict,
@@ -164,6 +173,7 @@ pub fn check(history: &History, model: CheckModel, limits: &Limits) -> Result<Re
         Details::Election(r) => r.verdict,
         Details::Queue(r) => r.verdict,
         Details::Barrier(r) => r.verdict,
+        Details::Cache(r) => r.verdict,
     };
     Ok(Report {
         model,
@@ -200,6 +210,7 @@ impl fmt::Display for Report {
             Details::Election(r) => write!(f, "{r}")?,
             Details::Queue(r) => write!(f, "{r}")?,
             Details::Barrier(r) => write!(f, "{r}")?,
+            Details::Cache(r) => write!(f, "{r}")?,
         }
         writeln!(
             f,

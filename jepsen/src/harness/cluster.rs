@@ -12,6 +12,12 @@
 //! In both modes node `i` listens for peers on a private port and advertises its proxy's address as its peer URL
 //! (`--initial-advertise-peer-urls`), so every Raft connection towards `i` crosses `i`'s proxy, which knows the
 //! connecting node and applies that link's delay, loss or blackhole (see the `proxy` module).
+//!
+//! For the cache workload ([`ClusterSpec::cache`]) each node also runs a cache node (`trestle cache serve`) beside
+//! `trestle serve`, on port 11211 of its namespace (loopback: a free port on its address). The two processes are one
+//! node to the nemeses: a kill kills both (the cache node restarts empty), a pause stops both. Clients reach each
+//! cache node through a gate in the runner (see the `cache_gate` module), which is where the cache's partitions
+//! happen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -28,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::HarnessError;
+use crate::harness::cache_gate::{Connect, Gate};
 use crate::harness::cleanup::Ledger;
 use crate::harness::netns::{self, Netns, NsWorker, node_addr};
 use crate::nemesis::proxy::{Counters, FaultTable, LinkFault, Proxy};
@@ -73,6 +80,10 @@ impl std::str::FromStr for NetMode {
 const CLIENT_PORT: u16 = 2379;
 const PROXY_PORT: u16 = 2380;
 const PEER_PORT: u16 = 2390;
+/// The cache node's memcached port inside a node namespace.
+const CACHE_PORT: u16 = 11211;
+/// The cache node's memory limit (`trestle cache serve --memory`).
+const CACHE_MEMORY: u64 = 32 << 20;
 
 struct NodeSlot {
     name: String,
@@ -92,6 +103,12 @@ struct NodeSlot {
     data: PathBuf,
     /// The libfaketime offset file the node reads its wall clock's skew from (clock nemesis runs only).
     clock: PathBuf,
+    /// Where the node's cache node listens (cache workload only).
+    cache_listen: Option<SocketAddr>,
+    /// The cache node's process.
+    cache_child: Option<Child>,
+    /// The cache node's log.
+    cache_log: PathBuf,
 }
 
 /// Everything the proxies and teardown share.
@@ -120,6 +137,10 @@ pub(crate) struct Cluster {
     faketime: Option<PathBuf>,
     /// Extra `trestle serve` options ([`ClusterSpec::serve_args`]).
     serve_args: Vec<String>,
+    /// The run id (the cache nodes' command lines carry it, for `trestle-jepsen clean`).
+    run_id: String,
+    /// The clients' way to each cache node, by node (empty unless the cluster hosts cache nodes).
+    gates: Vec<Gate>,
 }
 
 /// What the cluster needs to start.
@@ -136,6 +157,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) faketime: Option<PathBuf>,
     /// Extra `trestle serve` options for every node (the workload's).
     pub(crate) serve_args: Vec<String>,
+    /// Also run a cache node (`trestle cache serve`) on every node ([`Workload::hosts_cache`](crate::Workload)).
+    pub(crate) cache: bool,
 }
 
 impl Cluster {
@@ -176,6 +199,8 @@ impl Cluster {
             torn_down: false,
             faketime: spec.faketime.clone(),
             serve_args: spec.serve_args.clone(),
+            run_id: spec.run_id.clone(),
+            gates: Vec::new(),
         };
         // From here on, an error drops `cluster`, which tears down whatever was made.
         if mode == NetMode::Namespaces
@@ -191,6 +216,9 @@ impl Cluster {
         }
         if mode == NetMode::Loopback {
             cluster.build_loopback(spec).await?;
+        }
+        if spec.cache {
+            cluster.build_cache_gates().await?;
         }
         for i in 0..spec.nodes {
             cluster.start_node(i)?;
@@ -223,6 +251,9 @@ impl Cluster {
             log: spec.logs.join(format!("n{i}.log")),
             data: self.data_root.join(format!("n{i}")),
             clock: self.data_root.join(format!("n{i}.faketime")),
+            cache_listen: None,
+            cache_child: None,
+            cache_log: spec.logs.join(format!("cache{i}.log")),
         }
     }
 
@@ -244,6 +275,9 @@ impl Cluster {
                 .map_err(|e| HarnessError::io(format!("{ip} (proxy port)"), e))?;
             let mut slot = self.slot(i, spec, client, peer, adv);
             slot.endpoint = format!("http://{client}");
+            if spec.cache {
+                slot.cache_listen = Some(free("cache")?);
+            }
             self.nodes.push(slot);
             let shared = Arc::clone(&self.shared);
             let proxy = Proxy {
@@ -299,14 +333,40 @@ impl Cluster {
                 self.spawn_forwarder(i, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &worker, client)?;
             let mut slot = self.slot(i, spec, client, peer, adv);
             slot.endpoint = format!("http://{local}");
+            if spec.cache {
+                slot.cache_listen = Some(node_addr(i, CACHE_PORT));
+            }
             self.nodes.push(slot);
             self.workers.push(worker);
         }
         Ok(())
     }
 
+    /// A gate in front of every node's cache node: its onward connections are made inside the node's namespace
+    /// (netns mode) or straight to its loopback address.
+    async fn build_cache_gates(&mut self) -> Result<(), HarnessError> {
+        for i in 0..self.nodes.len() {
+            let Some(target) = self.nodes[i].cache_listen else {
+                continue;
+            };
+            let connect: Connect = match self.workers.get(i).cloned() {
+                Some(worker) => Arc::new(move || {
+                    let w = worker.clone();
+                    Box::pin(async move { w.connect(target).await })
+                }),
+                None => Arc::new(move || Box::pin(tokio::net::TcpStream::connect(target))),
+            };
+            let gate = Gate::spawn(connect)
+                .await
+                .map_err(|e| HarnessError::io(format!("127.0.0.1 (cache gate of n{i})"), e))?;
+            self.gates.push(gate);
+        }
+        Ok(())
+    }
+
     /// Undoes a partly built network before trying another mode.
     fn discard_network(&mut self) {
+        self.gates.clear();
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -396,6 +456,66 @@ impl Cluster {
         self.nodes[i].child.is_some()
     }
 
+    /// Whether every node also runs a cache node.
+    pub(crate) fn hosts_cache(&self) -> bool {
+        !self.gates.is_empty()
+    }
+
+    /// Where clients dial each node's cache node (its gate), by node; empty without cache nodes.
+    pub(crate) fn cache_addrs(&self) -> Vec<SocketAddr> {
+        self.gates.iter().map(Gate::addr).collect()
+    }
+
+    /// Cuts the clients off from the cache nodes of `nodes` and reconnects the others. Returns how many gates are
+    /// cut afterwards, as they report it.
+    pub(crate) fn set_cache_cut(&self, nodes: &BTreeSet<usize>) -> usize {
+        for (i, gate) in self.gates.iter().enumerate() {
+            gate.set_cut(nodes.contains(&i));
+        }
+        self.gates.iter().filter(|g| g.is_cut()).count()
+    }
+
+    /// Whether node `i`'s cache node accepts a TCP connection (made inside its namespace in netns mode, not
+    /// through its gate, which accepts whatever the node does).
+    async fn cache_listening(&self, i: usize) -> bool {
+        let Some(addr) = self.nodes[i].cache_listen else {
+            return false;
+        };
+        let timeout = Duration::from_millis(300);
+        match self.workers.get(i) {
+            Some(worker) => worker.can_connect(addr, timeout).await,
+            None => matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            ),
+        }
+    }
+
+    /// Waits until every cache node accepts connections, or `timeout` passes (the error names the nodes that
+    /// did not).
+    pub(crate) async fn wait_cache_ready(&self, timeout: Duration, logs: &Path) -> Result<(), HarnessError> {
+        let start = Instant::now();
+        loop {
+            let mut silent = Vec::new();
+            for i in 0..self.len() {
+                if !self.cache_listening(i).await {
+                    silent.push(format!("n{i}"));
+                }
+            }
+            if silent.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(HarnessError::CacheNotReady {
+                    nodes: silent.join(", "),
+                    waited_ms: timeout.as_millis(),
+                    logs: logs.to_owned(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether every node's proxy is running and subscribed to the fault table.
     pub(crate) fn proxies_alive(&self) -> bool {
         self.faults.receiver_count() >= self.nodes.len() && self.tasks.iter().all(|t| !t.is_finished())
@@ -472,7 +592,50 @@ impl Cluster {
         let node = &mut self.nodes[i];
         node.child = Some(child);
         node.paused = false;
+        self.start_cache(i)?;
         Ok(pid)
+    }
+
+    /// Starts node `i`'s cache node, if the cluster hosts them (empty: the store is memory only).
+    fn start_cache(&mut self, i: usize) -> Result<(), HarnessError> {
+        let node = &self.nodes[i];
+        let Some(listen) = node.cache_listen else {
+            return Ok(());
+        };
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.cache_log)
+            .map_err(|e| HarnessError::io(&node.cache_log, e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| HarnessError::io(&node.cache_log, e))?;
+        let mut cmd = match (&self.net, &self.workers.is_empty()) {
+            (Some(net), false) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.nodes[i]]).arg(&self.binary);
+                c
+            }
+            _ => Command::new(&self.binary),
+        };
+        cmd.args(["cache", "serve"])
+            .args(["--memcached-listen", &listen.to_string()])
+            .args(["--memory", &CACHE_MEMORY.to_string()])
+            // Nothing registers (no --register-endpoints); the prefix only puts the run id in the command line,
+            // which is how `trestle-jepsen clean` recognises a leftover process of a killed run.
+            .args(["--register-prefix", &format!("/trestle-jepsen/{}/", self.run_id)])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = cmd.spawn().map_err(|e| HarnessError::Spawn {
+            node: i,
+            binary: self.binary.clone(),
+            message: format!("cache node: {e}"),
+        })?;
+        self.ledger.append(&format!("pid {}", child.id()));
+        self.nodes[i].cache_child = Some(child);
+        Ok(())
     }
 
     /// Node `i`'s advertised peer URL (what MemberAdd and the member list name it by).
@@ -510,7 +673,9 @@ impl Cluster {
     }
 
     pub(crate) fn kill_node(&mut self, i: usize) -> bool {
-        let Some(mut child) = self.nodes[i].child.take() else {
+        // The node's cache node dies with it (it restarts empty).
+        let cache_died = self.nodes[i].cache_child.take().map(sigkill);
+        let Some(child) = self.nodes[i].child.take() else {
             return false;
         };
         if let Ok(mut pids) = self.shared.pids.lock() {
@@ -522,32 +687,42 @@ impl Cluster {
         {
             t.abort();
         }
-        let sent = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).is_ok();
-        let status = child.wait();
-        use std::os::unix::process::ExitStatusExt;
-        sent && status.is_ok_and(|s| s.signal() == Some(9))
+        sigkill(child) && cache_died.unwrap_or(true)
     }
 
-    /// SIGSTOP node `i`. Returns whether the kernel then shows it stopped.
+    /// SIGSTOP node `i` (and its cache node). Returns whether the kernel then shows them stopped.
     pub(crate) async fn pause_node(&mut self, i: usize) -> bool {
         let Some(pid) = self.nodes[i].child.as_ref().map(Child::id) else {
             return false;
         };
-        if kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).is_err() {
+        let cache = self.nodes[i].cache_child.as_ref().map(Child::id);
+        let pids: Vec<u32> = std::iter::once(pid).chain(cache).collect();
+        if pids
+            .iter()
+            .any(|&p| kill(Pid::from_raw(p as i32), Signal::SIGSTOP).is_err())
+        {
             return false;
         }
         self.nodes[i].paused = true;
-        wait_until(Duration::from_secs(2), || process_state(pid) == Some('T')).await
+        wait_until(Duration::from_secs(2), || {
+            pids.iter().all(|&p| process_state(p) == Some('T'))
+        })
+        .await
     }
 
-    /// SIGCONT node `i`. Returns whether it was paused.
+    /// SIGCONT node `i` (and its cache node). Returns whether it was paused.
     pub(crate) fn resume_node(&mut self, i: usize) -> bool {
         let Some(pid) = self.nodes[i].child.as_ref().map(Child::id) else {
             return false;
         };
+        let cache = self.nodes[i].cache_child.as_ref().map(Child::id);
         let was = self.nodes[i].paused;
         self.nodes[i].paused = false;
-        was && kill(Pid::from_raw(pid as i32), Signal::SIGCONT).is_ok()
+        let mut resumed = true;
+        for p in std::iter::once(pid).chain(cache) {
+            resumed &= kill(Pid::from_raw(p as i32), Signal::SIGCONT).is_ok();
+        }
+        was && resumed
     }
 
     fn publish(&self) {
@@ -681,6 +856,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// `kill -9` a child and reaps it. Whether it died of SIGKILL.
+fn sigkill(mut child: Child) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let sent = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).is_ok();
+    let status = child.wait();
+    sent && status.is_ok_and(|s| s.signal() == Some(9))
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.

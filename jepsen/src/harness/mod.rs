@@ -3,6 +3,7 @@
 //! results it writes (stats, timeline, plots).
 
 pub(crate) mod binary;
+pub(crate) mod cache_gate;
 pub(crate) mod cleanup;
 pub(crate) mod cluster;
 pub(crate) mod hashkv;

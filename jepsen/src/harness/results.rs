@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::checker::Report;
 use crate::checker::nemesis::NemesisReport;
 use crate::checker::verdict::Verdict;
+use crate::checker::{Details, Report};
 use crate::error::HarnessError;
 use crate::harness::cluster::NetMode;
 use crate::harness::runner::TestConfig;
@@ -178,6 +178,23 @@ pub(crate) fn write(
                    "stop_s": w.stop.as_secs_f64(), "fault": format!("{:?}", w.fault)})
         })
         .collect();
+    // The cache workload's figures: convergence and what was checked after it.
+    let cache = match &report.details {
+        Details::Cache(r) => json!({
+            "converged_after_s": r.converged_after.map(|d| d.as_secs_f64()),
+            "bound_s": r.bound.as_secs_f64(),
+            "sweeps": r.sweeps,
+            "reads_checked": r.reads_checked,
+            "reads_during_run": r.reads,
+            "sets_acknowledged": r.sets,
+            "deletes_acknowledged": r.deletes,
+            "writes_indeterminate": r.indeterminate,
+            "stale_during_run": r.stale_during_run,
+            "stale_before_convergence": r.stale_before_convergence,
+            "violations": r.violations(),
+        }),
+        _ => serde_json::Value::Null,
+    };
     let results = json!({
         "verdict": verdict.to_string(),
         "exit_code": verdict.exit_code(),
@@ -200,6 +217,7 @@ pub(crate) fn write(
         "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
         "throughput_ok_per_s": ok_count as f64 / span_s,
         "expectation": info.expectation,
+        "cache": cache,
         "summary": summary,
     });
     let write_file = |name: &str, bytes: &[u8]| {

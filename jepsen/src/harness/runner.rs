@@ -36,7 +36,8 @@ use crate::workload::{OpRequest, WORKLOADS, Workload, workload_by_name};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct TestConfig {
-    /// `register`, `set`, `lock`, `lock-unfenced` or `election`.
+    /// A name from [`WORKLOADS`](crate::WORKLOADS): `register`, `set`, `lock`, `lock-unfenced`, `election`, `queue`,
+    /// `barrier` or `cache`.
     pub workload: String,
     /// Comma-separated nemeses (`partition,kill`), `all` or `none`.
     pub nemesis: String,
@@ -227,6 +228,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         seed: config.seed,
         faketime,
         serve_args: workload.serve_args(),
+        cache: workload.hosts_cache(),
     };
     let sched_config = ScheduleConfig {
         time_limit: config.time_limit,
@@ -270,6 +272,20 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         let tails = cluster.lock().await.log_tails(20);
         say(config, &tails);
         return Err(e);
+    }
+    if workload.hosts_cache() {
+        let addrs = {
+            let c = cluster.lock().await;
+            c.wait_cache_ready(Duration::from_secs(30), &dir.join("logs"))
+                .await?;
+            c.cache_addrs()
+        };
+        if let Err(message) = workload.attach_cache(&addrs) {
+            return Err(HarnessError::Command {
+                command: format!("attaching the {} workload to the cache nodes", workload.name()),
+                message,
+            });
+        }
     }
 
     if let Err(message) = workload.setup(&endpoints).await {

@@ -8,6 +8,10 @@
 //! cut link failing, or blackholes in every live proxy's fault table; a process that died of SIGKILL; a process the kernel shows stopped; proxy counters that
 //! moved: chunks delayed, connections cut; a member list without the removed node), `false` when it did not. The [`check_nemesis`] checker fails a run
 //! when a requested nemesis never took effect.
+//!
+//! When the cluster hosts cache nodes (the cache workload), a kill or a pause takes each target's cache node with
+//! it, and a partition also cuts the clients off from the cache nodes [`cut_off_from_clients`] names (recorded as
+//! `cache_cut`; the window took effect only if those gates are cut too).
 
 pub(crate) mod proxy;
 pub(crate) mod schedule;
@@ -47,6 +51,30 @@ fn cut_value(cut: &BTreeSet<(usize, usize)>) -> Value {
             .map(|&(a, b)| Value::List(vec![Value::Int(a as i64), Value::Int(b as i64)]))
             .collect(),
     )
+}
+
+/// The cache nodes a partition with these cut links cuts off from the clients. The clients stand with the
+/// majority: a node that reaches fewer than a majority of the `n` nodes (itself included) is cut off. Where every
+/// node reaches a majority (`partition-ring`, `partition-bridge`), the nodes with the most cut links are cut off
+/// instead: every node but the bridge, every node of a ring.
+pub(crate) fn cut_off_from_clients(n: usize, cut: &BTreeSet<(usize, usize)>) -> BTreeSet<usize> {
+    let mut cuts = vec![0usize; n];
+    for &(a, b) in cut {
+        if a < n && b < n && a != b {
+            cuts[a] += 1;
+            cuts[b] += 1;
+        }
+    }
+    let majority = n / 2 + 1;
+    let minority: BTreeSet<usize> = (0..n).filter(|&i| n - cuts[i] < majority).collect();
+    if !minority.is_empty() {
+        return minority;
+    }
+    let most = cuts.iter().copied().max().unwrap_or(0);
+    if most == 0 {
+        return BTreeSet::new();
+    }
+    (0..n).filter(|&i| cuts[i] == most).collect()
 }
 
 /// Records a nemesis event: `invoke` before acting, `info` with the evidence after.
@@ -175,10 +203,21 @@ impl Nemesis {
                             if let Some(open) = control {
                                 fields.push(("control_open", Value::Bool(open)));
                             }
+                            // The cache nodes cut off from the clients, as their gates report it.
+                            let cache_cut = if c.hosts_cache() {
+                                let off = cut_off_from_clients(c.len(), &active.cut);
+                                let gates = c.set_cache_cut(&off);
+                                let listed: Vec<usize> = off.iter().copied().collect();
+                                fields.push(("cache_cut", nodes_value(&listed)));
+                                !off.is_empty() && gates == off.len()
+                            } else {
+                                true
+                            };
                             Some(
                                 rules > 0
                                     && probe.unwrap_or_else(|| c.proxies_alive())
-                                    && control.unwrap_or(true),
+                                    && control.unwrap_or(true)
+                                    && cache_cut,
                             )
                         }
                         Err(e) => {
@@ -297,6 +336,7 @@ impl Nemesis {
         match &w.fault {
             Fault::Partition { .. } => {
                 if !active.cut.is_empty() {
+                    c.set_cache_cut(&BTreeSet::new());
                     match c.set_partition(BTreeSet::new()) {
                         Ok(rules) => fields.push(("rules_left", Value::Int(rules as i64))),
                         Err(e) => fields.push(("error", Value::Str(e.to_string()))),
@@ -370,6 +410,7 @@ impl Nemesis {
         if let Err(e) = c.set_partition(BTreeSet::new()) {
             fields.push(("error", Value::Str(e.to_string())));
         }
+        c.set_cache_cut(&BTreeSet::new());
         c.set_link_faults(BTreeMap::new());
         for i in 0..c.len() {
             c.set_clock(i, 0);
@@ -506,5 +547,41 @@ async fn leader_within(c: &Cluster, timeout: Duration) -> Option<usize> {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(pairs: &[(usize, usize)]) -> BTreeSet<(usize, usize)> {
+        pairs.iter().copied().collect()
+    }
+
+    fn nodes(list: &[usize]) -> BTreeSet<usize> {
+        list.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_minority_side_of_a_partition_is_cut_off_from_the_cache_clients() {
+        // partition-one / partition-leader on 3 nodes: node 1 alone.
+        assert_eq!(cut_off_from_clients(3, &cut(&[(0, 1), (1, 2)])), nodes(&[1]));
+        // partition-halves on 5 nodes: [0 3] against [1 2 4].
+        let halves = cut(&[(0, 1), (0, 2), (0, 4), (1, 3), (2, 3), (3, 4)]);
+        assert_eq!(cut_off_from_clients(5, &halves), nodes(&[0, 3]));
+        // No cut, nobody.
+        assert!(cut_off_from_clients(3, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn where_every_node_reaches_a_majority_the_most_cut_nodes_are_cut_off() {
+        // partition-bridge on 3 nodes: [0] 1 [2], node 1 reaching both.
+        assert_eq!(cut_off_from_clients(3, &cut(&[(0, 2)])), nodes(&[0, 2]));
+        // partition-bridge on 5 nodes: [0 1] 2 [3 4].
+        let bridge = cut(&[(0, 3), (0, 4), (1, 3), (1, 4)]);
+        assert_eq!(cut_off_from_clients(5, &bridge), nodes(&[0, 1, 3, 4]));
+        // partition-ring on 5 nodes: each node sees itself and its two neighbours.
+        let ring = cut(&[(0, 2), (0, 3), (1, 3), (1, 4), (2, 4)]);
+        assert_eq!(cut_off_from_clients(5, &ring), nodes(&[0, 1, 2, 3, 4]));
     }
 }

@@ -15,6 +15,7 @@
 //! releases; a client without the lock acquires it).
 
 mod barrier;
+mod cache;
 mod election;
 mod lock;
 mod queue;
@@ -22,6 +23,7 @@ mod register;
 mod set;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ use crate::history::EventType;
 use crate::history::value::Value;
 
 pub use barrier::BarrierWorkload;
+pub use cache::CacheWorkload;
 pub use election::ElectionWorkload;
 pub use lock::LockWorkload;
 pub use queue::QueueWorkload;
@@ -217,10 +220,25 @@ pub trait Workload: Send + Sync {
     fn expectation(&self) -> Option<&'static str> {
         None
     }
+
+    /// Whether every node also runs a cache node (`trestle cache serve`) beside `trestle serve`, which the
+    /// nemeses treat as part of the node (a kill or a pause takes both; partitions cut the clients off from the
+    /// cache nodes on the minority side). The default: no.
+    fn hosts_cache(&self) -> bool {
+        false
+    }
+
+    /// Called once every cache node accepts connections, before [`Workload::setup`] (only when
+    /// [`Workload::hosts_cache`]): `nodes[i]` is where a client dials node `i`'s cache node. An error ends the run
+    /// without a verdict. The default does nothing.
+    fn attach_cache(&self, nodes: &[SocketAddr]) -> Result<(), String> {
+        let _ = nodes;
+        Ok(())
+    }
 }
 
 /// The workloads `trestle-jepsen test --workload` knows.
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 8] = [
     "register",
     "set",
     "lock",
@@ -228,6 +246,7 @@ pub const WORKLOADS: [&str; 7] = [
     "election",
     "queue",
     "barrier",
+    "cache",
 ];
 
 /// The workload called `name`, if any.
@@ -240,6 +259,7 @@ pub fn workload_by_name(name: &str) -> Option<Arc<dyn Workload>> {
         "election" => Some(Arc::new(ElectionWorkload::default())),
         "queue" => Some(Arc::new(QueueWorkload::default())),
         "barrier" => Some(Arc::new(BarrierWorkload::default())),
+        "cache" => Some(Arc::new(CacheWorkload::default())),
         _ => None,
     }
 }
