@@ -17,7 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use trestle_raft::{GroupId, MemberChange, Node, NodeId, PeerNode, WatchReceiver as _, transfer_leadership};
+use trestle_raft::{
+    GroupId, MemberChange, Node, NodeId, PeerChannels, PeerNode, WatchReceiver as _, members_from_leader,
+    transfer_leadership,
+};
 
 use crate::host::PartitionHandle;
 
@@ -131,15 +134,21 @@ pub(crate) fn spawn(
     interval: Duration,
 ) {
     let groups = node.groups().clone();
+    let channels = node.peer_channels().clone();
     let me = node.id();
     node.spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let cluster = follow
-                .and_then(|g| groups.raft(g).ok())
-                .map(|raft| members_of(&raft));
+            let mut cluster = None;
+            if let Some((group, raft)) = follow.and_then(|g| Some((g, groups.raft(g).ok()?))) {
+                let (mut members, nodes) = members_of(&raft);
+                if members.contains(me) && leads_any(&partitions) {
+                    confirm_still_member(me, &channels, &raft, group, &mut members).await;
+                }
+                cluster = Some((members, nodes));
+            }
             let mut changing = false;
             if let Some((cluster, nodes)) = &cluster {
                 for (group, partition) in &partitions {
@@ -151,6 +160,40 @@ pub(crate) fn spawn(
             }
         }
     });
+}
+
+fn leads_any(partitions: &BTreeMap<GroupId, PartitionHandle>) -> bool {
+    partitions.values().any(|p| p.service().is_leader())
+}
+
+/// How long the reference group's leader has to say who its members are.
+const ASK_MEMBERS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A member the cluster removed may never receive the entry that removes it (the leader stops replicating to it),
+/// so its own view of the reference group can list it for good, and as a partition leader it would never hand
+/// over. A node that leads partitions and sees itself in the cluster asks the reference group's leader; if the
+/// leader does not list it, it is taken out of `members` (and hands its partitions over). When no leader
+/// answers, the local view stands.
+async fn confirm_still_member(
+    me: NodeId,
+    channels: &PeerChannels,
+    raft: &trestle_raft::Raft,
+    group: GroupId,
+    members: &mut Members,
+) {
+    let leader = raft.metrics().borrow_watched().current_leader;
+    if leader == Some(me) {
+        return;
+    }
+    match members_from_leader(channels, raft, group, ASK_MEMBERS_TIMEOUT).await {
+        Ok(listed) if !listed.iter().any(|(id, _)| *id == me) => {
+            tracing::info!(group, me, "the cluster's leader no longer lists this member");
+            members.voters.remove(&me);
+            members.learners.remove(&me);
+        }
+        Ok(_) => {}
+        Err(status) => tracing::debug!(group, %status, "membership not confirmed by a leader"),
+    }
 }
 
 /// One membership step on a partition this node leads; whether the partition's membership differs from the

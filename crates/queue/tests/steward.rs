@@ -140,8 +140,27 @@ async fn partitions_follow_the_reference_groups_membership() {
     .await
     .unwrap();
 
-    // A member the reference group loses leaves every partition.
+    // A member the reference group loses leaves every partition, even one it leads: it is made the leader of a
+    // partition first (its own view of the reference group may never learn of its removal, so it must ask the
+    // reference group's leader before it hands the partition over).
     let gone = cluster.nodes[2].id();
+    let led = followers[0];
+    wait_for(
+        "the member to remove to lead a partition",
+        Duration::from_secs(30),
+        || async {
+            let leader = cluster.hosts[0].partitions()[&led].service().current_leader()?;
+            if leader == gone {
+                return Some(());
+            }
+            let at = cluster.nodes.iter().position(|n| n.id() == leader)?;
+            let raft = cluster.hosts[at].partitions()[&led].service().raft().clone();
+            let _ = transfer_leadership(&raft, led, Some(gone), Duration::from_secs(5)).await;
+            None
+        },
+    )
+    .await
+    .unwrap();
     reference_service
         .change_member(MemberChange::Remove(gone))
         .await

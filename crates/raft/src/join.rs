@@ -95,6 +95,44 @@ pub(crate) async fn own_id_from_cluster(
     }
 }
 
+/// `group`'s members as its leader knows them after a linearizable read: asked of the leader `raft` knows, then
+/// of every other member its view lists, each within `timeout`; the last error if none answers.
+///
+/// A member removed from a group may never receive the entry that removes it (the leader stops replicating to
+/// it), so its own view can list it long after: ask this when that matters.
+pub async fn members_from_leader(
+    channels: &PeerChannels,
+    raft: &crate::Raft,
+    group: crate::GroupId,
+    timeout: Duration,
+) -> Result<Vec<(NodeId, PeerNode)>, tonic::Status> {
+    let metrics = {
+        use openraft::async_runtime::WatchReceiver as _;
+        raft.metrics().borrow_watched().clone()
+    };
+    let membership = metrics.membership_config.membership();
+    let mut urls: Vec<String> = Vec::new();
+    if let Some(node) = metrics.current_leader.and_then(|id| membership.get_node(&id)) {
+        urls.push(node.peer_url.clone());
+    }
+    for (_, node) in membership.nodes() {
+        if !urls.contains(&node.peer_url) {
+            urls.push(node.peer_url.clone());
+        }
+    }
+    let mut last = tonic::Status::unavailable(format!("group {group} lists no member to ask"));
+    for url in &urls {
+        match members_at(channels, url, group, timeout).await {
+            Ok(members) => return Ok(members),
+            Err(status) => {
+                debug!(url, %status, group, "no membership from this member");
+                last = status;
+            }
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

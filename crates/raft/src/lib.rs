@@ -107,6 +107,7 @@ mod types;
 
 pub use disk_backed::{DiskBacked, DiskStateMachine, KEY_SPACE_SNAPSHOT_MAGIC, write_key_space};
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
+pub use join::members_from_leader;
 pub use keyspace::{
     FrozenKeySpace, KeyRead, KeySpace, MemoryKeySpace, Record, RocksKeySpace, StateTxn, Visitor, Writes,
 };

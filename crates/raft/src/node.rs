@@ -721,6 +721,11 @@ impl Node {
         self.metrics_addr
     }
 
+    /// The node's connections to its peers (one per peer URL, shared by every group).
+    pub fn peer_channels(&self) -> &PeerChannels {
+        &self.channels
+    }
+
     /// The groups this node hosts.
     pub fn groups(&self) -> &GroupRegistry {
         &self.groups
