@@ -17,7 +17,8 @@
 //!   ([`NearCacheConfig`], [`HotKeysConfig`]), warm-up of joining nodes ([`WarmUpConfig`], [`WarmUpProgress`]),
 //!   counters ([`ClientStats`]).
 //! - The ambassador (`trestle cache proxy`): [`proxy`] ([`Proxy`], [`ProxyConfig`], [`serve_proxy`]) speaks
-//!   memcached to programs in any language and uses a [`Client`] behind it.
+//!   memcached to programs in any language and uses a [`Client`] behind it; [`serve_proxy_http`] for its
+//!   `/metrics` and `/health`.
 //! - A rate limiter whose budget the cache nodes hold for many processes: [`ClusterRateLimiter`] (trestle-breaker's
 //!   `RateLimiter`), with [`ClusterRateLimitConfig`].
 //! - Discovery through the Trestle store (etcd v3 API): [`register_node`], [`discover_nodes`], and
@@ -40,7 +41,7 @@ mod store;
 
 pub use client::{
     Ack, Client, ClientConfig, ClientConfigError, ClientError, ClientStats, HotKeysConfig, NearCacheConfig,
-    NodeSpec, TOMBSTONE_FLAGS, WarmUpConfig, WarmUpProgress, WarmUpState,
+    NodeSpec, ProbeConfig, TOMBSTONE_FLAGS, WarmUpConfig, WarmUpProgress, WarmUpState,
 };
 pub use discovery::{DiscoveryError, discover_client, discover_nodes, register_node};
 pub use engine::{ConnectionCounts, Engine, Flow, VERSION, base64_key};
@@ -49,7 +50,7 @@ pub use grpc::{CacheService, GrpcConfig};
 pub use metrics::{NodeMetrics, command_index};
 pub use node::{NodeConfig, RunningNode, StartError};
 pub use protocol::{Command, Decoder, DecoderConfig, Frame, ProtocolError, ReplyDecoder};
-pub use proxy::{Proxy, ProxyConfig, serve_proxy};
+pub use proxy::{Proxy, ProxyConfig, serve_proxy, serve_proxy_http};
 pub use ratelimit::{ClusterRateLimitConfig, ClusterRateLimiter, RateLimitConfigError, RateLimitMetrics};
 pub use server::ServerConfig;
 pub use store::{

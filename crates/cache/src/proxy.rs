@@ -19,11 +19,15 @@
 //! | `ms` | flags `T`, `F` (ignored), `k`, `O`, `q`, `b`; plain set mode only |
 //! | `md` | flags `I` (invalidate: stale for `get_or_load`, a miss for `get`), `k`, `O`, `q`, `b` |
 //! | `mn`, `version`, `verbosity`, `quit` | as memcached |
-//! | `stats` | the proxy's counters |
+//! | `stats` | the proxy's counters, and the progress of each warm-up (`warmup:<zone>:<node>:<field>`) |
 //! | `add`, `replace`, `append`, `prepend`, `cas`, `incr`, `decr`, `touch`, `gat`, `ma`, `me`, `flush_all` | refused |
 //!
 //! A request the cluster cannot serve (every zone failed a read, too few acknowledgements for a write) is answered
 //! `SERVER_ERROR` with the client's error, and the connection stays open.
+//!
+//! **Observing it.** [`serve_proxy_http`] serves `/metrics` (Prometheus text: the proxy's counters and its client's
+//! reads, hits by zone, retries, nodes down and probes) and `/health` (503 when the proxy knows no node or every
+//! node it knows is down).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -142,6 +146,141 @@ impl Proxy {
         &self.client
     }
 
+    /// The proxy's counters and its client's, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let m = &self.metrics;
+        let c = self.client.stats();
+        let known = self.client.nodes().len() as u64;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            "trestle_cache_proxy_requests_total",
+            "counter",
+            "Requests answered.",
+            load(&m.requests),
+        );
+        metric(
+            "trestle_cache_proxy_coalesced_reads_total",
+            "counter",
+            "Reads that joined another connection's read of the same key.",
+            load(&m.coalesced),
+        );
+        metric(
+            "trestle_cache_proxy_upstream_errors_total",
+            "counter",
+            "Requests answered SERVER_ERROR because the cluster failed them.",
+            load(&m.upstream_errors),
+        );
+        metric(
+            "trestle_cache_proxy_unsupported_total",
+            "counter",
+            "Requests refused as not supported by the proxy.",
+            load(&m.unsupported),
+        );
+        metric(
+            "trestle_cache_proxy_connections",
+            "gauge",
+            "Open client connections.",
+            load(&m.connections),
+        );
+        metric(
+            "trestle_cache_client_reads_total",
+            "counter",
+            "Reads by the proxy's client.",
+            c.reads,
+        );
+        metric(
+            "trestle_cache_client_local_hits_total",
+            "counter",
+            "Reads answered by the local zone.",
+            c.local_hits,
+        );
+        metric(
+            "trestle_cache_client_other_zone_hits_total",
+            "counter",
+            "Reads answered by another zone after a local miss or error.",
+            c.other_zone_hits,
+        );
+        metric(
+            "trestle_cache_client_misses_total",
+            "counter",
+            "Reads that found nothing.",
+            c.misses,
+        );
+        metric(
+            "trestle_cache_client_read_errors_total",
+            "counter",
+            "Reads that failed in every zone.",
+            c.errors,
+        );
+        metric(
+            "trestle_cache_client_writes_in_flight",
+            "gauge",
+            "Zone writes in flight (background ones included).",
+            c.writes_in_flight,
+        );
+        metric(
+            "trestle_cache_client_retries_pending",
+            "gauge",
+            "Zones being retried in the background after a missed write.",
+            c.retries_pending,
+        );
+        metric(
+            "trestle_cache_client_retries_done_total",
+            "counter",
+            "Background retries a zone took.",
+            c.retries_done,
+        );
+        metric(
+            "trestle_cache_client_retries_abandoned_total",
+            "counter",
+            "Background retries given up when the tombstone TTL passed.",
+            c.retries_abandoned,
+        );
+        metric(
+            "trestle_cache_client_retries_throttled_total",
+            "counter",
+            "Retry attempts put off by the retry budget.",
+            c.retries_throttled,
+        );
+        metric(
+            "trestle_cache_client_nodes",
+            "gauge",
+            "Cache nodes the client knows.",
+            known,
+        );
+        metric(
+            "trestle_cache_client_nodes_down",
+            "gauge",
+            "Nodes skipped until a probe finds them back.",
+            c.nodes_down,
+        );
+        metric(
+            "trestle_cache_client_probes_total",
+            "counter",
+            "Probes sent to nodes that were down.",
+            c.probes,
+        );
+        out
+    }
+
+    /// Why the proxy cannot serve, if it cannot: it knows no node, or every node it knows is down.
+    pub fn unhealthy(&self) -> Option<String> {
+        let known = self.client.nodes().len() as u64;
+        let down = self.client.stats().nodes_down;
+        if known == 0 {
+            Some("no cache node is known".into())
+        } else if down >= known {
+            Some(format!("every cache node ({known}) is down"))
+        } else {
+            None
+        }
+    }
+
     /// Reads `key`, sharing the read with concurrent readers of the same key.
     async fn read(&self, key: &Bytes) -> ReadResult {
         let (shared, joined) = {
@@ -209,6 +348,35 @@ fn ttl_of(exptime: i64) -> Option<Duration> {
             (e > now).then(|| Duration::from_secs((e - now) as u64))
         }
     }
+}
+
+/// Serves `/metrics` ([`Proxy::render_metrics`]) and `/health` (200, or 503 with [`Proxy::unhealthy`]'s reason)
+/// on `listener` until `shutdown` completes.
+pub async fn serve_proxy_http(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let metrics = proxy.clone();
+    let router = axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.render_metrics() }))
+        .route(
+            "/health",
+            get(move || async move {
+                match proxy.unhealthy() {
+                    None => (StatusCode::OK, r#"{"health":"true","reason":""}"#.to_owned()),
+                    Some(reason) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(r#"{{"health":"false","reason":{reason:?}}}"#),
+                    ),
+                }
+            }),
+        );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves the memcached protocol on `listener` through `proxy` until `shutdown` completes, then lets open
@@ -522,6 +690,28 @@ fn stats(proxy: &Proxy, out: &mut BytesMut) {
         ("curr_connections", m.connections.load(Ordering::Relaxed)),
     ] {
         line(out, format!("STAT {name} {value}").as_bytes());
+    }
+    // The warm-ups of nodes that joined (the latest 32), one group of lines each, named `warmup:<zone>:<node>:`.
+    for warm in proxy.client.warm_ups() {
+        let prefix = format!("warmup:{}:{}", warm.zone, warm.node);
+        let state = match warm.state {
+            crate::WarmUpState::Running => "running",
+            crate::WarmUpState::Done => "done",
+            _ => "cancelled",
+        };
+        for (name, value) in [
+            ("state", state.to_owned()),
+            ("fraction_done", format!("{:.3}", warm.fraction_done())),
+            ("keys_listed", warm.keys_listed.to_string()),
+            ("keys_to_copy", warm.keys_to_copy.to_string()),
+            ("keys_copied", warm.keys_copied.to_string()),
+            ("keys_present", warm.keys_present.to_string()),
+            ("keys_gone", warm.keys_gone.to_string()),
+            ("errors", warm.errors.len().to_string()),
+            ("elapsed_ms", warm.elapsed.as_millis().to_string()),
+        ] {
+            line(out, format!("STAT {prefix}:{name} {value}").as_bytes());
+        }
     }
     line(out, format!("STAT version {}-proxy", crate::VERSION).as_bytes());
     line(out, b"END");

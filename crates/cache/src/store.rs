@@ -372,7 +372,12 @@ impl Store {
         f(&mut shard, item.as_mut())
     }
 
-    fn insert(&self, shard: &mut Shard, key: Bytes, item: Item) {
+    /// Stores compact copies of the key and value: a `Bytes` cut from a connection's read buffer (as the decoder
+    /// cuts them) would keep that whole buffer alive, and with it every other item cut from it, so the memory
+    /// limit would no longer bound the memory held.
+    fn insert(&self, shard: &mut Shard, key: Bytes, mut item: Item) {
+        let key = Bytes::copy_from_slice(&key);
+        item.value = Bytes::copy_from_slice(&item.value);
         let evicted = shard.insert_with_lifecycle(key, item);
         self.counters.total_items.fetch_add(1, Ordering::Relaxed);
         if evicted > 0 {

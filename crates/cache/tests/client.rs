@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use support::{Raw, eventually};
+use trestle_breaker::{CircuitBreakerConfig, RetryBudgetConfig, SlidingWindow, WaitInOpen};
 use trestle_cache::{
-    Ack, Client, ClientConfig, ClientConfigError, ClientError, NodeConfig, NodeSpec, RunningNode, StoreConfig,
+    Ack, Client, ClientConfig, ClientConfigError, ClientError, NodeConfig, NodeSpec, ProbeConfig,
+    RunningNode, StoreConfig,
 };
 
 struct Cluster {
@@ -430,9 +432,137 @@ async fn a_whole_zone_down_reads_and_writes_go_to_the_other() {
     );
 }
 
+async fn node_at(addr: &str) -> RunningNode {
+    let config = NodeConfig::new(addr.parse().expect("addr")).with_store(StoreConfig::with_memory(32 << 20));
+    RunningNode::start(config).await.expect("node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_fails_fast_until_a_background_probe_finds_it_back() {
+    let first = node_at("127.0.0.1:0").await;
+    let addr = first.memcached_addr();
+    let breaker = CircuitBreakerConfig::default()
+        .with_sliding_window(SlidingWindow::Count { size: 5 })
+        .with_minimum_calls(3)
+        .with_wait_in_open(WaitInOpen::Fixed(Duration::from_millis(200)));
+    let timeout = Duration::from_secs(2);
+    let config = ClientConfig::new(vec![NodeSpec::new("n1", addr, "a")], "a")
+        .with_timeout(timeout)
+        .with_breaker(breaker);
+    let client = Client::new(config).expect("client");
+    client
+        .set(b"k", Bytes::from_static(b"v"), Duration::ZERO)
+        .await
+        .expect("set");
+    first.shutdown().await;
+    // Three refused connections open the breaker: the node is down.
+    for _ in 0..3 {
+        client.get(b"k").await.expect_err("the node is gone");
+    }
+    assert_eq!(client.stats().nodes_down, 1, "{:?}", client.stats());
+    // From now on requests fail fast, without a connection attempt, however long the node stays away: a probe
+    // (every 160 to 240 ms) is what tries it.
+    let probed = eventually(Duration::from_secs(10), async || client.stats().probes >= 3).await;
+    assert!(probed, "no probes: {:?}", client.stats());
+    let started = std::time::Instant::now();
+    for _ in 0..100 {
+        let err = client.get(b"k").await.expect_err("still gone");
+        assert!(
+            matches!(&err, ClientError::AllZonesFailed { errors } if matches!(errors[..], [ClientError::CircuitOpen { .. }])),
+            "{err}"
+        );
+    }
+    assert!(
+        started.elapsed() < timeout,
+        "100 requests to a down node took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.stats().nodes_down, 1);
+    // Back on the same port (empty): a probe finds it and requests flow again.
+    let _back = node_at(&addr.to_string()).await;
+    let found = eventually(Duration::from_secs(10), async || client.stats().nodes_down == 0).await;
+    assert!(found, "the node was not found back: {:?}", client.stats());
+    client
+        .set(b"k", Bytes::from_static(b"again"), Duration::ZERO)
+        .await
+        .expect("set after the node is back");
+    assert_eq!(
+        client.get(b"k").await.expect("get"),
+        Some(Bytes::from_static(b"again"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_retries_to_a_recovering_zone_stay_within_the_retry_budget() {
+    let a = node_at("127.0.0.1:0").await;
+    let b = node_at("127.0.0.1:0").await;
+    let b_addr = b.memcached_addr();
+    // A breaker that never opens and no probing: every retry attempt goes to the network, so the budget alone
+    // limits them. The budget: no share of traffic, a reserve of 10 retries per 1 s window.
+    let breaker = CircuitBreakerConfig::default()
+        .with_sliding_window(SlidingWindow::Count { size: 1000 })
+        .with_minimum_calls(1000);
+    let budget = RetryBudgetConfig::default()
+        .with_ttl(Duration::from_secs(1))
+        .with_min_retries_per_sec(10)
+        .with_retry_percent(0.0);
+    let specs = vec![
+        NodeSpec::new("a1", a.memcached_addr(), "a"),
+        NodeSpec::new("b1", b_addr, "b"),
+    ];
+    let config = ClientConfig::new(specs, "a")
+        .with_write_ack(Ack::One)
+        .with_timeout(Duration::from_secs(1))
+        .with_breaker(breaker)
+        .with_probe(ProbeConfig::disabled())
+        .with_max_retry_pause(Duration::from_millis(200))
+        .with_retry_budget(Some(budget));
+    let client = Client::new(config).expect("client");
+    b.shutdown().await;
+    const KEYS: u64 = 50;
+    for i in 0..KEYS {
+        client
+            .delete(format!("k{i}").as_bytes())
+            .await
+            .expect("zone a acknowledges");
+    }
+    let registered = eventually(Duration::from_secs(10), async || {
+        client.stats().retries_pending == KEYS
+    })
+    .await;
+    assert!(registered, "{:?}", client.stats());
+    let _back = node_at(&b_addr.to_string()).await;
+    // Sample the delivered retries; within any 0.8 s no more than the reserve may land (the budget's window is
+    // between 0.9 and 1 s long, being cut in ten slots). Without the budget all 50 land within one pause.
+    let mut samples: Vec<(std::time::Instant, u64)> = Vec::new();
+    let drained = eventually(Duration::from_secs(30), async || {
+        let stats = client.stats();
+        samples.push((std::time::Instant::now(), stats.retries_done));
+        stats.retries_pending == 0
+    })
+    .await;
+    let stats = client.stats();
+    assert!(drained, "retries still pending: {stats:?}");
+    assert_eq!(stats.retries_done, KEYS, "{stats:?}");
+    assert_eq!(stats.retries_abandoned, 0, "{stats:?}");
+    assert!(stats.retries_throttled > 0, "{stats:?}");
+    for (i, &(at, done)) in samples.iter().enumerate() {
+        for &(later, later_done) in &samples[i..] {
+            if later.duration_since(at) > Duration::from_millis(800) {
+                break;
+            }
+            assert!(
+                later_done - done <= 10,
+                "{} retries landed within {:?}",
+                later_done - done,
+                later.duration_since(at)
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_trial_call_gives_its_half_open_slot_back() {
-    use trestle_breaker::{CircuitBreakerConfig, SlidingWindow, WaitInOpen};
     // A node that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = silent.local_addr().expect("addr");
@@ -447,9 +577,11 @@ async fn a_cancelled_trial_call_gives_its_half_open_slot_back() {
         .with_minimum_calls(1)
         .with_permitted_calls_in_half_open(1)
         .with_wait_in_open(WaitInOpen::Fixed(Duration::from_millis(20)));
+    // Requests themselves try the node again (background probing would skip it until a probe answers).
     let config = ClientConfig::new(vec![NodeSpec::new("silent", addr, "a")], "a")
         .with_timeout(Duration::from_millis(100))
-        .with_breaker(breaker);
+        .with_breaker(breaker)
+        .with_probe(ProbeConfig::disabled());
     let client = Client::new(config).expect("client");
     let open = |e: &ClientError| matches!(e, ClientError::AllZonesFailed { errors } if matches!(errors[..], [ClientError::CircuitOpen { .. }]));
     // The timeout opens the breaker.
@@ -528,6 +660,21 @@ fn config_validation_names_the_problem() {
         Err(ClientConfigError::Zero { name: "timeout" })
     );
     assert!(ClientConfig::new(one.clone(), "a").validate().is_ok());
+    assert!(matches!(
+        ClientConfig::new(one.clone(), "a")
+            .with_probe(ProbeConfig::default().with_jitter(1.0))
+            .validate(),
+        Err(ClientConfigError::Invalid {
+            name: "probe.jitter",
+            ..
+        })
+    ));
+    assert!(matches!(
+        ClientConfig::new(one.clone(), "a")
+            .with_retry_budget(Some(RetryBudgetConfig::default().with_retry_percent(101.0)))
+            .validate(),
+        Err(ClientConfigError::RetryBudget(_))
+    ));
     assert!(matches!(
         ClientConfig::new(one.clone(), "a")
             .with_tombstone_ttl(Duration::from_millis(500))

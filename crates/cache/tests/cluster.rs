@@ -641,6 +641,57 @@ async fn a_node_replacing_a_dead_one_is_warmed_from_the_other_zone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_zone_is_warmed_from_the_zones_already_there() {
+    let mut cluster = Cluster::start(&[("a1", "a"), ("a2", "a")]).await;
+    let client = Client::new(config(&cluster.specs, "a")).expect("client");
+    for i in 0..500 {
+        client
+            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+    // Zone b arrives whole, in one membership change.
+    for id in ["b1", "b2"] {
+        let spec = cluster.add(id, "b").await;
+        cluster.specs.push(spec);
+    }
+    client.update_nodes(cluster.specs.clone()).expect("zone b");
+    let done = eventually(Duration::from_secs(30), async || {
+        client.warm_ups().iter().all(|w| w.state != WarmUpState::Running)
+    })
+    .await;
+    let progress = client.warm_ups();
+    assert!(done, "{progress:?}");
+    let mut nodes: Vec<&str> = progress.iter().map(|w| w.node.as_str()).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["b1", "b2"], "{progress:?}");
+    for warm in &progress {
+        assert_eq!(warm.state, WarmUpState::Done, "{warm:?}");
+        assert!(warm.errors.is_empty(), "{warm:?}");
+        println!(
+            "{} in the new zone: {} keys to copy, {} copied, in {:?}",
+            warm.node, warm.keys_to_copy, warm.keys_copied, warm.elapsed
+        );
+    }
+    let copied: u64 = progress.iter().map(|w| w.keys_copied + w.keys_present).sum();
+    assert_eq!(copied, 500, "{progress:?}");
+    // Every key is in its zone-b owner, and a client of zone b reads them all without leaving its zone.
+    for i in 0..500 {
+        let owner = client.node_for("b", key(i).as_bytes()).expect("zone b");
+        let reply = cluster.raw_get(&owner, &key(i)).await;
+        assert!(reply.starts_with("VA "), "{} on {owner}: {reply}", key(i));
+    }
+    let from_b = Client::new(config(&cluster.specs, "b")).expect("client of zone b");
+    for i in 0..500 {
+        assert_eq!(
+            from_b.get(key(i).as_bytes()).await.expect("get"),
+            Some(Bytes::from(key(i)))
+        );
+    }
+    assert_eq!(from_b.stats().local_hits, 500, "{:?}", from_b.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_under_load_drop_no_request() {
     let mut cluster = Cluster::start(&TWO_BY_TWO).await;
     let client = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::All)).expect("client");

@@ -172,8 +172,12 @@ async fn a_client_follows_nodes_as_they_register_and_leave() {
     })
     .await;
     assert!(joined, "{:?} {:?}", client.nodes(), client.warm_ups());
-    let warm = &client.warm_ups()[0];
-    assert_eq!(warm.node, east2_id);
+    // (west1 may have been warmed too, as a zone new to the client, if it registered after east1.)
+    let warm = client
+        .warm_ups()
+        .into_iter()
+        .find(|w| w.node == east2_id)
+        .expect("east2 was warmed");
     let moved = keys
         .iter()
         .filter(|k| client.node_for("east", k.as_bytes()).as_deref() == Some(east2_id.as_str()))

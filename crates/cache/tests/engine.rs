@@ -354,3 +354,28 @@ fn pipelined_input_split_anywhere_gives_the_same_replies() {
         assert_eq!(String::from_utf8_lossy(&out), whole, "split at {cut}");
     }
 }
+
+#[test]
+fn stored_items_do_not_keep_the_read_buffer_alive() {
+    let store = Store::new(StoreConfig::with_memory(32 << 20), Arc::new(ManualClock::new())).expect("store");
+    // A connection's read buffer, from which the decoder cuts keys and values.
+    let mut buffer = BytesMut::with_capacity(4096);
+    buffer.extend_from_slice(b"key1value-bytes");
+    let read = buffer.split().freeze();
+    let outcome = store.store(
+        trestle_cache::protocol::StoreMode::Set,
+        read.slice(0..4),
+        0,
+        0,
+        read.slice(4..),
+    );
+    assert!(
+        matches!(outcome, trestle_cache::StoreOutcome::Stored(_)),
+        "{outcome:?}"
+    );
+    drop(read);
+    // Nothing the store kept points into the buffer: its whole allocation can be reused in place.
+    assert!(buffer.try_reclaim(4096), "the store keeps the read buffer alive");
+    let hit = store.get(b"key1", None).expect("stored");
+    assert_eq!(&hit.value[..], b"value-bytes");
+}

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trestle_cache::{
     Ack, Client, ClientConfig, NodeConfig, NodeSpec, Proxy, ProxyConfig, RunningNode, StoreConfig,
-    serve_proxy,
+    serve_proxy, serve_proxy_http,
 };
 
 struct Cluster {
@@ -182,6 +182,102 @@ async fn reads_fall_back_to_the_other_zone_when_the_local_node_is_gone() {
         reply.starts_with("SERVER_ERROR ") && reply.contains("of the 2 acknowledgements needed"),
         "{reply}"
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_follow_the_nodes() {
+    let mut cluster = cluster().await;
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http_addr = http.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(serve_proxy_http(
+        http,
+        cluster.proxy.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let (status, body) = support::http_get(http_addr, "/health").await;
+    assert!(status.contains("200"), "{status} {body}");
+    let mut raw = Raw::connect(cluster.addr).await;
+    raw.send(b"set seen 0 0 1\r\nx\r\nget seen\r\nget unseen\r\n")
+        .await;
+    assert_eq!(
+        raw.read_until(b"END\r\nEND\r\n").await,
+        b"STORED\r\nVALUE seen 0 1\r\nx\r\nEND\r\nEND\r\n"
+    );
+    let (status, metrics) = support::http_get(http_addr, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    for line in [
+        "trestle_cache_proxy_requests_total 3",
+        "trestle_cache_client_reads_total 2",
+        "trestle_cache_client_local_hits_total 1",
+        "trestle_cache_client_misses_total 1",
+        "trestle_cache_client_nodes 2",
+        "trestle_cache_client_nodes_down 0",
+        "trestle_cache_proxy_connections 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
+    // Both nodes gone: reads fail until the breakers open and the nodes are down; health says so.
+    for node in cluster.nodes.drain(..) {
+        node.shutdown().await;
+    }
+    let down = support::eventually(Duration::from_secs(20), async || {
+        raw.send(b"get seen\r\n").await;
+        let _ = raw.read_until(b"\r\n").await;
+        cluster.proxy.client().stats().nodes_down == 2
+    })
+    .await;
+    assert!(down, "{:?}", cluster.proxy.client().stats());
+    let (status, body) = support::http_get(http_addr, "/health").await;
+    assert!(
+        status.contains("503") && body.contains("every cache node (2) is down"),
+        "{status} {body}"
+    );
+    let (_, metrics) = support::http_get(http_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "trestle_cache_client_nodes_down 2"),
+        "{metrics}"
+    );
+    stop.cancel();
+    served.await.expect("http task").expect("http served");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_report_the_warm_up_of_a_joining_node() {
+    let mut cluster = cluster().await;
+    let mut raw = Raw::connect(cluster.addr).await;
+    for i in 0..200 {
+        raw.send(format!("set k{i} 0 0 1\r\nx\r\n").as_bytes()).await;
+        assert_eq!(raw.read_until(b"\r\n").await, b"STORED\r\n");
+    }
+    let config =
+        NodeConfig::new("127.0.0.1:0".parse().expect("addr")).with_store(StoreConfig::with_memory(64 << 20));
+    let joining = RunningNode::start(config).await.expect("node");
+    let mut specs = cluster.proxy.client().nodes();
+    specs.push(NodeSpec::new("east-2", joining.memcached_addr(), "east"));
+    cluster.proxy.client().update_nodes(specs).expect("join");
+    cluster.nodes.push(joining);
+    let done = support::eventually(Duration::from_secs(20), async || {
+        raw.send(b"stats\r\n").await;
+        let stats = String::from_utf8(raw.read_until(b"END\r\n").await).expect("utf8");
+        stats.contains("STAT warmup:east:east-2:state done\r\n")
+    })
+    .await;
+    raw.send(b"stats\r\n").await;
+    let stats = String::from_utf8(raw.read_until(b"END\r\n").await).expect("utf8");
+    assert!(done, "{stats}");
+    assert!(
+        stats.contains("STAT warmup:east:east-2:fraction_done 1.000\r\n"),
+        "{stats}"
+    );
+    let copied = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("STAT warmup:east:east-2:keys_copied "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("keys_copied line");
+    assert!(copied > 0 && copied < 200, "{stats}");
     cluster.shutdown().await;
 }
 

@@ -19,6 +19,21 @@ pub enum CacheCommand {
     /// Run the ambassador: the memcached protocol to local programs, the replicated client behind it (placement,
     /// a copy per zone, zone fallback, coalesced reads), over a static node list or nodes discovered in the store.
     Proxy(CacheProxyArgs),
+    /// Show the warm-ups of nodes that joined, as an ambassador (`trestle cache proxy`) runs them: keys to copy,
+    /// copied, already present, gone, errors.
+    Warmups(CacheWarmupsArgs),
+}
+
+/// `trestle cache warmups`.
+#[derive(Debug, Clone, Args)]
+#[non_exhaustive]
+pub struct CacheWarmupsArgs {
+    /// The ambassador's memcached address.
+    #[arg(long, default_value = "127.0.0.1:11311")]
+    pub proxy: SocketAddr,
+    /// Print again every second until no warm-up is running.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `trestle cache serve`.
@@ -149,6 +164,9 @@ pub struct CacheProxyArgs {
     /// Most client connections open at once.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Address for `/metrics` (Prometheus) and `/health`; none if not given.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Parses `ID=ADDR@ZONE`.
@@ -216,8 +234,130 @@ pub(crate) async fn proxy(args: CacheProxyArgs) -> Result<(), String> {
         "trestle cache proxy: memcached protocol on {addr}, {nodes} nodes, local zone {}",
         args.zone
     );
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match args.metrics_listen {
+        Some(metrics) => {
+            let listener = tokio::net::TcpListener::bind(metrics)
+                .await
+                .map_err(|e| format!("cannot listen on {metrics} (--metrics-listen): {e}"))?;
+            eprintln!(
+                "trestle cache proxy: /metrics and /health on {}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            Some(tokio::spawn(trestle_cache::serve_proxy_http(
+                listener,
+                proxy.clone(),
+                async move {
+                    let _ = http_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     trestle_cache::serve_proxy(listener, proxy, crate::serve::wait_for_stop_signal()).await;
+    let _ = stop_http.send(());
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     Ok(())
+}
+
+/// One warm-up as the proxy's `stats` reports it: `(zone, node)` and its fields by name.
+type WarmUpLines = std::collections::BTreeMap<(String, String), std::collections::BTreeMap<String, String>>;
+
+/// The `STAT warmup:<zone>:<node>:<field> <value>` lines of a `stats` reply. Node names may hold colons (they
+/// are often addresses); zone names may not.
+fn parse_warmups(reply: &str) -> WarmUpLines {
+    let mut warmups = WarmUpLines::new();
+    for line in reply.lines() {
+        let Some(rest) = line.strip_prefix("STAT warmup:") else {
+            continue;
+        };
+        let Some((name, value)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Some((place, field)) = name.rsplit_once(':') else {
+            continue;
+        };
+        let Some((zone, node)) = place.split_once(':') else {
+            continue;
+        };
+        warmups
+            .entry((zone.to_owned(), node.to_owned()))
+            .or_default()
+            .insert(field.to_owned(), value.trim().to_owned());
+    }
+    warmups
+}
+
+/// Sends `stats` to the proxy and returns the reply up to `END`.
+async fn proxy_stats(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(b"stats\r\n").await?;
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while !reply.ends_with(b"END\r\n") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the connection closed before END",
+                ));
+            }
+            reply.extend_from_slice(&chunk[..n]);
+        }
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("the proxy at {addr} did not answer stats within 5 s"))?
+        .map_err(|e| {
+            format!("cannot read stats from the proxy at {addr} (is `trestle cache proxy` running?): {e}")
+        })
+}
+
+/// Prints the table of warm-ups; whether one is still running.
+fn print_warmups(warmups: &WarmUpLines) -> bool {
+    if warmups.is_empty() {
+        println!("no node has joined since the proxy started: nothing warmed");
+        return false;
+    }
+    println!("| zone | node | state | done | keys to copy | copied | present | gone | errors | elapsed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut running = false;
+    for ((zone, node), fields) in warmups {
+        let field = |name: &str| fields.get(name).map_or("?", String::as_str);
+        running |= field("state") == "running";
+        let done = field("fraction_done")
+            .parse::<f64>()
+            .map_or("?".to_owned(), |f| format!("{:.0}%", f * 100.0));
+        println!(
+            "| {zone} | {node} | {} | {done} | {} | {} | {} | {} | {} | {} ms |",
+            field("state"),
+            field("keys_to_copy"),
+            field("keys_copied"),
+            field("keys_present"),
+            field("keys_gone"),
+            field("errors"),
+            field("elapsed_ms"),
+        );
+    }
+    running
+}
+
+/// `trestle cache warmups`: the proxy's warm-ups, once or until none runs.
+pub(crate) async fn warmups(args: CacheWarmupsArgs) -> Result<(), String> {
+    loop {
+        let warmups = parse_warmups(&proxy_stats(args.proxy).await?);
+        let running = print_warmups(&warmups);
+        if !(args.watch && running) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!();
+    }
 }
 
 #[cfg(test)]
@@ -278,5 +418,19 @@ mod tests {
         assert_eq!(config.write_ack, trestle_cache::Ack::All);
         config.validate().expect("valid");
         assert!(super::parse_node("e1=127.0.0.1:11211").is_err());
+    }
+
+    #[test]
+    fn warmup_lines_are_grouped_by_zone_and_node() {
+        let reply = "STAT cmd_total 4\r\nSTAT warmup:a:n:1:state running\r\nSTAT warmup:a:n:1:keys_copied 7\r\n\
+                     STAT warmup:b:m:state done\r\nSTAT version 0.1.0-proxy\r\nEND\r\n";
+        let warmups = super::parse_warmups(reply);
+        assert_eq!(warmups.len(), 2);
+        let first = &warmups[&("a".to_owned(), "n:1".to_owned())];
+        assert_eq!(first["state"], "running");
+        assert_eq!(first["keys_copied"], "7");
+        assert_eq!(warmups[&("b".to_owned(), "m".to_owned())]["state"], "done");
+        assert!(super::print_warmups(&warmups));
+        assert!(super::parse_warmups("STAT cmd_total 1\r\nEND\r\n").is_empty());
     }
 }

@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Snapshot(SnapshotCommand::Restore(args)) => runtime.block_on(crate::snapshot::restore(args)),
         Command::Cache(CacheCommand::Serve(args)) => runtime.block_on(crate::cache::serve(args)),
         Command::Cache(CacheCommand::Proxy(args)) => runtime.block_on(crate::cache::proxy(args)),
+        Command::Cache(CacheCommand::Warmups(args)) => runtime.block_on(crate::cache::warmups(args)),
         Command::Bench(BenchCommand::Cache(args)) => runtime.block_on(crate::bench_cache::run(args)),
         Command::Queue(command) => runtime.block_on(crate::queue::run(command)),
         Command::Bench(BenchCommand::Kv(args)) => runtime.block_on(crate::bench::run(args)).map(|_| ()),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use trestle_breaker::{CircuitBreakerConfig, SlidingWindow, WaitInOpen};
+use trestle_breaker::{CircuitBreakerConfig, RetryBudgetConfig, SlidingWindow, WaitInOpen};
 use trestle_shard_router::HotKeyConfig;
 
 /// One cache node the client may use.
@@ -74,6 +74,14 @@ pub struct ClientConfig {
     /// The circuit breaker of each node. Default: opens at 50% failures over the last 20 calls (at least 5),
     /// probes again after 1 s, doubling up to 30 s.
     pub breaker: CircuitBreakerConfig,
+    /// How a node whose breaker opened is found back. Default: probed in the background, requests fail fast
+    /// meanwhile.
+    pub probe: ProbeConfig,
+    /// Caps the background retries of writes a zone missed at a share of recent writes (plus a small reserve),
+    /// so that a recovering node is not flooded; a retry the budget refuses waits for its next turn. `None`
+    /// removes the cap. Default: trestle-breaker's [`RetryBudgetConfig::default`] (20% of the writes of the
+    /// last 10 s, plus 10 per second).
+    pub retry_budget: Option<RetryBudgetConfig>,
     /// Idle connections kept per node. Default 8.
     pub max_idle_connections: usize,
     /// Connections open to one node at once; more concurrent requests wait for one, within their timeout.
@@ -185,6 +193,46 @@ impl HotKeysConfig {
     }
 }
 
+/// Finding a failed node back. While a node's breaker is open it is marked down: requests to it fail fast (reads
+/// go to another zone at once) and one background task per node sends it `mn`, after the breaker's wait for that
+/// consecutive failure ([`CircuitBreakerConfig::wait_in_open`]) scaled by a random factor in
+/// `[1 - jitter, 1 + jitter]`. The first answer closes the breaker.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProbeConfig {
+    /// Whether failed nodes are probed in the background. Off, a failed node is tried again by the first request
+    /// after the breaker's wait, which waits for its timeout if the node is still gone. Default on.
+    pub enabled: bool,
+    /// How far each wait may be moved either way, as a fraction of it, so that many clients do not probe a
+    /// recovering node in step. In `[0, 1)`; default 0.2.
+    pub jitter: f64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl ProbeConfig {
+    /// Background probing off: requests find a node back after the breaker's wait.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// Sets [`jitter`](Self::jitter).
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+}
+
 /// Warm-up of joining nodes: see [`Client::warm_ups`](super::Client::warm_ups).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -251,6 +299,9 @@ pub enum ClientConfigError {
     /// The breaker configuration.
     #[error("circuit breaker: {0}")]
     Breaker(String),
+    /// The retry budget's configuration.
+    #[error("retry budget: {0}")]
+    RetryBudget(#[source] trestle_breaker::ConfigError),
     /// A setting out of its range.
     #[error("{name} = {value}: {reason}")]
     Invalid {
@@ -289,6 +340,8 @@ impl ClientConfig {
                     multiplier: 2.0,
                     max: Duration::from_secs(30),
                 }),
+            probe: ProbeConfig::default(),
+            retry_budget: Some(RetryBudgetConfig::default()),
             max_idle_connections: 8,
             max_connections_per_node: 64,
             load_lease: Duration::from_secs(5),
@@ -357,6 +410,18 @@ impl ClientConfig {
     /// Sets each node's circuit breaker.
     pub fn with_breaker(mut self, breaker: CircuitBreakerConfig) -> Self {
         self.breaker = breaker;
+        self
+    }
+
+    /// Sets how failed nodes are found back.
+    pub fn with_probe(mut self, probe: ProbeConfig) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// Sets the budget of background write retries (`None`: no cap).
+    pub fn with_retry_budget(mut self, budget: Option<RetryBudgetConfig>) -> Self {
+        self.retry_budget = budget;
         self
     }
 
@@ -462,6 +527,16 @@ impl ClientConfig {
             return Err(ClientConfigError::Zero {
                 name: "warm_up.list_timeout",
             });
+        }
+        if !(0.0..1.0).contains(&self.probe.jitter) {
+            return Err(ClientConfigError::Invalid {
+                name: "probe.jitter",
+                value: self.probe.jitter.to_string(),
+                reason: "must be in [0, 1)",
+            });
+        }
+        if let Some(budget) = &self.retry_budget {
+            budget.validate().map_err(ClientConfigError::RetryBudget)?;
         }
         self.breaker
             .validate()

@@ -52,11 +52,11 @@ use bytes::Bytes;
 use futures::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc};
-use trestle_breaker::machine::BreakerMachine;
+use trestle_breaker::machine::{BreakerMachine, RetryBudget};
 use trestle_shard_router::{HotKey, Membership, Node, ShardMap};
 
 pub use config::{
-    Ack, ClientConfig, ClientConfigError, HotKeysConfig, NearCacheConfig, NodeSpec, WarmUpConfig,
+    Ack, ClientConfig, ClientConfigError, HotKeysConfig, NearCacheConfig, NodeSpec, ProbeConfig, WarmUpConfig,
 };
 pub use warmup::{WarmUpProgress, WarmUpState};
 
@@ -159,6 +159,12 @@ pub struct ClientStats {
     pub retries_done: u64,
     /// Retries given up: the tombstone TTL passed first.
     pub retries_abandoned: u64,
+    /// Retry attempts put off because the retry budget ([`ClientConfig::retry_budget`]) was spent.
+    pub retries_throttled: u64,
+    /// Nodes skipped now: their breaker opened and no probe has found them back yet ([`ProbeConfig`]).
+    pub nodes_down: u64,
+    /// Probes sent to nodes that were down.
+    pub probes: u64,
 }
 
 impl ClientStats {
@@ -183,6 +189,9 @@ struct Counters {
     retries_pending: AtomicU64,
     retries_done: AtomicU64,
     retries_abandoned: AtomicU64,
+    retries_throttled: AtomicU64,
+    /// Shared with every node's probe.
+    probes: Arc<AtomicU64>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -224,6 +233,8 @@ struct Inner {
     hot: Option<HotKeys>,
     next_write: AtomicU64,
     retries: Mutex<HashMap<Bytes, Retry>>,
+    /// Caps background retries at a share of recent zone writes.
+    budget: Option<Mutex<RetryBudget>>,
     /// Writes in flight, by key: to notice an older write landing after a newer one in the same zone.
     writes: Mutex<HashMap<Bytes, KeyWrites>>,
     warm_ups: Mutex<Vec<Arc<WarmUp>>>,
@@ -372,6 +383,12 @@ impl Client {
         let near = config.near_cache.as_ref().map(NearCache::new);
         let hot = config.hot_keys.as_ref().map(HotKeys::new).transpose()?;
         let nodes = config.nodes.clone();
+        let budget = config
+            .retry_budget
+            .clone()
+            .map(|b| RetryBudget::new(b).map(Mutex::new))
+            .transpose()
+            .map_err(ClientConfigError::RetryBudget)?;
         let client = Self {
             inner: Arc::new(Inner {
                 config,
@@ -382,6 +399,7 @@ impl Client {
                 hot,
                 next_write: AtomicU64::new(1),
                 retries: Mutex::default(),
+                budget,
                 writes: Mutex::default(),
                 warm_ups: Mutex::default(),
                 counters: Counters::default(),
@@ -438,6 +456,16 @@ impl Client {
             retries_pending: get(&c.retries_pending),
             retries_done: get(&c.retries_done),
             retries_abandoned: get(&c.retries_abandoned),
+            retries_throttled: get(&c.retries_throttled),
+            nodes_down: self
+                .inner
+                .topology()
+                .zones
+                .iter()
+                .flat_map(|z| z.nodes.values())
+                .filter(|n| n.is_down())
+                .count() as u64,
+            probes: get(&c.probes),
         }
     }
 
@@ -532,10 +560,9 @@ impl Client {
                         Arc::new(NodeClient::new(
                             spec.id.clone(),
                             spec.addr,
-                            config.max_idle_connections,
-                            config.max_connections_per_node,
-                            config.timeout,
+                            config,
                             breaker,
+                            self.inner.counters.probes.clone(),
                         ))
                     }
                 };
@@ -551,12 +578,16 @@ impl Client {
                         .collect()
                 })
                 .unwrap_or_default();
-            if let (true, Some(old_zone)) = (warm, old_zone) {
-                let plan = old_zone.map.plan_to(&map);
+            // A zone that had nodes before is compared with its old ring. A zone new to the client is compared
+            // with another zone's ring: every range it holds then comes from a node it does not have, and is
+            // copied from the other zones (so a new zone starts full instead of filling by read repair).
+            let reference = old_zone.or_else(|| old.zones.first());
+            if let (true, Some(reference)) = (warm, reference) {
+                let plan = reference.map.plan_to(&map);
                 for spec in &zone_specs {
                     // A new node takes over ranges from its peers; a node that stays takes over the ranges of
                     // peers that left, which other zones still hold.
-                    let stays = old_zone.nodes.contains_key(&spec.id);
+                    let stays = reference.nodes.contains_key(&spec.id);
                     let moves: Vec<_> = plan
                         .incoming(&spec.id)
                         .filter(|m| !stays || !nodes.contains_key(m.from.as_str()))
@@ -612,11 +643,18 @@ impl Client {
                 job.finish(WarmUpState::Cancelled);
                 continue;
             };
+            // A source is a peer in the zone, or, for a zone new to the client, the node of another zone whose
+            // ring the new one was compared with (every zone holds a full copy).
             let sources = job
                 .snapshot()
                 .sources
                 .iter()
-                .map(|id| (id.clone(), zone.nodes.get(id).cloned()))
+                .map(|id| {
+                    (
+                        id.clone(),
+                        zone.nodes.get(id).or_else(|| topology.node(id)).cloned(),
+                    )
+                })
                 .collect();
             let fallbacks = topology
                 .zones
@@ -943,6 +981,13 @@ impl Client {
             .entry(owned.clone())
             .or_default()
             .in_flight += zones;
+        if let Some(budget) = &self.inner.budget {
+            let mut budget = budget.lock();
+            let now = tokio::time::Instant::now().into_std();
+            for _ in 0..zones {
+                budget.deposit(now);
+            }
+        }
         let needed = self.inner.config.write_ack.needed(zones);
         let (tx, mut rx) = mpsc::channel(zones);
         // Sets (tombstones included) ask for the CAS the node gives them, which orders them on the node.
@@ -1219,6 +1264,16 @@ async fn run_retry(inner: Weak<Inner>, zone: String, key: Bytes, write: u64, why
         let Some(node) = strong.topology().zone(&zone).map(|z| z.node(&key).clone()) else {
             break None;
         };
+        // A node that is down is left to its probe; an attempt the budget refuses waits for the next turn.
+        if node.is_down() {
+            continue;
+        }
+        if let Some(budget) = &strong.budget
+            && !budget.lock().try_withdraw(tokio::time::Instant::now().into_std())
+        {
+            bump(&strong.counters.retries_throttled);
+            continue;
+        }
         if write_once(&node, &command).await.is_ok() {
             break Some(true);
         }
