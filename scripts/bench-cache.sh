@@ -84,7 +84,17 @@ stop_server() {
     server_pid=
 }
 
-# run_round NAME SIZE: prints "tps p50 p99" (p50/p99 as log2 bucket upper bounds in microseconds).
+# server_hits PORT: prints "get_hits cmd_get" from the server's own stats.
+server_hits() {
+    exec 3<>"/dev/tcp/127.0.0.1/$1"
+    printf 'stats\r\nquit\r\n' >&3
+    awk '$2 == "get_hits" { h = $3 } $2 == "cmd_get" { g = $3 } END { printf "%d %d\n", h + 0, g + 0 }' <&3
+    exec 3>&-
+}
+
+# run_round NAME SIZE: prints "tps p50 p99 hit_ratio" (p50/p99 as log2 bucket upper bounds in microseconds; the
+# share of gets that hit, from the server's stats: a server that refused memaslap's sets would answer every get
+# with a cheap miss, and its numbers would mean nothing, so a round below half is an error).
 run_round() {
     local port cfg="$work/memaslap.cfg" out="$work/out.txt"
     port=$(free_port)
@@ -92,7 +102,12 @@ run_round() {
     start_server "$1" "$port"
     taskset -c 1 memcaslap -s "127.0.0.1:$port" -F "$cfg" -T 1 -c "$concurrency" -t "$time_per_round" \
         -X "$2" -S "$time_per_round" >"$out" 2>&1 || { cat "$out" >&2; die "memaslap failed against $1"; }
+    local hits gets ratio
+    read -r hits gets < <(server_hits "$port")
     stop_server
+    ratio=$(awk -v h="$hits" -v g="$gets" 'BEGIN { printf "%.3f", g ? h / g : 0 }')
+    awk -v r="$ratio" 'BEGIN { exit !(r >= 0.5) }' ||
+        die "$1 answered only $hits of $gets gets with a value (ratio $ratio): did it refuse memaslap's sets?"
     awk '
         /^Total Statistics$/ { table = 1 }
         table && /^Global/ { tps = $4; table = 0 }
@@ -111,8 +126,8 @@ run_round() {
                 if (!p50 && seen >= 0.50 * total) p50 = 2 ^ (k + 1)
                 if (!p99 && seen >= 0.99 * total) p99 = 2 ^ (k + 1)
             }
-            printf "%d %d %d\n", tps, p50, p99
-        }' "$out"
+            printf "%d %d %d %s\n", tps, p50, p99, ratio
+        }' ratio="$ratio" "$out"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -133,20 +148,21 @@ results="$work/results.txt"
 for size in $sizes; do
     for round in $(seq "$rounds"); do
         for server in memcached trestle; do
-            read -r tps p50 p99 < <(run_round "$server" "$size")
-            printf '%s %s %s %s %s %s\n' "$server" "$size" "$round" "$tps" "$p50" "$p99" | tee -a "$results"
+            read -r tps p50 p99 ratio < <(run_round "$server" "$size")
+            printf '%s %s %s %s %s %s %s\n' "$server" "$size" "$round" "$tps" "$p50" "$p99" "$ratio" |
+                tee -a "$results"
         done
     done
 done
 
 say "medians over $rounds rounds (p50/p99: log2 bucket upper bounds, microseconds)"
-printf '| server | value | ops/s | p50 | p99 |\n|---|---|---|---|---|\n'
+printf '| server | value | ops/s | p50 | p99 | get hit ratio |\n|---|---|---|---|---|---|\n'
 for size in $sizes; do
     for server in memcached trestle; do
         rows=$(awk -v s="$server" -v z="$size" '$1 == s && $2 == z' "$results")
-        printf '| %s | %s B | %s | %s | %s |\n' "$server" "$size" \
+        printf '| %s | %s B | %s | %s | %s | %s |\n' "$server" "$size" \
             "$(awk '{print $4}' <<<"$rows" | median)" "$(awk '{print $5}' <<<"$rows" | median)" \
-            "$(awk '{print $6}' <<<"$rows" | median)"
+            "$(awk '{print $6}' <<<"$rows" | median)" "$(awk '{print $7}' <<<"$rows" | median)"
     done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

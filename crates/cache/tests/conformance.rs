@@ -116,6 +116,8 @@ const CASES: &[&str] = &[
     "verbosity foo bar my\r\nverbosity 1 2 3\r\nverbosity 1 2\r\nverbosity foo\r\nverbosity 1 noreply\r\n",
     "verbosity noreply\r\nverbosity\r\nversion foo bar\r\nversion noreply\r\n",
     "set f 0 0 1\r\nx\r\nflush_all\r\nget f\r\n",
+    // Keys with control characters and DEL, as memaslap sends them: memcached takes them.
+    "set \x10\x01k\x7fey 0 0 2\r\nab\r\nget \x10\x01k\x7fey\r\nmg \x10\x01k\x7fey v\r\nms a\tb 2\r\nxy\r\nmg a\tb v\r\n",
     // Errors.
     "bogus\r\n\r\nget\r\nset x 0 0 abc\r\n",
     "set x 0 0 3\r\nabcd\r\nget x\r\n",

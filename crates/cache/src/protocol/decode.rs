@@ -311,8 +311,11 @@ fn num<T: std::str::FromStr>(token: &[u8]) -> Option<T> {
     std::str::from_utf8(token).ok()?.parse().ok()
 }
 
+/// A key as memcached 1.6 takes it: 1 to 250 bytes and no space (its tokenizer splits on spaces only). Control
+/// characters are accepted, as memcached accepts them (its protocol notes advise against them, and load tools
+/// such as memaslap send them).
 fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    !key.is_empty() && key.len() <= MAX_KEY_LEN && !key.contains(&b' ')
 }
 
 /// Parses one command line; `Some(len)` when a data block of `len` bytes follows.
