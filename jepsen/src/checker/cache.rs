@@ -29,7 +29,7 @@
 //! first sweep that agreed (an upper bound on the convergence time). No sweep agreeing, and no disagreement
 //! after the bound: unknown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -111,17 +111,85 @@ enum Judgement<'h> {
     Superseded(&'h Op),
 }
 
+/// One key's writes, indexed so that judging a read costs a lookup and a binary search, not a scan: a long run
+/// writes a key thousands of times and reads it thousands more.
+#[derive(Default)]
+struct KeyWrites<'h> {
+    /// Every write of the key.
+    all: Vec<&'h Op>,
+    /// The sets, by the value they wrote.
+    sets: HashMap<&'h Value, Vec<&'h Op>>,
+    /// Acknowledged writes `(call, ret)`, by invocation.
+    acked: Vec<(u64, u64)>,
+    /// `acked_min_ret[i]`: the earliest completion among `acked[i..]`.
+    acked_min_ret: Vec<u64>,
+}
+
+impl<'h> KeyWrites<'h> {
+    fn push(&mut self, op: &'h Op) {
+        self.all.push(op);
+        if op.f == "set" {
+            self.sets.entry(&op.value).or_default().push(op);
+        }
+    }
+
+    /// Builds the index of acknowledged writes once every write is in.
+    fn index(&mut self) {
+        self.acked = self
+            .all
+            .iter()
+            .filter(|w| w.outcome == Outcome::Ok)
+            .filter_map(|w| Some((w.call, w.ret?)))
+            .collect();
+        self.acked.sort_unstable();
+        self.acked_min_ret = vec![u64::MAX; self.acked.len()];
+        let mut min = u64::MAX;
+        for i in (0..self.acked.len()).rev() {
+            min = min.min(self.acked[i].1);
+            self.acked_min_ret[i] = min;
+        }
+    }
+
+    /// Whether an acknowledged write was invoked after `done` and completed before `call`.
+    fn acked_between(&self, done: u64, call: u64) -> bool {
+        let first = self.acked.partition_point(|&(c, _)| c <= done);
+        self.acked_min_ret.get(first).is_some_and(|&ret| ret < call)
+    }
+
+    /// The acknowledged write invoked after `done` and completed before `call` that superseded a value: the
+    /// latest delete among them if there is one, else the latest set.
+    fn superseding(&self, done: u64, call: u64) -> Option<&'h Op> {
+        let later: Vec<&'h Op> = self
+            .all
+            .iter()
+            .copied()
+            .filter(|w| w.outcome == Outcome::Ok && w.call > done && w.ret.is_some_and(|r| r < call))
+            .collect();
+        later
+            .iter()
+            .copied()
+            .filter(|w| w.f == "delete")
+            .max_by_key(|w| w.call)
+            .or_else(|| later.iter().copied().max_by_key(|w| w.call))
+    }
+}
+
 /// Judges a read of `value` invoked at `call` and completed at `ret` (real-time positions) against the key's
 /// writes.
-fn judge<'h>(writes: &[&'h Op], value: &Value, call: u64, ret: Option<u64>) -> Judgement<'h> {
+fn judge<'h>(writes: &KeyWrites<'h>, value: &Value, call: u64, ret: Option<u64>) -> Judgement<'h> {
     if value.is_nil() {
         return Judgement::Allowed;
     }
     let sets: Vec<&Op> = writes
-        .iter()
-        .copied()
-        .filter(|w| w.f == "set" && &w.value == value && ret.is_none_or(|r| w.call < r))
-        .collect();
+        .sets
+        .get(value)
+        .map(|sets| {
+            sets.iter()
+                .copied()
+                .filter(|w| ret.is_none_or(|r| w.call < r))
+                .collect()
+        })
+        .unwrap_or_default();
     if sets.iter().any(|s| s.outcome == Outcome::Info) {
         return Judgement::Allowed;
     }
@@ -130,21 +198,10 @@ fn judge<'h>(writes: &[&'h Op], value: &Value, call: u64, ret: Option<u64>) -> J
         let Some(done) = set.ret else {
             return Judgement::Allowed;
         };
-        let later: Vec<&'h Op> = writes
-            .iter()
-            .copied()
-            .filter(|w| w.outcome == Outcome::Ok && w.call > done && w.ret.is_some_and(|r| r < call))
-            .collect();
-        let by = later
-            .iter()
-            .copied()
-            .filter(|w| w.f == "delete")
-            .max_by_key(|w| w.call)
-            .or_else(|| later.iter().copied().max_by_key(|w| w.call));
-        match by {
-            None => return Judgement::Allowed,
-            Some(w) => superseded = Some(w),
+        if !writes.acked_between(done, call) {
+            return Judgement::Allowed;
         }
+        superseded = writes.superseding(done, call).or(superseded);
     }
     match superseded {
         Some(w) => Judgement::Superseded(w),
@@ -200,7 +257,7 @@ fn secs(d: Duration) -> String {
 
 /// Checks a cache history (see the module docs); the zones must agree within `bound` of the heal.
 pub fn check_cache(history: &History, bound: Duration) -> Result<CacheReport, ModelError> {
-    let mut writes: BTreeMap<&Value, Vec<&Op>> = BTreeMap::new();
+    let mut writes: BTreeMap<&Value, KeyWrites<'_>> = BTreeMap::new();
     let mut reads: Vec<&Op> = Vec::new();
     let mut sweeps: Vec<&Op> = Vec::new();
     let mut report = CacheReport {
@@ -258,7 +315,8 @@ pub fn check_cache(history: &History, bound: Duration) -> Result<CacheReport, Mo
         }
     }
     report.keys = writes.len();
-    let none: Vec<&Op> = Vec::new();
+    writes.values_mut().for_each(KeyWrites::index);
+    let none = KeyWrites::default();
     let writes_of = |key: &Value| writes.get(key).unwrap_or(&none);
 
     for op in &reads {
