@@ -71,7 +71,7 @@ start_server() { # NAME PORT
             taskset -c 0 memcached -l 127.0.0.1 -p "$2" -U 0 -m 1024 -t 1 -c 4096 "${user[@]}" &
             ;;
         trestle)
-            RUST_LOG=warn taskset -c 0 "$trestle" cache serve --memcached-listen "127.0.0.1:$2" \
+            RUST_LOG=warn taskset -c 0 "$trestle" cache serve --threads 1 --memcached-listen "127.0.0.1:$2" \
                 --memory $((1024 * 1024 * 1024)) --max-connections 4096 &
             ;;
     esac
@@ -137,7 +137,7 @@ echo "date: $(date -u +%FT%TZ)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "memcached: $(memcached -V), 1 worker thread (-t 1), pinned to core 0"
-echo "trestle: $("$trestle" --version), release build, pinned to core 0 (its runtime sees one core)"
+echo "trestle: $("$trestle" --version), release build, --threads 1 (one thread, as memcached -t 1), pinned to core 0"
 echo "load: memaslap, 1 thread, $concurrency connections, pinned to core 1, $time_per_round per round, $rounds rounds"
 echo "(other processes on the machine share both cores: see the load averages)"
 echo "workload: 90% get / 10% set, 16-byte keys, fixed value sizes: $sizes"

@@ -43,6 +43,10 @@ pub struct CacheServeArgs {
     /// Address for the memcached protocol.
     #[arg(long, default_value = "127.0.0.1:11211")]
     pub memcached_listen: SocketAddr,
+    /// Threads serving requests (memcached's `-t`): 1 runs everything on one thread with no work stealing (the
+    /// cheapest per request); 0 starts one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
     /// Memory limit in bytes, counting each item's key, value and a fixed per-item overhead.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub memory: u64,

@@ -45,7 +45,18 @@ pub enum Command {
 /// Runs one parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match &cli.command {
+        Command::Cache(CacheCommand::Serve(args)) if args.threads == 1 => {
+            tokio::runtime::Builder::new_current_thread()
+        }
+        Command::Cache(CacheCommand::Serve(args)) if args.threads > 1 => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(args.threads);
+            builder
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("trestle: cannot start the async runtime: {e}");
