@@ -99,6 +99,34 @@ fn key(i: usize) -> String {
     format!("user:{i}")
 }
 
+/// Writes `key(i)` = `key(i)` for every `i` below `n`.
+async fn set_keys(client: &Client, n: usize) {
+    for i in 0..n {
+        client
+            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
+            .await
+            .expect("set");
+    }
+}
+
+/// The client's warm-ups once none is running (failing the test if one still is after `within`).
+async fn settled_warm_ups(client: &Client, within: Duration) -> Vec<trestle_cache::WarmUpProgress> {
+    let done = eventually(within, async || {
+        client.warm_ups().iter().all(|w| w.state != WarmUpState::Running)
+    })
+    .await;
+    let progress = client.warm_ups();
+    assert!(done, "{progress:?}");
+    progress
+}
+
+/// The nodes warmed, sorted.
+fn warmed_nodes(progress: &[trestle_cache::WarmUpProgress]) -> Vec<&str> {
+    let mut nodes: Vec<&str> = progress.iter().map(|w| w.node.as_str()).collect();
+    nodes.sort_unstable();
+    nodes
+}
+
 /// The request timeout of tests that partition zones (each request to a partitioned node waits this long).
 const PARTITION_TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -584,12 +612,7 @@ async fn a_hot_keys_reads_rotate_over_the_zones() {
 async fn a_node_replacing_a_dead_one_is_warmed_from_the_other_zone() {
     let mut cluster = Cluster::start(&TWO_BY_TWO).await;
     let client = Client::new(config(&cluster.specs, "a").with_write_ack(Ack::All)).expect("client");
-    for i in 0..500 {
-        client
-            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
-            .await
-            .expect("set");
-    }
+    set_keys(&client, 500).await;
     cluster.nodes.remove("a1").expect("a1").shutdown().await;
     // a3 replaces a1 in one membership change: a1's ranges cannot be listed, zone b's copies are used.
     let spec = cluster.add("a3", "a").await;
@@ -601,15 +624,9 @@ async fn a_node_replacing_a_dead_one_is_warmed_from_the_other_zone() {
         .chain([spec])
         .collect();
     client.update_nodes(specs).expect("replace");
-    let done = eventually(Duration::from_secs(30), async || {
-        client.warm_ups().iter().all(|w| w.state != WarmUpState::Running)
-    })
-    .await;
-    let progress = client.warm_ups();
-    assert!(done, "{progress:?}");
+    let progress = settled_warm_ups(&client, Duration::from_secs(30)).await;
     // a3 is warmed with what it takes from a2 and from a1 (from zone b), and a2 with what it takes from a1.
-    let mut nodes: Vec<&str> = progress.iter().map(|w| w.node.as_str()).collect();
-    nodes.sort_unstable();
+    let nodes = warmed_nodes(&progress);
     assert_eq!(nodes, ["a2", "a3"], "{progress:?}");
     for warm in &progress {
         assert_eq!(warm.state, WarmUpState::Done);
@@ -644,26 +661,15 @@ async fn a_node_replacing_a_dead_one_is_warmed_from_the_other_zone() {
 async fn a_new_zone_is_warmed_from_the_zones_already_there() {
     let mut cluster = Cluster::start(&[("a1", "a"), ("a2", "a")]).await;
     let client = Client::new(config(&cluster.specs, "a")).expect("client");
-    for i in 0..500 {
-        client
-            .set(key(i).as_bytes(), Bytes::from(key(i)), Duration::ZERO)
-            .await
-            .expect("set");
-    }
+    set_keys(&client, 500).await;
     // Zone b arrives whole, in one membership change.
     for id in ["b1", "b2"] {
         let spec = cluster.add(id, "b").await;
         cluster.specs.push(spec);
     }
     client.update_nodes(cluster.specs.clone()).expect("zone b");
-    let done = eventually(Duration::from_secs(30), async || {
-        client.warm_ups().iter().all(|w| w.state != WarmUpState::Running)
-    })
-    .await;
-    let progress = client.warm_ups();
-    assert!(done, "{progress:?}");
-    let mut nodes: Vec<&str> = progress.iter().map(|w| w.node.as_str()).collect();
-    nodes.sort_unstable();
+    let progress = settled_warm_ups(&client, Duration::from_secs(30)).await;
+    let nodes = warmed_nodes(&progress);
     assert_eq!(nodes, ["b1", "b2"], "{progress:?}");
     for warm in &progress {
         assert_eq!(warm.state, WarmUpState::Done, "{warm:?}");
