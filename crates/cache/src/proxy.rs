@@ -152,119 +152,120 @@ impl Proxy {
         let m = &self.metrics;
         let c = self.client.stats();
         let known = self.client.nodes().len() as u64;
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metric(
-            "trestle_cache_proxy_requests_total",
-            "counter",
-            "Requests answered.",
-            load(&m.requests),
-        );
-        metric(
-            "trestle_cache_proxy_coalesced_reads_total",
-            "counter",
-            "Reads that joined another connection's read of the same key.",
-            load(&m.coalesced),
-        );
-        metric(
-            "trestle_cache_proxy_upstream_errors_total",
-            "counter",
-            "Requests answered SERVER_ERROR because the cluster failed them.",
-            load(&m.upstream_errors),
-        );
-        metric(
-            "trestle_cache_proxy_unsupported_total",
-            "counter",
-            "Requests refused as not supported by the proxy.",
-            load(&m.unsupported),
-        );
-        metric(
-            "trestle_cache_proxy_connections",
-            "gauge",
-            "Open client connections.",
-            load(&m.connections),
-        );
-        metric(
-            "trestle_cache_client_reads_total",
-            "counter",
-            "Reads by the proxy's client.",
-            c.reads,
-        );
-        metric(
-            "trestle_cache_client_local_hits_total",
-            "counter",
-            "Reads answered by the local zone.",
-            c.local_hits,
-        );
-        metric(
-            "trestle_cache_client_other_zone_hits_total",
-            "counter",
-            "Reads answered by another zone after a local miss or error.",
-            c.other_zone_hits,
-        );
-        metric(
-            "trestle_cache_client_misses_total",
-            "counter",
-            "Reads that found nothing.",
-            c.misses,
-        );
-        metric(
-            "trestle_cache_client_read_errors_total",
-            "counter",
-            "Reads that failed in every zone.",
-            c.errors,
-        );
-        metric(
-            "trestle_cache_client_writes_in_flight",
-            "gauge",
-            "Zone writes in flight (background ones included).",
-            c.writes_in_flight,
-        );
-        metric(
-            "trestle_cache_client_retries_pending",
-            "gauge",
-            "Zones being retried in the background after a missed write.",
-            c.retries_pending,
-        );
-        metric(
-            "trestle_cache_client_retries_done_total",
-            "counter",
-            "Background retries a zone took.",
-            c.retries_done,
-        );
-        metric(
-            "trestle_cache_client_retries_abandoned_total",
-            "counter",
-            "Background retries given up when the tombstone TTL passed.",
-            c.retries_abandoned,
-        );
-        metric(
-            "trestle_cache_client_retries_throttled_total",
-            "counter",
-            "Retry attempts put off by the retry budget.",
-            c.retries_throttled,
-        );
-        metric(
-            "trestle_cache_client_nodes",
-            "gauge",
-            "Cache nodes the client knows.",
-            known,
-        );
-        metric(
-            "trestle_cache_client_nodes_down",
-            "gauge",
-            "Nodes skipped until a probe finds them back.",
-            c.nodes_down,
-        );
-        metric(
-            "trestle_cache_client_probes_total",
-            "counter",
-            "Probes sent to nodes that were down.",
-            c.probes,
-        );
+        let (counter, gauge) = ("counter", "gauge");
+        let rows: [(&str, &str, &str, u64); 18] = [
+            (
+                "proxy_requests_total",
+                counter,
+                "Requests answered.",
+                load(&m.requests),
+            ),
+            (
+                "proxy_coalesced_reads_total",
+                counter,
+                "Reads that joined another connection's read of the same key.",
+                load(&m.coalesced),
+            ),
+            (
+                "proxy_upstream_errors_total",
+                counter,
+                "Requests answered SERVER_ERROR because the cluster failed them.",
+                load(&m.upstream_errors),
+            ),
+            (
+                "proxy_unsupported_total",
+                counter,
+                "Requests refused as not supported by the proxy.",
+                load(&m.unsupported),
+            ),
+            (
+                "proxy_connections",
+                gauge,
+                "Open client connections.",
+                load(&m.connections),
+            ),
+            (
+                "client_reads_total",
+                counter,
+                "Reads by the proxy's client.",
+                c.reads,
+            ),
+            (
+                "client_local_hits_total",
+                counter,
+                "Reads answered by the local zone.",
+                c.local_hits,
+            ),
+            (
+                "client_other_zone_hits_total",
+                counter,
+                "Reads answered by another zone after a local miss or error.",
+                c.other_zone_hits,
+            ),
+            (
+                "client_misses_total",
+                counter,
+                "Reads that found nothing.",
+                c.misses,
+            ),
+            (
+                "client_read_errors_total",
+                counter,
+                "Reads that failed in every zone.",
+                c.errors,
+            ),
+            (
+                "client_writes_in_flight",
+                gauge,
+                "Zone writes in flight (background ones included).",
+                c.writes_in_flight,
+            ),
+            (
+                "client_retries_pending",
+                gauge,
+                "Zones being retried in the background after a missed write.",
+                c.retries_pending,
+            ),
+            (
+                "client_retries_done_total",
+                counter,
+                "Background retries a zone took.",
+                c.retries_done,
+            ),
+            (
+                "client_retries_abandoned_total",
+                counter,
+                "Background retries given up when the tombstone TTL passed.",
+                c.retries_abandoned,
+            ),
+            (
+                "client_retries_throttled_total",
+                counter,
+                "Retry attempts put off by the retry budget.",
+                c.retries_throttled,
+            ),
+            ("client_nodes", gauge, "Cache nodes the client knows.", known),
+            (
+                "client_nodes_down",
+                gauge,
+                "Nodes skipped until a probe finds them back.",
+                c.nodes_down,
+            ),
+            (
+                "client_probes_total",
+                counter,
+                "Probes sent to nodes that were down.",
+                c.probes,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP trestle_cache_{name} {help}\n# TYPE trestle_cache_{name} {kind}\ntrestle_cache_{name} {value}"
+            );
+        }
         out
     }
 
