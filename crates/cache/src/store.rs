@@ -372,12 +372,8 @@ impl Store {
         f(&mut shard, item.as_mut())
     }
 
-    /// Stores compact copies of the key and value: a `Bytes` cut from a connection's read buffer (as the decoder
-    /// cuts them) would keep that whole buffer alive, and with it every other item cut from it, so the memory
-    /// limit would no longer bound the memory held.
-    fn insert(&self, shard: &mut Shard, key: Bytes, mut item: Item) {
-        let key = Bytes::copy_from_slice(&key);
-        item.value = Bytes::copy_from_slice(&item.value);
+    /// Inserts an item whose key and value own their memory (see [`Store::meta_set`], where outside bytes come in).
+    fn insert(&self, shard: &mut Shard, key: Bytes, item: Item) {
         let evicted = shard.insert_with_lifecycle(key, item);
         self.counters.total_items.fetch_add(1, Ordering::Relaxed);
         if evicted > 0 {
@@ -454,6 +450,9 @@ impl Store {
             self.shard(&key).lock().remove(&key[..]);
             return StoreOutcome::TooLarge;
         }
+        // Compact copies: a `Bytes` cut from a connection's read buffer (as the decoder cuts them) would keep that
+        // whole buffer alive, and with it every other item cut from it, out of reach of the memory limit.
+        let (key, data) = (Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&data));
         let (mode, compare_cas) = match mode {
             StoreMode::Cas(cas) => (StoreMode::Set, Some(cas)),
             mode => (mode, compare_cas),

@@ -532,33 +532,24 @@ async fn background_retries_to_a_recovering_zone_stay_within_the_retry_budget() 
     .await;
     assert!(registered, "{:?}", client.stats());
     let _back = node_at(&b_addr.to_string()).await;
-    // Sample the delivered retries; within any 0.8 s no more than the reserve may land (the budget's window is
-    // between 0.9 and 1 s long, being cut in ten slots). Without the budget all 50 land within one pause.
-    let mut samples: Vec<(std::time::Instant, u64)> = Vec::new();
+    let back_at = std::time::Instant::now();
     let drained = eventually(Duration::from_secs(30), async || {
-        let stats = client.stats();
-        samples.push((std::time::Instant::now(), stats.retries_done));
-        stats.retries_pending == 0
+        client.stats().retries_pending == 0
     })
     .await;
+    let took = back_at.elapsed();
     let stats = client.stats();
     assert!(drained, "retries still pending: {stats:?}");
     assert_eq!(stats.retries_done, KEYS, "{stats:?}");
     assert_eq!(stats.retries_abandoned, 0, "{stats:?}");
     assert!(stats.retries_throttled > 0, "{stats:?}");
-    for (i, &(at, done)) in samples.iter().enumerate() {
-        for &(later, later_done) in &samples[i..] {
-            if later.duration_since(at) > Duration::from_millis(800) {
-                break;
-            }
-            assert!(
-                later_done - done <= 10,
-                "{} retries landed within {:?}",
-                later_done - done,
-                later.duration_since(at)
-            );
-        }
-    }
+    // At most 10 attempts per window of at least 0.9 s (the budget's 1 s cut in ten slots): 50 retries need five
+    // windows, so at least 3.6 s from the first attempt; 2.5 s allows for one batch taken just before the node
+    // came back. A slower machine only makes this longer. Without the budget all 50 land within one 200 ms pause.
+    assert!(
+        took >= Duration::from_millis(2500),
+        "50 retries landed in {took:?}: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,7 @@ pub(crate) struct NodeClient {
     max_idle: usize,
     /// Caps the connections open to the node at once; a request waits for one (within its timeout).
     open: tokio::sync::Semaphore,
-    timeout: Duration,
+    /// The breaker, the down mark and the timeout, shared with the node's probe.
     health: Arc<Health>,
 }
 
@@ -81,7 +81,6 @@ impl NodeClient {
             idle: Mutex::new(Vec::new()),
             max_idle: config.max_idle_connections,
             open: tokio::sync::Semaphore::new(config.max_connections_per_node),
-            timeout: config.timeout,
         }
     }
 
@@ -111,11 +110,11 @@ impl NodeClient {
             permit: Some(permit),
         };
         let started = now();
-        let result = match tokio::time::timeout(self.timeout, self.exchange_inner(commands)).await {
+        let result = match tokio::time::timeout(self.health.timeout, self.exchange_inner(commands)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 node: self.id.clone(),
-                after: self.timeout,
+                after: self.health.timeout,
             }),
         };
         let outcome = match &result {
