@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::Cluster;
+use support::{Cluster, no_group_stopped, receive_all, send_acknowledged, voters};
 use trestle_queue::server::{PARTITION_GROUP_BASE, QueueHostConfig};
 use trestle_queue::{NewMessage, QueueSettings};
 use trestle_raft::testing::wait_for;
@@ -28,12 +28,6 @@ fn leaders(cluster: &Cluster) -> Vec<Option<NodeId>> {
         .values()
         .map(|p| p.service().current_leader())
         .collect()
-}
-
-fn voters(cluster: &Cluster, node: usize, group: u64) -> BTreeSet<NodeId> {
-    let raft = cluster.hosts[node].partitions()[&group].service().raft().clone();
-    let metrics = raft.metrics().borrow_watched().clone();
-    metrics.membership_config.membership().voter_ids().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -185,70 +179,6 @@ async fn partitions_follow_the_reference_groups_membership() {
         .unwrap();
     assert!(!got.is_empty());
     cluster.stop().await;
-}
-
-/// Sends `count` messages named `{prefix}{i}` one at a time; every one is acknowledged.
-async fn send_acknowledged(
-    client: &trestle_queue::client::QueueClient,
-    prefix: &str,
-    count: usize,
-) -> Vec<String> {
-    let mut sent = Vec::new();
-    for i in 0..count {
-        let body = format!("{prefix}{i}");
-        client
-            .send("jobs", vec![NewMessage::new(body.clone())])
-            .await
-            .unwrap();
-        sent.push(body);
-    }
-    sent
-}
-
-/// Receives until every message in `expected` came (each once: the visibility outlasts the test).
-async fn receive_all(client: &trestle_queue::client::QueueClient, expected: &[String]) {
-    let got = std::sync::Mutex::new(BTreeSet::new());
-    let missing = || {
-        let got = got.lock().unwrap();
-        expected
-            .iter()
-            .filter(|m| !got.contains(*m))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let done = wait_for(
-        "every acknowledged message to be received",
-        Duration::from_secs(30),
-        || async {
-            if let Ok(batch) = client
-                .receive(
-                    "jobs",
-                    100,
-                    Duration::from_millis(200),
-                    Some(Duration::from_secs(600)),
-                )
-                .await
-            {
-                let mut got = got.lock().unwrap();
-                got.extend(batch.into_iter().map(|d| String::from_utf8(d.payload).unwrap()));
-            }
-            missing().is_empty().then_some(())
-        },
-    )
-    .await;
-    assert!(done.is_ok(), "acknowledged messages lost: {:?}", missing());
-}
-
-/// No group of any node has stopped on a fatal error (openraft's "follower log reversion" among them).
-async fn no_group_stopped(cluster: &Cluster) {
-    for node in &cluster.nodes {
-        let stopped = tokio::time::timeout(Duration::ZERO, node.fatal_error()).await;
-        assert!(
-            stopped.is_err(),
-            "a group of node {} stopped: {stopped:?}",
-            node.id()
-        );
-    }
 }
 
 /// Regression: a member removed, wiped and added back at the same peer URL got its old id back, so the queue

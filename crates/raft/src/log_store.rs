@@ -30,12 +30,12 @@ pub(crate) const CF_SNAPSHOT: &str = "raft_snapshot";
 /// Every group's key space (see `keyspace`).
 pub(crate) const CF_STATE: &str = "group_state";
 
-const TAG_VOTE: &[u8] = b"vote";
-const TAG_COMMITTED: &[u8] = b"committed";
-const TAG_PURGED: &[u8] = b"purged";
+pub(crate) const TAG_VOTE: &[u8] = b"vote";
+pub(crate) const TAG_COMMITTED: &[u8] = b"committed";
+pub(crate) const TAG_PURGED: &[u8] = b"purged";
 
 /// The key of one log entry: big-endian, so RocksDB's byte order is (group, index) order.
-fn log_key(group: GroupId, index: u64) -> [u8; 16] {
+pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&group.to_be_bytes());
     key[8..].copy_from_slice(&index.to_be_bytes());
@@ -48,7 +48,7 @@ pub(crate) fn meta_key(group: GroupId, tag: &[u8]) -> Vec<u8> {
     key
 }
 
-const NODE_ID_KEY: &[u8] = b"node/id";
+pub(crate) const NODE_ID_KEY: &[u8] = b"node/id";
 
 /// The node's id as its data directory records it; `None` in a new directory (or one written by a version that
 /// did not record it, which derived the id from the peer URL as founders still do).
@@ -119,6 +119,10 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, rocksdb::Error> {
     // instead replay up to the damage and drop the rest silently: synced, acknowledged entries and votes, after
     // which the member could vote for a log that lacks what it promised to keep.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+    // A WAL file that was synced and closed, then lost or cut short, fails the open too (RocksDB records closed
+    // WALs' sizes in its manifest; the live one is covered by the WAL witness, see `integrity`).
+    opts.set_track_and_verify_wals_in_manifest(true);
+    opts.set_paranoid_checks(true);
     let db = DB::open_cf(&opts, path, [CF_LOG, CF_META, CF_SNAPSHOT, CF_STATE])?;
     Ok(Arc::new(db))
 }
@@ -129,6 +133,8 @@ pub fn open_db(path: &std::path::Path) -> Result<Arc<DB>, rocksdb::Error> {
 #[derive(Clone)]
 pub struct WalSync {
     requests: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Disconnected when the thread has ended (its witness written).
+    ended: Arc<parking_lot::Mutex<mpsc::Receiver<()>>>,
 }
 
 impl Debug for WalSync {
@@ -140,17 +146,50 @@ impl Debug for WalSync {
 impl WalSync {
     /// Starts the syncer of `db`. It holds the database only while it syncs, so dropping the last other handle
     /// closes the database.
+    ///
+    /// It also keeps the database's WAL witness (see [`verify_storage`](crate::verify_storage)): the sequence
+    /// number each sync covered, written to its file at most every
+    /// [`WITNESS_INTERVAL`](crate::WITNESS_INTERVAL) and when the thread ends.
     pub fn start(db: Arc<DB>) -> io::Result<Self> {
         let (requests, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let witnessed = crate::integrity::read_witness(db.path())
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let mut witness = crate::integrity::WitnessWriter::new(db.path(), witnessed);
         let db = Arc::downgrade(&db);
+        let (alive, ended) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("trestle-wal-sync".into())
             .spawn(move || {
-                while let Ok(first) = pending.recv() {
+                let _alive = alive;
+                loop {
+                    let first = match witness.due_in(std::time::Instant::now()) {
+                        None => match pending.recv() {
+                            Ok(first) => first,
+                            Err(mpsc::RecvError) => break,
+                        },
+                        Some(wait) => match pending.recv_timeout(wait) {
+                            Ok(first) => first,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                witness.maybe_write(std::time::Instant::now(), false);
+                                continue;
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                    };
                     let mut waiting = vec![first];
                     waiting.extend(pending.try_iter());
                     let result = match db.upgrade() {
-                        Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                        Some(db) => {
+                            // Everything written before the sync starts is covered by it.
+                            let sequence = db.latest_sequence_number();
+                            let result = db.flush_wal(true).map_err(|e| e.to_string());
+                            if result.is_ok() {
+                                witness.synced(sequence);
+                            }
+                            result
+                        }
                         None => Err("the database is closed".to_string()),
                     };
                     metrics::counter!("trestle_raft_wal_syncs_total").increment(1);
@@ -160,9 +199,30 @@ impl WalSync {
                     for callback in waiting {
                         callback.io_completed(result.clone().map_err(|e| io_err("syncing the Raft log", e)));
                     }
+                    witness.maybe_write(std::time::Instant::now(), false);
                 }
+                // Dropping the witness writes what is still due.
+                drop(witness);
             })?;
-        Ok(Self { requests })
+        Ok(Self {
+            requests,
+            ended: Arc::new(parking_lot::Mutex::new(ended)),
+        })
+    }
+
+    /// Drops this handle and waits up to `timeout` for the thread to end, which it does once no other handle
+    /// is left (after its last sync and the witness's last write). Returns whether it ended.
+    pub(crate) async fn stop(self, timeout: std::time::Duration) -> bool {
+        let Self { requests, ended } = self;
+        drop(requests);
+        tokio::task::spawn_blocking(move || {
+            matches!(
+                ended.lock().recv_timeout(timeout),
+                Err(mpsc::RecvTimeoutError::Disconnected)
+            )
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Reports `callback` once everything written to the database before this call is on disk.

@@ -324,6 +324,20 @@ pub enum NodeError {
         /// What went wrong.
         message: String,
     },
+    /// The node's storage is damaged: it must not take part as the member it was (see
+    /// [`verify_storage`](crate::verify_storage)).
+    #[error(
+        "the data directory {path} is damaged, so this member must not rejoin with it: {damage}. Replace the \
+         member: remove it (etcdctl member remove ID, from a healthy member), move this directory aside, add it \
+         back (etcdctl member add NAME --peer-urls URL) and start it with --initial-cluster-state existing on an \
+         empty directory; it receives everything from the others"
+    )]
+    StorageDamaged {
+        /// The database directory.
+        path: PathBuf,
+        /// What is damaged.
+        damage: crate::integrity::Damage,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -495,10 +509,39 @@ impl Node {
                     message: e.to_string(),
                 })?;
                 let db_path = config.data_dir.join("db");
-                let db = open_db(&db_path).map_err(|e| NodeError::DataDir {
-                    path: db_path.clone(),
-                    message: e.to_string(),
+                let db = open_db(&db_path).map_err(|e| match e.kind() {
+                    rocksdb::ErrorKind::Corruption => NodeError::StorageDamaged {
+                        path: db_path.clone(),
+                        damage: crate::integrity::Damage::Database {
+                            detail: e.into_string(),
+                        },
+                    },
+                    _ => NodeError::DataDir {
+                        path: db_path.clone(),
+                        message: e.to_string(),
+                    },
                 })?;
+                let started = std::time::Instant::now();
+                // Reads the whole database: off the runtime's threads.
+                let checked = db.clone();
+                let verified = tokio::task::spawn_blocking(move || crate::integrity::verify(&checked))
+                    .await
+                    .map_err(|e| NodeError::DataDir {
+                        path: db_path.clone(),
+                        message: format!("checking the storage: {e}"),
+                    })?
+                    .map_err(|damage| NodeError::StorageDamaged {
+                        path: db_path.clone(),
+                        damage,
+                    })?;
+                info!(
+                    groups = verified.groups,
+                    entries = verified.entries,
+                    keys = verified.keys,
+                    bytes = verified.bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "storage checked"
+                );
                 let data_dir_error = |e: std::io::Error| NodeError::DataDir {
                     path: db_path.clone(),
                     message: e.to_string(),
@@ -853,6 +896,15 @@ impl Node {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Last, the WAL sync thread ends and writes the WAL witness: a node restarted on this directory checks
+        // its WAL against everything synced until now.
+        let Self { storage, .. } = self;
+        if let GroupStorage::RocksDb { wal, db, snapshots } = storage {
+            drop((db, snapshots));
+            if !wal.stop(Duration::from_secs(10)).await {
+                warn!("the WAL sync thread did not end after shutdown");
             }
         }
     }

@@ -1,11 +1,14 @@
 //! Three (or more) trestle-raft nodes on loopback, each hosting a queue's partitions and serving its gRPC API.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use trestle_queue::NewMessage;
 use trestle_queue::client::{ClientConfig, QueueClient};
 use trestle_queue::server::{QueueHost, QueueHostConfig};
-use trestle_raft::testing::{free_loopback_port, loopback_node_config};
+use trestle_raft::WatchReceiver as _;
+use trestle_raft::testing::{free_loopback_port, loopback_node_config, wait_for};
 use trestle_raft::{ClusterState, GroupId, MemberChange, Node, NodeConfig, NodeId, PeerNode};
 
 pub struct Cluster {
@@ -89,11 +92,30 @@ impl Cluster {
     /// membership), deletes its data directory, adds it back to `reference` as a voter at the same peer URL, and
     /// starts it empty to join the existing cluster. Returns the id it joined with.
     pub async fn wipe_and_add_back(&mut self, i: usize, reference: GroupId) -> NodeId {
+        let node_config = self.stop_node(i).await;
+        self.add_back(i, node_config, reference).await
+    }
+
+    /// Stops node `i` (it leaves `nodes` and `hosts`; its endpoint stays) and returns its configuration.
+    pub async fn stop_node(&mut self, i: usize) -> NodeConfig {
         let node = self.nodes.remove(i);
         let host = self.hosts.remove(i);
-        let mut node_config = node.config().clone();
+        let node_config = node.config().clone();
         drop(host);
         node.shutdown().await;
+        node_config
+    }
+
+    /// Starts node `i` again on its data directory (stopped with [`Cluster::stop_node`]).
+    pub async fn restart_node(&mut self, i: usize, node_config: NodeConfig) {
+        let (node, host) = self.start_node(node_config).await;
+        self.nodes.insert(i, node);
+        self.hosts.insert(i, host);
+    }
+
+    /// The second half of [`Cluster::wipe_and_add_back`], for a node already stopped with
+    /// [`Cluster::stop_node`]: its data directory is deleted, it is added back and started at index `i`.
+    pub async fn add_back(&mut self, i: usize, mut node_config: NodeConfig, reference: GroupId) -> NodeId {
         std::fs::remove_dir_all(&node_config.data_dir).unwrap();
         node_config.initial_cluster = self.founders.clone();
         node_config.cluster_state = ClusterState::Existing;
@@ -154,5 +176,76 @@ impl Cluster {
         for node in self.nodes {
             node.shutdown().await;
         }
+    }
+}
+
+/// The voters of `group` as node `node` sees them.
+pub fn voters(cluster: &Cluster, node: usize, group: u64) -> BTreeSet<NodeId> {
+    let raft = cluster.hosts[node].partitions()[&group].service().raft().clone();
+    let metrics = raft.metrics().borrow_watched().clone();
+    metrics.membership_config.membership().voter_ids().collect()
+}
+
+/// Sends `count` messages named `{prefix}{i}` one at a time; every one is acknowledged.
+pub async fn send_acknowledged(
+    client: &trestle_queue::client::QueueClient,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut sent = Vec::new();
+    for i in 0..count {
+        let body = format!("{prefix}{i}");
+        client
+            .send("jobs", vec![NewMessage::new(body.clone())])
+            .await
+            .unwrap();
+        sent.push(body);
+    }
+    sent
+}
+
+/// Receives until every message in `expected` came (each once: the visibility outlasts the test).
+pub async fn receive_all(client: &trestle_queue::client::QueueClient, expected: &[String]) {
+    let got = std::sync::Mutex::new(BTreeSet::new());
+    let missing = || {
+        let got = got.lock().unwrap();
+        expected
+            .iter()
+            .filter(|m| !got.contains(*m))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let done = wait_for(
+        "every acknowledged message to be received",
+        Duration::from_secs(30),
+        || async {
+            if let Ok(batch) = client
+                .receive(
+                    "jobs",
+                    100,
+                    Duration::from_millis(200),
+                    Some(Duration::from_secs(600)),
+                )
+                .await
+            {
+                let mut got = got.lock().unwrap();
+                got.extend(batch.into_iter().map(|d| String::from_utf8(d.payload).unwrap()));
+            }
+            missing().is_empty().then_some(())
+        },
+    )
+    .await;
+    assert!(done.is_ok(), "acknowledged messages lost: {:?}", missing());
+}
+
+/// No group of any node has stopped on a fatal error (openraft's "follower log reversion" among them).
+pub async fn no_group_stopped(cluster: &Cluster) {
+    for node in &cluster.nodes {
+        let stopped = tokio::time::timeout(Duration::ZERO, node.fatal_error()).await;
+        assert!(
+            stopped.is_err(),
+            "a group of node {} stopped: {stopped:?}",
+            node.id()
+        );
     }
 }
