@@ -9,10 +9,12 @@
 //!
 //! What is checked:
 //! - **Every stored block.** RocksDB keeps a checksum on every block of its table files and every record of its
-//!   WAL; opening replays the WAL (a damaged record fails the open unless it is the last one and incomplete) and
-//!   this check reads every block of every column family, so a flipped bit anywhere is found now, not when a
-//!   read happens to reach it. (Snapshot files carry their own checksum, checked when read.)
-//! - **Each group's log**: every entry decodes and sits under its own index, indexes are contiguous from the
+//!   WAL, and checks it on every read; opening replays the WAL (a damaged record fails the open unless it is the
+//!   last one and incomplete). Once the node runs, a [`scrub`] reads every block of every column family in the
+//!   background, so a flipped bit anywhere is found then, not when a read happens to reach it; damage it finds
+//!   stops the node and is recorded, so the directory is refused from then on. (Snapshot files carry their own
+//!   checksum, checked when read.)
+//! - **Each group's log**, at open: every entry decodes and sits under its own index, indexes are contiguous from the
 //!   first one kept to the last, terms never decrease, the vote's term is at least the last entry's (a member
 //!   saves its vote before it accepts entries of a term), and the committed index recorded is not past the log.
 //! - **The WAL witness**: a small file beside the database recording a sequence number the WAL had synced, written
@@ -69,6 +71,12 @@ pub enum Damage {
         /// The sequence number the witness recorded as synced.
         witnessed: u64,
     },
+    /// A scrub of the running node found damage earlier (recorded in the directory).
+    #[error("a scrub found damage earlier: {detail}")]
+    Found {
+        /// What the scrub found.
+        detail: String,
+    },
     /// The witness file itself is damaged.
     #[error("the WAL witness {path} is damaged: {detail}")]
     Witness {
@@ -93,20 +101,52 @@ pub struct Verified {
     pub bytes: u64,
 }
 
-/// Checks the database of a node (opened with [`open_db`](crate::log_store::open_db)) and its WAL witness
-/// before the node uses it.
+/// Checks the database of a node (opened with [`open_db`](crate::log_store::open_db)) before the node uses it:
+/// no damage recorded by an earlier [`scrub`], the WAL witness, and every group's log and vote (which reads every
+/// block of the logs).
 pub fn verify(db: &DB) -> Result<Verified, Damage> {
-    let mut verified = Verified::default();
+    check_marker(db.path())?;
     check_witness(db)?;
-    for name in [CF_META, CF_LOG, CF_SNAPSHOT, CF_STATE] {
-        scan_blocks(db, name, &mut verified)?;
-    }
+    let mut verified = Verified::default();
     let groups = groups_in(db)?;
     verified.groups = groups.len();
     for group in groups {
         verified.entries += check_log(db, group)?;
     }
     Ok(verified)
+}
+
+/// Reads every key and value of every column family, so that RocksDB checks every block's checksum: damage is
+/// found now, not when a read happens to reach it. A node runs it in the background once it has started (the
+/// whole database can take a while); it stops early, with what it read so far, once `stop` returns true.
+pub fn scrub(db: &DB, stop: &dyn Fn() -> bool) -> Result<Verified, Damage> {
+    let mut verified = Verified::default();
+    for name in [CF_META, CF_LOG, CF_SNAPSHOT, CF_STATE] {
+        scan_blocks(db, name, &mut verified, stop)?;
+    }
+    Ok(verified)
+}
+
+/// The file that records damage a [`scrub`] found, so the node refuses to start on the directory again.
+const MARKER_FILE: &str = "TRESTLE-DAMAGED";
+
+/// Records `damage` in `db_dir`, synced: [`verify`] refuses the directory from now on.
+pub(crate) fn mark_damaged(db_dir: &Path, damage: &Damage) -> io::Result<()> {
+    let path = db_dir.join(MARKER_FILE);
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(damage.to_string().as_bytes())?;
+    file.sync_all()?;
+    std::fs::File::open(db_dir)?.sync_all()
+}
+
+fn check_marker(db_dir: &Path) -> Result<(), Damage> {
+    match std::fs::read(db_dir.join(MARKER_FILE)) {
+        Ok(raw) => Err(Damage::Found {
+            detail: String::from_utf8_lossy(&raw).into_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(database("reading the damage marker", e)),
+    }
 }
 
 fn database(context: &str, err: impl std::fmt::Display) -> Damage {
@@ -116,7 +156,7 @@ fn database(context: &str, err: impl std::fmt::Display) -> Damage {
 }
 
 /// Reads every key and value of `name`, which makes RocksDB check every block's checksum.
-fn scan_blocks(db: &DB, name: &str, verified: &mut Verified) -> Result<(), Damage> {
+fn scan_blocks(db: &DB, name: &str, verified: &mut Verified, stop: &dyn Fn() -> bool) -> Result<(), Damage> {
     let cf = db
         .cf_handle(name)
         .ok_or_else(|| database("opening", format!("column family {name} missing")))?;
@@ -128,6 +168,9 @@ fn scan_blocks(db: &DB, name: &str, verified: &mut Verified) -> Result<(), Damag
         let (key, value) = item.map_err(|e| database(&format!("reading column family {name}"), e))?;
         verified.keys += 1;
         verified.bytes += (key.len() + value.len()) as u64;
+        if verified.keys.is_multiple_of(4096) && stop() {
+            break;
+        }
     }
     Ok(())
 }
@@ -504,7 +547,8 @@ mod tests {
         let (_dir, db) = healthy();
         let verified = verify(&db).expect("healthy");
         assert_eq!((verified.groups, verified.entries), (1, 5));
-        assert!(verified.keys >= 8, "{verified:?}");
+        let scrubbed = scrub(&db, &|| false).expect("healthy");
+        assert!(scrubbed.keys >= 8, "{scrubbed:?}");
     }
 
     #[test]
@@ -592,8 +636,15 @@ mod tests {
         bytes[64] ^= 0x40;
         std::fs::write(&tables[0], bytes).unwrap();
         let db = open_db(&path).expect("the damaged block is not read when the database opens");
-        let damage = verify(&db).expect_err("the scan reads it");
+        verify(&db).expect("no log reads it at open");
+        let damage = scrub(&db, &|| false).expect_err("the scrub reads it");
         assert!(matches!(damage, Damage::Database { .. }), "{damage}");
+        mark_damaged(&path, &damage).unwrap();
+        let again = verify(&db).expect_err("a directory a scrub found damaged is refused");
+        assert!(
+            matches!(&again, Damage::Found { detail } if detail.contains("Corruption")),
+            "{again}"
+        );
     }
 
     #[test]

@@ -20,9 +20,10 @@
 //!   snapshots are files, synced before the log they replace is purged ([`LogStore`], [`GroupStateMachine`]).
 //!   Snapshots stream: a state machine writes its state into the snapshot store and reads it back from it, and
 //!   followers receive it as one stream of chunks ([`SnapshotData`]).
-//! - **Damaged storage stops the node.** Before it takes part, a node reads every block of its database (each
-//!   checksummed) and checks every group's log and vote, and a WAL witness shows a write-ahead log cut short
-//!   ([`verify_storage`], [`Damage`]); a damaged member is replaced, never elected with its damage.
+//! - **Damaged storage stops the node.** Before it takes part, a node checks every group's log and vote and
+//!   compares its database with a WAL witness that shows a write-ahead log cut short ([`verify_storage`]); once
+//!   it runs, a scrub reads every (checksummed) block in the background ([`scrub_storage`]). On [`Damage`] the
+//!   member is replaced, never elected with it.
 //! - **State on disk.** A [`DiskStateMachine`], run as [`DiskBacked`], keeps its state in its group's
 //!   [`KeySpace`] of the node's RocksDB ([`Node::key_space`]): each entry's writes and its index in one write,
 //!   snapshots from a frozen view while applying goes on, restarts without replaying history.
@@ -112,7 +113,8 @@ mod types;
 pub use disk_backed::{DiskBacked, DiskStateMachine, KEY_SPACE_SNAPSHOT_MAGIC, write_key_space};
 pub use group::{ForwardError, ForwardHandler, GroupRegistry, StartGroupError, start_group};
 pub use integrity::{
-    Damage, Verified, WITNESS_INTERVAL, read_witness, verify as verify_storage, write_witness,
+    Damage, Verified, WITNESS_INTERVAL, read_witness, scrub as scrub_storage, verify as verify_storage,
+    write_witness,
 };
 pub use join::members_from_leader;
 pub use keyspace::{

@@ -419,6 +419,8 @@ pub struct Node {
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    /// Damage the background scrub found.
+    damage: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -537,8 +539,6 @@ impl Node {
                 info!(
                     groups = verified.groups,
                     entries = verified.entries,
-                    keys = verified.keys,
-                    bytes = verified.bytes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "storage checked"
                 );
@@ -637,6 +637,10 @@ impl Node {
                 ));
             }
             tasks.push(spawn_raft_gauges(groups.clone(), shutdown.clone()));
+            let (damage_found, damage) = tokio::sync::watch::channel(None);
+            if let GroupStorage::RocksDb { db, .. } = &storage {
+                tasks.push(spawn_scrub(db.clone(), shutdown.clone(), damage_found));
+            }
 
             info!(%client_addr, %peer_addr, ?metrics_addr, "node started");
             Ok(Self {
@@ -654,6 +658,7 @@ impl Node {
                 client_addr,
                 peer_addr,
                 metrics_addr,
+                damage,
             })
         }
         .instrument(span)
@@ -847,9 +852,9 @@ impl Node {
     }
 
     /// Resolves when one of the groups this node hosts at the time of the call stops on a fatal error — a
-    /// RocksDB write failed, the disk is full — so the node can no longer keep its promises and must stop
-    /// (nothing it acknowledged is lost: acknowledgements follow synced writes). Returns what went wrong. Never
-    /// resolves for a node that hosts no group.
+    /// RocksDB write failed, the disk is full — or when the background scrub finds the storage damaged, so the
+    /// node can no longer keep its promises and must stop (nothing it acknowledged is lost: acknowledgements
+    /// follow synced writes). Returns what went wrong. Never resolves for a healthy node that hosts no group.
     pub async fn fatal_error(&self) -> String {
         let watches: Vec<_> = self
             .groups
@@ -857,10 +862,28 @@ impl Node {
             .into_iter()
             .map(|(group, raft)| Box::pin(group_fatal_error(raft, group)))
             .collect();
-        if watches.is_empty() {
-            return std::future::pending().await;
+        let groups = async move {
+            if watches.is_empty() {
+                return std::future::pending().await;
+            }
+            futures::future::select_all(watches).await.0
+        };
+        let mut damage = self.damage.clone();
+        let scrub = async move {
+            loop {
+                if let Some(found) = damage.borrow_and_update().clone() {
+                    return format!("the storage is damaged: {found}");
+                }
+                if damage.changed().await.is_err() {
+                    // The scrub ended without finding damage.
+                    return std::future::pending().await;
+                }
+            }
+        };
+        tokio::select! {
+            reason = groups => reason,
+            reason = scrub => reason,
         }
-        futures::future::select_all(watches).await.0
     }
 
     /// Hands the leadership of every group this node leads to its best-placed voter, then stops serving, stops
@@ -932,6 +955,49 @@ impl Node {
 }
 
 /// Resolves when `raft`'s group stops: on a fatal error, or once it is shut down.
+/// Scrubs the database once, in the background (see [`crate::integrity::scrub`]): damage found is recorded in
+/// the directory, which is refused from then on, and reported through `found`.
+fn spawn_scrub(
+    db: Arc<rocksdb::DB>,
+    token: CancellationToken,
+    found: tokio::sync::watch::Sender<Option<String>>,
+) -> JoinHandle<()> {
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            let stop = token.clone();
+            let started = std::time::Instant::now();
+            let scrubbed = tokio::task::spawn_blocking(move || {
+                let result = crate::integrity::scrub(&db, &|| stop.is_cancelled());
+                if let Err(damage) = &result
+                    && let Err(e) = crate::integrity::mark_damaged(db.path(), damage)
+                {
+                    tracing::error!(error = %e, "recording the damage in the data directory failed");
+                }
+                result
+            })
+            .await;
+            match scrubbed {
+                Ok(Ok(_)) if token.is_cancelled() => {}
+                Ok(Ok(verified)) => info!(
+                    keys = verified.keys,
+                    bytes = verified.bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "storage scrubbed: every block read"
+                ),
+                Ok(Err(damage)) => {
+                    tracing::error!(%damage, "the scrub found the storage damaged: this member must be replaced");
+                    let _ = found.send(Some(damage.to_string()));
+                    // Keep the sender: the damage stays reported.
+                    token.cancelled().await;
+                }
+                Err(e) => warn!(error = %e, "the storage scrub did not finish"),
+            }
+        }
+        .instrument(span),
+    )
+}
+
 async fn group_fatal_error(raft: Raft, group: GroupId) -> String {
     let mut metrics = raft.metrics();
     loop {
