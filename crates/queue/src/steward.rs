@@ -151,7 +151,10 @@ pub(crate) fn spawn(
             }
             let mut changing = false;
             if let Some((cluster, nodes)) = &cluster {
-                for (group, partition) in &partitions {
+                // The reference group may be one of the partitions: it does not follow itself (read a moment
+                // apart, its two views would disagree during its own changes, and the steward would "correct"
+                // an operator's removal half-way through).
+                for (group, partition) in partitions.iter().filter(|(g, _)| Some(**g) != follow) {
                     changing |= follow_membership(me, *group, partition, cluster, nodes).await;
                 }
             }

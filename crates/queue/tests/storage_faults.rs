@@ -16,7 +16,7 @@ use support::{Cluster, no_group_stopped, receive_all, send_acknowledged, voters}
 use trestle_queue::QueueSettings;
 use trestle_queue::server::{PARTITION_GROUP_BASE, QueueHostConfig};
 use trestle_raft::testing::wait_for;
-use trestle_raft::{Damage, MemberChange, Node, NodeError, NodeId};
+use trestle_raft::{Damage, MemberChange, Node, NodeError, NodeId, WatchReceiver as _};
 
 const REFERENCE: u64 = PARTITION_GROUP_BASE;
 const PARTITIONS: [u64; 2] = [PARTITION_GROUP_BASE + 1, PARTITION_GROUP_BASE + 2];
@@ -129,6 +129,28 @@ async fn a_damaged_minority_member_is_refused_and_replaced(fault: Fault) {
         .await
         .unwrap();
     sent.extend(send_acknowledged(&client, "during-", 10).await);
+    let removed = wait_for(
+        "every live member to see the removal",
+        Duration::from_secs(10),
+        || async {
+            (0..2)
+                .all(|n| {
+                    let raft = cluster.hosts[n].partitions()[&REFERENCE].service().raft().clone();
+                    let metrics = raft.metrics().borrow_watched().clone();
+                    metrics.membership_config.membership().get_node(&old_id).is_none()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    if removed.is_err() {
+        let raft = cluster.hosts[0].partitions()[&REFERENCE].service().raft().clone();
+        let metrics = raft.metrics().borrow_watched().clone();
+        panic!(
+            "the removed member is still listed: {:?}",
+            metrics.membership_config
+        );
+    }
     let new_id = cluster.add_back(2, node_config, REFERENCE).await;
     assert_ne!(new_id, old_id);
     sent.extend(send_acknowledged(&client, "after-", 10).await);

@@ -71,6 +71,14 @@ pub enum Damage {
         /// The sequence number the witness recorded as synced.
         witnessed: u64,
     },
+    /// A snapshot file is damaged (its checksum does not match).
+    #[error("the snapshot file {path} is damaged: {detail}")]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// A scrub of the running node found damage earlier (recorded in the directory).
     #[error("a scrub found damage earlier: {detail}")]
     Found {
@@ -124,7 +132,50 @@ pub fn scrub(db: &DB, stop: &dyn Fn() -> bool) -> Result<Verified, Damage> {
     for name in [CF_META, CF_LOG, CF_SNAPSHOT, CF_STATE] {
         scan_blocks(db, name, &mut verified, stop)?;
     }
+    check_snapshot_files(&db.path().join("snapshots"), &mut verified, stop)?;
     Ok(verified)
+}
+
+/// Reads every current snapshot file (`group-<id>.snap`) in `dir` whole and checks its checksum.
+fn check_snapshot_files(dir: &Path, verified: &mut Verified, stop: &dyn Fn() -> bool) -> Result<(), Damage> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(database("listing the snapshot files", e)),
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|e| database("listing the snapshot files", e))?
+            .path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !(name.starts_with("group-") && name.ends_with(".snap")) {
+            continue;
+        }
+        let damaged = |detail: String| Damage::Snapshot {
+            path: path.clone(),
+            detail,
+        };
+        let mut file = std::fs::File::open(&path).map_err(|e| damaged(e.to_string()))?;
+        let size = file.metadata().map_err(|e| damaged(e.to_string()))?.len();
+        let mut check = crate::snapshot_format::StreamCheck::new(size);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| damaged(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            check.update(&buf[..n]);
+            verified.bytes += n as u64;
+            if stop() {
+                return Ok(());
+            }
+        }
+        check.verify().map_err(damaged)?;
+    }
+    Ok(())
 }
 
 /// The file that records damage a [`scrub`] found, so the node refuses to start on the directory again.
@@ -644,6 +695,35 @@ mod tests {
         assert!(
             matches!(&again, Damage::Found { detail } if detail.contains("Corruption")),
             "{again}"
+        );
+    }
+
+    #[test]
+    fn the_scrub_checks_every_snapshot_file_whole() {
+        let (dir, db) = healthy();
+        let snapshots = dir.path().join("db").join("snapshots");
+        std::fs::create_dir_all(&snapshots).unwrap();
+        let meta = crate::types::SnapshotMeta {
+            last_log_id: Some(log_id(2, 1, 5)),
+            last_membership: Default::default(),
+        };
+        let mut bytes = Vec::new();
+        crate::snapshot_format::write_snapshot(&mut bytes, &meta, |out| Ok(out.write_all(&[5u8; 3000])?))
+            .unwrap();
+        std::fs::write(snapshots.join("group-7.snap"), &bytes).unwrap();
+        // A temporary is not a snapshot yet: not checked.
+        std::fs::write(snapshots.join("group-7.snap.partial-0"), b"half").unwrap();
+        scrub(&db, &|| false).expect("a whole snapshot");
+        bytes[2000] ^= 1;
+        std::fs::write(snapshots.join("group-7.snap"), &bytes).unwrap();
+        let damage = scrub(&db, &|| false).expect_err("a flipped bit");
+        assert!(matches!(damage, Damage::Snapshot { .. }), "{damage}");
+        let len = bytes.len();
+        bytes[2000] ^= 1;
+        std::fs::write(snapshots.join("group-7.snap"), &bytes[..len - 10]).unwrap();
+        assert!(
+            matches!(scrub(&db, &|| false), Err(Damage::Snapshot { .. })),
+            "a truncated file"
         );
     }
 

@@ -107,7 +107,22 @@ pub(crate) async fn change_member_local<S: Service>(
             } else {
                 return Err(S::status(Failure::MemberNotFound));
             };
-            (*id, raft.change_membership(change, false).await)
+            let mut result = raft.change_membership(change, false).await;
+            // A change that lands while the removal is joint can settle it with the member kept as a learner
+            // (openraft flattens a committed joint configuration for the next change, retaining removed voters
+            // when that change retains). A removed member must not stay listed: MemberAdd at its URL would be
+            // refused, and groups following this one would keep it. Remove what is left of it.
+            if let Ok(response) = &result
+                && response
+                    .membership
+                    .as_ref()
+                    .is_some_and(|m| m.get_node(id).is_some())
+            {
+                result = raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
+                    .await;
+            }
+            (*id, result)
         }
         MemberChange::UpdatePeerUrl(id, url) => {
             let Some(current) = membership.get_node(id) else {
