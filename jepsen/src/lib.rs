@@ -41,8 +41,8 @@ pub use history::{Event, EventType, Format, History, HistoryError, Op, Outcome, 
 pub use nemesis::NEMESIS;
 pub use nemesis::proxy::LinkFault;
 pub use nemesis::schedule::{
-    Fault, NemesisError, NemesisGroup, NemesisKind, ScheduleConfig, ScheduleError, Window, draw_fault,
-    parse_nemeses, schedule,
+    Fault, NemesisError, NemesisGroup, NemesisKind, ScheduleConfig, ScheduleError, StorageDamage, Window,
+    draw_fault, parse_nemeses, schedule,
 };
 pub use workload::{
     BarrierWorkload, BoxFuture, CacheWorkload, Completion, ElectionWorkload, LockWorkload, OpRequest,

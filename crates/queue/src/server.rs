@@ -191,31 +191,37 @@ impl QueueHost {
         chosen
     }
 
-    /// The partitions holding `queue`, by this member's replicas; when none does, after a read barrier on each
-    /// (the queue may have been created through another member a moment ago).
+    /// The partitions holding `queue`. This member's replicas answer for the partitions where they know the
+    /// queue; a replica that does not may only lag (a member catching up after it joined or restarted, or not
+    /// yet added to that partition), and a partial list would skip shards (a receive or a stats call that finds
+    /// the queue empty) or send a keyed message to another shard than its key's. So each partition whose replica
+    /// does not know the queue is asked through its leader; one that cannot answer fails the request.
     async fn shards(&self, queue: &str) -> Result<Vec<u64>, Status> {
-        let local = self.local_shards(queue);
-        if !local.is_empty() {
-            return Ok(local);
+        let mut shards = Vec::new();
+        let mut unknown = Vec::new();
+        for (id, p) in &self.inner.partitions {
+            if p.local(|part| part.stats(queue).is_ok()).unwrap_or(false) {
+                shards.push(*id);
+            } else {
+                unknown.push((*id, p));
+            }
         }
-        let barriers = self.inner.partitions.values().map(|p| p.service().read_barrier());
-        for result in join_all(barriers).await {
-            result?;
+        let asked = unknown.iter().map(|(id, p)| async move {
+            let answer = p.run(Op::Stats { queue: queue.into() }).await;
+            (*id, answer)
+        });
+        for (id, answer) in join_all(asked).await {
+            match answer {
+                Ok(_) => shards.push(id),
+                Err(PartitionError::Refused(QueueError::UnknownQueue { .. })) => {}
+                Err(e) => return Err(partition_status(e)),
+            }
         }
-        let shards = self.local_shards(queue);
         if shards.is_empty() {
             return Err(status_of(&QueueError::UnknownQueue { name: queue.into() }));
         }
+        shards.sort_unstable();
         Ok(shards)
-    }
-
-    fn local_shards(&self, queue: &str) -> Vec<u64> {
-        self.inner
-            .partitions
-            .iter()
-            .filter(|(_, p)| p.local(|part| part.stats(queue).is_ok()).unwrap_or(false))
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// The settings of `queue` in partition `id`, by this member's replica.

@@ -12,8 +12,8 @@
 //!   WAL, and checks it on every read; opening replays the WAL (a damaged record fails the open unless it is the
 //!   last one and incomplete). Once the node runs, a [`scrub`] reads every block of every column family in the
 //!   background, so a flipped bit anywhere is found then, not when a read happens to reach it; damage it finds
-//!   stops the node and is recorded, so the directory is refused from then on. (Snapshot files carry their own
-//!   checksum, checked when read.)
+//!   stops the node and is recorded, so the directory is refused from then on. The scrub also reads every
+//!   snapshot file whole against its own checksum (checked besides whenever a snapshot is restored or received).
 //! - **Each group's log**, at open: every entry decodes and sits under its own index, indexes are contiguous from the
 //!   first one kept to the last, terms never decrease, the vote's term is at least the last entry's (a member
 //!   saves its vote before it accepts entries of a term), and the committed index recorded is not past the log.

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,6 +39,7 @@ use crate::harness::cache_gate::{Connect, Gate};
 use crate::harness::cleanup::Ledger;
 use crate::harness::netns::{self, Netns, NsWorker, node_addr};
 use crate::nemesis::proxy::{Counters, FaultTable, LinkFault, Proxy};
+use crate::nemesis::schedule::StorageDamage;
 
 /// How nodes are networked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -651,6 +653,104 @@ impl Cluster {
         }
         self.nodes[i].joining = true;
         Ok(())
+    }
+
+    /// Damages node `i`'s database directory (it must be down) as `how` says. Returns what was done.
+    pub(crate) fn damage_storage(&self, i: usize, how: StorageDamage) -> Result<String, HarnessError> {
+        let db = self.nodes[i].data.join("db");
+        let files = |suffix: &str| -> Result<Vec<PathBuf>, HarnessError> {
+            let mut found: Vec<PathBuf> = fs::read_dir(&db)
+                .map_err(|e| HarnessError::io(&db, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().ends_with(suffix))
+                .collect();
+            found.sort();
+            Ok(found)
+        };
+        let show = |path: &Path| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let flip = |path: &Path, at: u64| -> Result<(), HarnessError> {
+            let mut bytes = fs::read(path).map_err(|e| HarnessError::io(path, e))?;
+            if let Some(b) = usize::try_from(at).ok().and_then(|at| bytes.get_mut(at)) {
+                *b ^= 0x20;
+            }
+            fs::write(path, bytes).map_err(|e| HarnessError::io(path, e))
+        };
+        let wal = files(".log")?
+            .into_iter()
+            .rfind(|p| fs::metadata(p).is_ok_and(|m| m.len() > 0));
+        match how {
+            StorageDamage::TruncateWal => {
+                let Some(wal) = wal else {
+                    return Err(HarnessError::io(
+                        &db,
+                        io::Error::other("no write-ahead log to cut"),
+                    ));
+                };
+                let len = fs::metadata(&wal).map_err(|e| HarnessError::io(&wal, e))?.len();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&wal)
+                    .and_then(|f| f.set_len(len / 2))
+                    .map_err(|e| HarnessError::io(&wal, e))?;
+                Ok(format!("{}: {len} -> {} bytes", show(&wal), len / 2))
+            }
+            StorageDamage::FlipBytes => {
+                let tables = files(".sst")?;
+                if tables.is_empty() {
+                    let Some(wal) = wal else {
+                        return Err(HarnessError::io(
+                            &db,
+                            io::Error::other("no table or log to damage"),
+                        ));
+                    };
+                    let len = fs::metadata(&wal).map_err(|e| HarnessError::io(&wal, e))?.len();
+                    flip(&wal, len / 2)?;
+                    return Ok(format!("{}: byte {} flipped (no table yet)", show(&wal), len / 2));
+                }
+                for table in &tables {
+                    flip(table, 64)?;
+                }
+                Ok(format!("byte 64 flipped in {} table files", tables.len()))
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for node `i`'s process to exit by itself; `Some(success)` when it did (the node is
+    /// then down, its cache node killed), `None` while it still runs.
+    pub(crate) async fn wait_exited(&mut self, i: usize, timeout: Duration) -> Option<bool> {
+        let start = Instant::now();
+        loop {
+            let exited = match self.nodes[i].child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.success()),
+                Some(Ok(None)) => None,
+                Some(Err(_)) | None => Some(false),
+            };
+            if let Some(success) = exited {
+                self.kill_node(i);
+                return Some(success);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last `bytes` of node `i`'s log.
+    pub(crate) fn log_tail(&self, i: usize, bytes: u64) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = fs::File::open(&self.nodes[i].log) else {
+            return String::new();
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(bytes)));
+        let mut tail = Vec::new();
+        let _ = file.read_to_end(&mut tail);
+        String::from_utf8_lossy(&tail).into_owned()
     }
 
     /// `kill -9` node `i`. Returns whether a running process died of SIGKILL.

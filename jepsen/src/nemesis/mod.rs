@@ -6,7 +6,8 @@
 //! `stop-<kind>`. The `info` value is a map: `window` (the schedule entry), `group`, targets, and `effect`: `true`
 //! when the harness saw the fault in place or biting (kernel drop rules listed back and a TCP handshake across a
 //! cut link failing, or blackholes in every live proxy's fault table; a process that died of SIGKILL; a process the kernel shows stopped; proxy counters that
-//! moved: chunks delayed, connections cut; a member list without the removed node), `false` when it did not. The [`check_nemesis`] checker fails a run
+//! moved: chunks delayed, connections cut; a member list without the removed node; a damaged node that refused to
+//! start, saying so, and was removed), `false` when it did not. The [`check_nemesis`] checker fails a run
 //! when a requested nemesis never took effect.
 //!
 //! When the cluster hosts cache nodes (the cache workload), a kill or a pause takes each target's cache node with
@@ -273,6 +274,43 @@ impl Nemesis {
                 active.removed = removed;
                 Some(removed)
             }
+            Fault::Damage { node: x, how } => {
+                let x = *x;
+                fields.push(("node", Value::Int(x as i64)));
+                fields.push(("how", Value::Str(how.name().into())));
+                c.kill_node(x);
+                match c.damage_storage(x, *how) {
+                    Ok(what) => fields.push(("damaged", Value::Str(what))),
+                    Err(e) => fields.push(("error", Value::Str(e.to_string()))),
+                }
+                // Started on what is left, it must refuse: exit with an error that says the storage is damaged.
+                let refused = match c.start_node(x) {
+                    Ok(_) => match c.wait_exited(x, Duration::from_secs(30)).await {
+                        Some(success) => !success && c.log_tail(x, 64 << 10).contains("is damaged"),
+                        None => false,
+                    },
+                    Err(e) => {
+                        fields.push(("error", Value::Str(e.to_string())));
+                        false
+                    }
+                };
+                fields.push(("refused", Value::Bool(refused)));
+                // An operator replaces a damaged member. One that started with its damage stays: whether the
+                // cluster survives that is what the checker then shows.
+                let mut removed = false;
+                if refused {
+                    let url = c.peer_url(x);
+                    match remove_member(c, x, &url).await {
+                        Ok(()) => removed = true,
+                        Err(e) => fields.push(("error", Value::Str(e))),
+                    }
+                    if removed && let Err(e) = c.wipe_for_rejoin(x) {
+                        fields.push(("error", Value::Str(e.to_string())));
+                    }
+                }
+                active.removed = removed;
+                Some(refused && removed)
+            }
             Fault::Clock {
                 nodes,
                 offset_s,
@@ -369,7 +407,7 @@ impl Nemesis {
                 }
                 fields.push(("reset", nodes_value(nodes)));
             }
-            Fault::Member(x) => {
+            Fault::Member(x) | Fault::Damage { node: x, .. } => {
                 if active.removed {
                     let url = c.peer_url(*x);
                     match add_member(c, *x, &url).await {

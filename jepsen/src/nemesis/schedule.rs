@@ -43,11 +43,15 @@ pub enum NemesisKind {
     /// Skew the wall clock of a minority of nodes by up to ±30 s, or strobe it (jump back and forth every second),
     /// through libfaketime; reset when the window ends. Monotonic clocks are left alone, as an NTP step would.
     Clock,
+    /// Kill a random node, damage its storage (cut its write-ahead log in half, or flip a byte in each of its table
+    /// files) and start it on what is left: it must refuse. Then replace it as an operator does (MemberRemove and a
+    /// wipe; at the end of the window MemberAdd and a start on an empty directory).
+    Damage,
 }
 
 impl NemesisKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [NemesisKind; 11] = [
+    pub const ALL: [NemesisKind; 12] = [
         NemesisKind::PartitionHalves,
         NemesisKind::PartitionOne,
         NemesisKind::PartitionLeader,
@@ -59,6 +63,7 @@ impl NemesisKind {
         NemesisKind::Loss,
         NemesisKind::Member,
         NemesisKind::Clock,
+        NemesisKind::Damage,
     ];
 
     /// The name on the command line and in histories.
@@ -75,6 +80,7 @@ impl NemesisKind {
             NemesisKind::Loss => "loss",
             NemesisKind::Member => "member",
             NemesisKind::Clock => "clock",
+            NemesisKind::Damage => "damage",
         }
     }
 
@@ -110,7 +116,7 @@ pub enum NemesisError {
     /// Not a nemesis.
     #[error(
         "unknown nemesis {0:?}: expected none, all, partition, partition-halves, partition-one, partition-leader, \
-         partition-ring, partition-bridge, kill, pause, delay, loss, member, clock"
+         partition-ring, partition-bridge, kill, pause, delay, loss, member, clock, damage"
     )]
     Unknown(String),
     /// A nemesis this harness cannot provide, and why.
@@ -224,6 +230,33 @@ pub enum Fault {
         /// Alternate the sign every second.
         strobe: bool,
     },
+    /// Damage this node's storage while it is down; it must refuse to start, and is replaced.
+    Damage {
+        /// The node.
+        node: usize,
+        /// What is done to its files.
+        how: StorageDamage,
+    },
+}
+
+/// What the damage nemesis does to a stopped node's database directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageDamage {
+    /// Cut the live write-ahead log to half its length.
+    TruncateWal,
+    /// Flip one byte in each table file (in the live write-ahead log when there is no table yet).
+    FlipBytes,
+}
+
+impl StorageDamage {
+    /// Its name in histories.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageDamage::TruncateWal => "truncate-wal",
+            StorageDamage::FlipBytes => "flip-bytes",
+        }
+    }
 }
 
 impl Fault {
@@ -237,6 +270,7 @@ impl Fault {
             Fault::Loss(_) => NemesisKind::Loss,
             Fault::Member(_) => NemesisKind::Member,
             Fault::Clock { .. } => NemesisKind::Clock,
+            Fault::Damage { .. } => NemesisKind::Damage,
         }
     }
 }
@@ -409,6 +443,14 @@ pub fn draw_fault(rng: &mut ChaCha8Rng, kind: NemesisKind, n: usize) -> Fault {
         }
         NemesisKind::Loss => Fault::Loss(0.05),
         NemesisKind::Member => Fault::Member(order[0]),
+        NemesisKind::Damage => Fault::Damage {
+            node: order[0],
+            how: if rng.random_bool(0.5) {
+                StorageDamage::TruncateWal
+            } else {
+                StorageDamage::FlipBytes
+            },
+        },
         NemesisKind::Clock => {
             let magnitude = rng.random_range(1..=30i64);
             Fault::Clock {
@@ -475,6 +517,27 @@ mod tests {
             .unwrap_or(42);
         println!("seed {seed}");
         seed
+    }
+
+    #[test]
+    fn the_damage_nemesis_picks_one_node_and_both_kinds_of_damage() {
+        assert_eq!(
+            parse_nemeses("damage", 3).unwrap()[0].kinds,
+            vec![NemesisKind::Damage]
+        );
+        let seed = seed();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut seen = BTreeSet::new();
+        for _ in 0..64 {
+            match draw_fault(&mut rng, NemesisKind::Damage, 5) {
+                Fault::Damage { node, how } => {
+                    assert!(node < 5, "seed {seed}: node {node}");
+                    seen.insert(how.name());
+                }
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+        assert_eq!(seen.len(), 2, "seed {seed}: {seen:?}");
     }
 
     #[test]
