@@ -207,6 +207,7 @@ pub async fn send_acknowledged(
 /// Receives until every message in `expected` came (each once: the visibility outlasts the test).
 pub async fn receive_all(client: &trestle_queue::client::QueueClient, expected: &[String]) {
     let got = std::sync::Mutex::new(BTreeSet::new());
+    let last_error = std::sync::Mutex::new(None::<String>);
     let missing = || {
         let got = got.lock().unwrap();
         expected
@@ -219,7 +220,7 @@ pub async fn receive_all(client: &trestle_queue::client::QueueClient, expected: 
         "every acknowledged message to be received",
         Duration::from_secs(30),
         || async {
-            if let Ok(batch) = client
+            match client
                 .receive(
                     "jobs",
                     100,
@@ -228,14 +229,23 @@ pub async fn receive_all(client: &trestle_queue::client::QueueClient, expected: 
                 )
                 .await
             {
-                let mut got = got.lock().unwrap();
-                got.extend(batch.into_iter().map(|d| String::from_utf8(d.payload).unwrap()));
+                Ok(batch) => {
+                    let mut got = got.lock().unwrap();
+                    got.extend(batch.into_iter().map(|d| String::from_utf8(d.payload).unwrap()));
+                }
+                Err(e) => *last_error.lock().unwrap() = Some(e.to_string()),
             }
             missing().is_empty().then_some(())
         },
     )
     .await;
-    assert!(done.is_ok(), "acknowledged messages lost: {:?}", missing());
+    assert!(
+        done.is_ok(),
+        "acknowledged messages not received within 30 s (lost, or the queue unavailable: last receive error {:?}): \
+         {:?}",
+        last_error.lock().unwrap(),
+        missing()
+    );
 }
 
 /// No group of any node has stopped on a fatal error (openraft's "follower log reversion" among them).
