@@ -197,3 +197,41 @@ async fn a_member_with_flipped_bytes_in_its_tables_is_refused_and_replaced_from_
 async fn a_member_whose_wal_was_cut_short_is_refused_and_replaced_from_the_others() {
     a_damaged_minority_member_is_refused_and_replaced(Fault::TruncatedWal).await;
 }
+
+/// A member whose volume was swapped for an empty one, started again without being removed first: the leader
+/// knows it had stored the log, so it refuses to join under its old id (it would vote with nothing of what it
+/// acknowledged); the others keep every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_restarted_on_an_empty_directory_without_being_replaced_is_refused() {
+    let mut cluster = Cluster::start(config()).await;
+    let client = cluster.client();
+    client
+        .create_queue("jobs", 3, &QueueSettings::default())
+        .await
+        .unwrap();
+    let sent = send_acknowledged(&client, "before-", 20).await;
+    // A member that does not lead the reference group, so its leader has seen it store the log.
+    let leader = cluster.hosts[0].partitions()[&REFERENCE]
+        .service()
+        .current_leader();
+    let i = (0..3).find(|&i| Some(cluster.nodes[i].id()) != leader).unwrap();
+    let mut node_config = cluster.stop_node(i).await;
+    std::fs::remove_dir_all(&node_config.data_dir).unwrap();
+    node_config.cluster_state = trestle_raft::ClusterState::Existing;
+    node_config.membership_group = REFERENCE;
+    match Node::start(node_config).await {
+        Err(NodeError::Join { reason, .. }) => {
+            assert!(reason.contains("state was lost"), "{reason}");
+            assert!(reason.contains("member remove"), "{reason}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(node) => {
+            node.shutdown().await;
+            panic!("a member with an empty directory rejoined under its old id");
+        }
+    }
+    cluster.endpoints.remove(i);
+    receive_all(&cluster.client(), &sent).await;
+    no_group_stopped(&cluster).await;
+    cluster.stop().await;
+}
