@@ -2,11 +2,11 @@
 //! [`QueueApi`] serves the client API (`proto/queue.proto`) over them from any member.
 //!
 //! Every member hosts every partition (partition `i` is Raft group [`PARTITION_GROUP_BASE`]` + i`), so every
-//! member answers every request: writes go to the partition's leader, here or forwarded. A queue has shards in
-//! one or more partitions, chosen when it is created; which partitions hold a queue is read from the partitions
-//! themselves, so there is no catalog to keep consistent (from the local replicas, and through the leader of a
-//! partition whose local replica does not know the queue, since that replica may only lag). A queue's dead-letter queue gets a shard in each of the
-//! queue's partitions (a dead letter moves within its partition).
+//! member answers every request: writes go to the partition's leader, here or forwarded. A queue has shards in one or
+//! more partitions, chosen when it is created; which partitions hold a queue is read from the partitions themselves, so
+//! there is no catalog to keep consistent (from the local replicas, and through the leader of a partition whose local
+//! replica does not know the queue, since that replica may only lag). A queue's dead-letter queue gets a shard in each
+//! of the queue's partitions (a dead letter moves within its partition).
 //!
 //! Sending: messages with a FIFO group or an idempotency key go to the shard their key hashes to (a repeated key
 //! meets its first send); a batch of other messages goes whole to one shard, in turn, so it is all or nothing.

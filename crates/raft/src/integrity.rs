@@ -95,17 +95,17 @@ pub enum Damage {
     },
 }
 
-/// What [`verify`] read.
+/// What [`verify`] or [`scrub`] read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Verified {
-    /// Groups whose log or vote the database holds.
+    /// Groups whose log or vote the database holds ([`verify`]).
     pub groups: usize,
-    /// Log entries checked.
+    /// Log entries checked ([`verify`]).
     pub entries: u64,
-    /// Keys read in all (every column family).
+    /// Keys read in every column family ([`scrub`]).
     pub keys: u64,
-    /// Bytes of keys and values read.
+    /// Bytes of keys, values and snapshot files read ([`scrub`]).
     pub bytes: u64,
 }
 

@@ -524,7 +524,7 @@ impl Node {
                     },
                 })?;
                 let started = std::time::Instant::now();
-                // Reads the whole database: off the runtime's threads.
+                // Reads every group's log: off the runtime's threads.
                 let checked = db.clone();
                 let verified = tokio::task::spawn_blocking(move || crate::integrity::verify(&checked))
                     .await
