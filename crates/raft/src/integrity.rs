@@ -22,8 +22,8 @@
 //!   as a shorter but consistent database; if it ends before the witness, synced writes are gone.
 //!
 //! What is not detected: a WAL cut within the last [`WITNESS_INTERVAL`] before a crash exactly at a record
-//! boundary (or inside its last record) looks like a crash before those writes. (A data directory replaced by an
-//! empty one is found when the node joins: the leader knows the member had stored entries, see `join`.)
+//! boundary (or inside its last record) looks like a crash before those writes; a data directory replaced by
+//! an empty one (the cluster still lists the member: remove and add it back).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
-use crate::network::{PeerChannels, members_at, members_with_progress_at};
+use crate::network::{PeerChannels, members_at};
 use crate::node::{NodeConfig, NodeError};
 use crate::types::{NodeId, PeerNode};
 
@@ -27,19 +27,6 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
-}
-
-fn ids(listed: &[(NodeId, PeerNode, Option<u64>)]) -> Vec<(NodeId, PeerNode)> {
-    listed.iter().map(|(id, node, _)| (*id, node.clone())).collect()
-}
-
-/// The last log index the leader knows member `id` stored, if any: a member that stored entries and now starts
-/// with an empty directory lost them, and must not take part under its old id.
-fn stored_by(listed: &[(NodeId, PeerNode, Option<u64>)], id: NodeId) -> Option<u64> {
-    listed
-        .iter()
-        .find(|(other, _, _)| *other == id)
-        .and_then(|(_, _, index)| *index)
 }
 
 /// The id `members` give the member at `peer_url`, if any.
@@ -78,18 +65,8 @@ pub(crate) async fn own_id_from_cluster(
     let mut last = String::from("no member answered");
     loop {
         for url in &others {
-            match members_with_progress_at(channels, url, group, ASK_TIMEOUT).await {
-                Ok(listed) => match id_at(&ids(&listed), me) {
-                    Some(id) if stored_by(&listed, id).is_some() => {
-                        let index = stored_by(&listed, id).unwrap_or_default();
-                        return Err(join_error(format!(
-                            "member {id:x} at this peer URL has stored the log up to index {index} (the leader at \
-                             {url} says so), and this data directory is empty: that member's state was lost. \
-                             Remove the member (etcdctl member remove {id:x}), add it back (etcdctl member add \
-                             NAME --peer-urls {me}) and start again: it then joins as a new member and receives \
-                             everything from the others"
-                        )));
-                    }
+            match members_at(channels, url, group, ASK_TIMEOUT).await {
+                Ok(members) => match id_at(&members, me) {
                     Some(id) => {
                         info!(
                             id,

@@ -506,32 +506,6 @@ pub(crate) async fn forward(
 
 /// Asks the peer at `url` for `group`'s members, as its leader knows them after a linearizable read
 /// (`UNAVAILABLE` from a member that does not lead the group).
-/// The payload of a `Members` request that also asks, for each member, the last log index the leader knows it
-/// stored (`None` when it knows of none).
-const WITH_PROGRESS: &[u8] = b"with-progress";
-
-/// `group`'s members as the leader at `url` knows them, each with the last log index the leader knows it stored
-/// (from the leader's replication progress, kept since it became leader).
-pub(crate) async fn members_with_progress_at(
-    channels: &PeerChannels,
-    url: &str,
-    group: GroupId,
-    timeout: Duration,
-) -> Result<Vec<(NodeId, PeerNode, Option<u64>)>, Status> {
-    let channel = channels
-        .get(url)
-        .map_err(|e| Status::unavailable(format!("bad peer url {url}: {e}")))?;
-    let mut client = RaftPeerClient::new(channel).max_decoding_message_size(usize::MAX);
-    let mut request = Request::new(RaftRequest {
-        group,
-        payload: WITH_PROGRESS.to_vec(),
-        target: 0,
-    });
-    request.set_timeout(timeout);
-    let reply = client.members(request).await?.into_inner();
-    decode_reply(reply).map_err(Status::internal)
-}
-
 pub(crate) async fn members_at(
     channels: &PeerChannels,
     url: &str,
@@ -779,9 +753,7 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
     }
 
     async fn members(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        let group = request.group;
-        let with_progress = request.payload == WITH_PROGRESS;
+        let group = request.into_inner().group;
         let raft = self.groups.raft(group)?;
         // Only the leader answers, once it knows it still leads and has applied everything committed: a
         // lagging member could still list a removed member at the asker's peer URL, under the old id.
@@ -789,20 +761,12 @@ impl pb::raft_peer_server::RaftPeer for PeerService {
             .await
             .map_err(|e| Status::unavailable(format!("group {group}: {e}")))?;
         let metrics = raft.metrics().borrow_watched().clone();
-        let nodes = metrics.membership_config.membership().nodes();
-        if with_progress {
-            let matched = |id: &NodeId| {
-                metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|log_id| log_id.index)
-            };
-            let members: Vec<(NodeId, PeerNode, Option<u64>)> =
-                nodes.map(|(id, node)| (*id, node.clone(), matched(id))).collect();
-            return reply::<_, ()>(Ok(members));
-        }
-        let members: Vec<(NodeId, PeerNode)> = nodes.map(|(id, node)| (*id, node.clone())).collect();
+        let members: Vec<(NodeId, PeerNode)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
         reply::<_, ()>(Ok(members))
     }
 }
