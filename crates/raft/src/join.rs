@@ -6,10 +6,7 @@
 //! or votes. So the new node cannot derive its id from its URL, as founders do; like an etcd member, it asks the
 //! cluster. The members listed in `initial_cluster` are asked in turn for the membership group's members; only
 //! that group's leader answers, after a linearizable read, so the answer includes every `MemberAdd` and
-//! `MemberRemove` that completed before the node started. The node takes the id listed at its peer URL — unless
-//! the leader knows that member stored entries (its replication progress): then this empty directory replaced
-//! one that held them, and the node refuses to take part under that id (it would vote with nothing of what the
-//! member acknowledged) and says to remove and add the member back.
+//! `MemberRemove` that completed before the node started. The node takes the id listed at its peer URL.
 
 use std::time::Duration;
 
