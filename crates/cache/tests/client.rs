@@ -355,13 +355,15 @@ async fn an_invalidated_value_is_served_stale_while_one_caller_refreshes() {
         "plain get treats stale as a miss"
     );
     let loads = Arc::new(AtomicUsize::new(0));
+    // The refresher's load lasts until the second caller has had its answer (a fixed sleep raced it under load).
+    let release = Arc::new(tokio::sync::Notify::new());
     let refresher = {
-        let (client, loads) = (client.clone(), loads.clone());
+        let (client, loads, release) = (client.clone(), loads.clone(), release.clone());
         tokio::spawn(async move {
             client
                 .get_or_load(b"page", Duration::from_secs(60), || async move {
                     loads.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    release.notified().await;
                     Ok::<_, std::convert::Infallible>(Bytes::from_static(b"new"))
                 })
                 .await
@@ -378,6 +380,7 @@ async fn an_invalidated_value_is_served_stale_while_one_caller_refreshes() {
         .await
         .expect("stale value");
     assert_eq!(stale, Bytes::from_static(b"old"));
+    release.notify_one();
     assert_eq!(
         refresher.await.expect("task").expect("refresh"),
         Bytes::from_static(b"new")
