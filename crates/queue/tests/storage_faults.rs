@@ -8,15 +8,14 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Cluster, no_group_stopped, receive_all, send_acknowledged, voters};
+use support::{Cluster, send_acknowledged};
 use trestle_queue::QueueSettings;
 use trestle_queue::server::{PARTITION_GROUP_BASE, QueueHostConfig};
 use trestle_raft::testing::wait_for;
-use trestle_raft::{Damage, MemberChange, Node, NodeError, NodeId, WatchReceiver as _};
+use trestle_raft::{Damage, MemberChange, Node, NodeError, WatchReceiver as _};
 
 const REFERENCE: u64 = PARTITION_GROUP_BASE;
 const PARTITIONS: [u64; 2] = [PARTITION_GROUP_BASE + 1, PARTITION_GROUP_BASE + 2];
@@ -165,27 +164,7 @@ async fn a_damaged_minority_member_is_refused_and_replaced(fault: Fault) {
     let new_id = cluster.add_back(2, node_config, REFERENCE).await;
     assert_ne!(new_id, old_id);
     sent.extend(send_acknowledged(&client, "after-", 10).await);
-    let expected: BTreeSet<NodeId> = [cluster.nodes[0].id(), cluster.nodes[1].id(), new_id].into();
-    wait_for(
-        "every partition to have the new member as a voter, and not the old one",
-        Duration::from_secs(30),
-        || async {
-            PARTITIONS
-                .iter()
-                .all(|g| (0..3).all(|n| voters(&cluster, n, *g) == expected))
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
-    no_group_stopped(&cluster).await;
-
-    // Node 0 goes: the quorum is node 1 and the replacement, which must hold every acknowledged message.
-    cluster.stop_node(0).await;
-    cluster.endpoints.remove(0);
-    receive_all(&cluster.client(), &sent).await;
-    no_group_stopped(&cluster).await;
-    cluster.stop().await;
+    support::the_replacement_holds_everything(cluster, &PARTITIONS, new_id, &sent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

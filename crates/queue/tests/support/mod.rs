@@ -259,3 +259,33 @@ pub async fn no_group_stopped(cluster: &Cluster) {
         );
     }
 }
+
+/// After node 2 was replaced by the member `new_id`: waits until every partition of `partitions` has nodes 0, 1 and
+/// `new_id` as its voters on every node (and not the old member), then stops node 0, so that the quorum is node 1
+/// and the replacement, and receives every message of `sent` through them. Stops the cluster.
+pub async fn the_replacement_holds_everything(
+    mut cluster: Cluster,
+    partitions: &[GroupId],
+    new_id: NodeId,
+    sent: &[String],
+) {
+    let expected: BTreeSet<NodeId> = [cluster.nodes[0].id(), cluster.nodes[1].id(), new_id].into();
+    wait_for(
+        "every partition to have the new member as a voter, and not the old one",
+        Duration::from_secs(30),
+        || async {
+            partitions
+                .iter()
+                .all(|g| (0..3).all(|n| voters(&cluster, n, *g) == expected))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    no_group_stopped(&cluster).await;
+    cluster.stop_node(0).await;
+    cluster.endpoints.remove(0);
+    receive_all(&cluster.client(), sent).await;
+    no_group_stopped(&cluster).await;
+    cluster.stop().await;
+}
