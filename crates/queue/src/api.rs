@@ -35,6 +35,8 @@ pub fn status_of(error: &QueueError) -> Status {
         QueueError::QueueInUse { .. }
         | QueueError::StaleReceipt { .. }
         | QueueError::ExpiredReceipt { .. } => Code::FailedPrecondition,
+        // Part of the request took effect: not a plain refusal, which changes nothing.
+        QueueError::PartlySettled { .. } => Code::Aborted,
         _ => Code::Internal,
     };
     let details = postcard::to_allocvec(error).unwrap_or_default();

@@ -74,7 +74,8 @@ pub enum ClientError {
     /// The configuration is unusable.
     #[error("queue client: {0}")]
     Config(String),
-    /// A partition refused the request; it changed nothing there.
+    /// A partition refused the request; it changed nothing there. One refusal reports changes:
+    /// [`QueueError::PartlySettled`], an ack, nack or terminate across partitions that some of them carried out.
     #[error("{error}")]
     Refused {
         /// The gRPC code.

@@ -130,6 +130,25 @@ pub enum QueueError {
         /// The storage's complaint.
         detail: String,
     },
+    /// A settle (ack, nack, terminate) whose receipts name several partitions, where some partitions settled
+    /// their receipts and another did not: each partition settles its part on its own, so a request across
+    /// partitions is not all or nothing. The receipts not in `settled` were refused, or their fate is unknown
+    /// when `reason` says a partition could not be reached.
+    #[error(
+        "{} of {total} receipts were settled ({settled:?}, as (partition, message)); partition {partition} did not \
+         settle its part: {reason}",
+        settled.len()
+    )]
+    PartlySettled {
+        /// The receipts settled, as (partition, message id).
+        settled: Vec<(u64, MessageId)>,
+        /// How many receipts the request had.
+        total: usize,
+        /// A partition that did not settle its part.
+        partition: u64,
+        /// Why it did not.
+        reason: String,
+    },
 }
 
 /// A failure of the [`crate::Storage`] under a partition.

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use trestle_raft::{
     DiskBacked, DiskStateMachine, GroupId, KeyRead, NoRequest, Node, NodeError, Replicated,
     ReplicatedSettings, Service, SnapshotError, StateTxn,
@@ -79,12 +80,24 @@ pub struct QueueMachine {
     id: u64,
     /// Detached between entries; `None` only before the first load.
     partition: Option<Partition<Detached>>,
+    /// The index of the last entry applied here, so that waiting receives wake when an entry may have made a
+    /// message deliverable instead of polling.
+    applied: watch::Sender<u64>,
 }
 
 impl QueueMachine {
     /// Partition `id` (loaded from the key space when `DiskBacked::open` runs it).
     pub fn new(id: u64) -> Self {
-        Self { id, partition: None }
+        Self {
+            id,
+            partition: None,
+            applied: watch::Sender::new(0),
+        }
+    }
+
+    /// Changes whenever this replica applies an entry (its value: the entry's index).
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The partition between entries (its indexes: [`Partition::next_deadline_ms`], [`Partition::queues`], ...).
@@ -112,6 +125,7 @@ impl DiskStateMachine for QueueMachine {
         let (mut partition, _) = detached.with_storage(Entry(state));
         let reply = partition.apply_encoded(index, &command.0);
         self.partition = Some(partition.with_storage(Detached).0);
+        self.applied.send_replace(index);
         Encoded(reply)
     }
 
@@ -367,6 +381,7 @@ pub enum StartPartitionError {
 #[derive(Clone, Debug)]
 pub struct PartitionHandle {
     service: Replicated<QueueService>,
+    applied: watch::Receiver<u64>,
 }
 
 impl PartitionHandle {
@@ -384,7 +399,9 @@ impl PartitionHandle {
         partition: u64,
         partitions: Partitions,
     ) -> Result<Self, StartPartitionError> {
-        let machine = DiskBacked::open(QueueMachine::new(partition), node.key_space(group))
+        let queue_machine = QueueMachine::new(partition);
+        let applied = queue_machine.applied();
+        let machine = DiskBacked::open(queue_machine, node.key_space(group))
             .map_err(|source| StartPartitionError::State { partition, source })?;
         let service = node
             .start_service(
@@ -399,7 +416,7 @@ impl PartitionHandle {
             .await?;
         // The clock ends with the group's Raft.
         drop(service.spawn_clock(TICK_INTERVAL));
-        Ok(Self { service })
+        Ok(Self { service, applied })
     }
 
     /// The replicated service underneath (its Raft handle, leadership, read barrier).
@@ -418,6 +435,16 @@ impl PartitionHandle {
         let response = Response::decode(&reply.0).map_err(PartitionError::Reply)?;
         record_events(self.service.group(), &response.events);
         Ok((response.outcome?, response.events))
+    }
+
+    /// Changes whenever this replica applies an entry: a receive waiting for messages waits on it.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Whether this member leads the partition now (its writes run here instead of being forwarded).
+    pub fn leads(&self) -> bool {
+        self.service.is_leader()
     }
 
     /// The partition's id (its group id).

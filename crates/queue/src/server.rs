@@ -4,15 +4,17 @@
 //! Every member hosts every partition (partition `i` is Raft group [`PARTITION_GROUP_BASE`]` + i`), so every
 //! member answers every request: writes go to the partition's leader, here or forwarded. A queue has shards in one or
 //! more partitions, chosen when it is created; which partitions hold a queue is read from the partitions themselves, so
-//! there is no catalog to keep consistent (from the local replicas, and through the leader of a partition whose local
+//! there is no catalog to keep consistent (from the local replicas, after a read barrier on a partition whose local
 //! replica does not know the queue, since that replica may only lag). A queue's dead-letter queue gets a shard in each
 //! of the queue's partitions (a dead letter moves within its partition).
 //!
 //! Sending: messages with a FIFO group or an idempotency key go to the shard their key hashes to (a repeated key
-//! meets its first send); a batch of other messages goes whole to one shard, in turn, so it is all or nothing.
-//! Receiving: shards whose local replica shows a deliverable message first, starting at a rotating shard;
-//! long polling checks the local replicas every [`QueueHostConfig::poll_interval`] until a message shows or the
-//! wait ends.
+//! meets its first send); a batch of other messages goes whole to one shard, so it is all or nothing: one this
+//! member leads when there is one (no forward), in turn among them, else in turn among all.
+//! Receiving: shards this member leads first, then the others, each in turn; a shard whose local replica shows
+//! nothing deliverable is skipped. Long polling waits for the next entry the local replicas apply (at most
+//! [`QueueHostConfig::poll_interval`], and that long after a receive that found nothing, so that waiting consumers
+//! do not wake each other with empty receives) and looks again, until a message shows or the wait ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
@@ -44,7 +46,8 @@ pub struct QueueHostConfig {
     pub partitions: u32,
     /// The longest a receive waits for a message (a request asking for more waits this long). Default 20 s.
     pub max_wait: Duration,
-    /// How often a waiting receive looks at the local replicas. Default 20 ms.
+    /// The longest a waiting receive goes without looking at the local replicas again; it also looks after each
+    /// entry they apply. Default 20 ms.
     pub poll_interval: Duration,
     /// The group whose membership every partition follows (the coordination store's, group 0, whose
     /// membership is the cluster's): members added to it later join the partitions, removed ones leave them.
@@ -132,6 +135,61 @@ struct Inner {
     partitions: BTreeMap<u64, PartitionHandle>,
     /// Rotates unkeyed sends and the first shard a receive tries.
     turn: AtomicUsize,
+    /// What this member's receives are asking each shard for right now.
+    asking: AskTable,
+}
+
+/// By (partition, queue): how many messages this member's receives are asking that shard for right now. A
+/// receive asks a shard only while the others ask for fewer than its local replica shows ready, so that consumers
+/// waiting on one member do not all propose a receive for the same few messages.
+#[derive(Clone, Debug, Default)]
+struct AskTable(Arc<parking_lot::Mutex<HashMap<(u64, String), u64>>>);
+
+impl AskTable {
+    /// Counts `count` more messages asked of shard `partition` of `queue`, unless receives already ask for at
+    /// least the `ready` messages it shows (`None`: unknown, always asked). The share is given back on drop.
+    fn ask(&self, partition: u64, queue: &str, count: u32, ready: Option<usize>) -> Option<Asking> {
+        let key = (partition, queue.to_owned());
+        let mut table = self.0.lock();
+        let total = table.get(&key).copied().unwrap_or(0);
+        if ready.is_some_and(|ready| total >= ready as u64) {
+            return None;
+        }
+        table.insert(key.clone(), total + u64::from(count));
+        Some(Asking {
+            table: self.clone(),
+            key,
+            count: u64::from(count),
+        })
+    }
+
+    #[cfg(test)]
+    fn total(&self, partition: u64, queue: &str) -> u64 {
+        self.0
+            .lock()
+            .get(&(partition, queue.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A receive's share of an [`AskTable`], given back when it is dropped.
+struct Asking {
+    table: AskTable,
+    key: (u64, String),
+    count: u64,
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock();
+        if let Some(total) = table.get_mut(&self.key) {
+            *total = total.saturating_sub(self.count);
+            if *total == 0 {
+                table.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl QueueHost {
@@ -158,6 +216,7 @@ impl QueueHost {
                 config,
                 partitions,
                 turn: AtomicUsize::new(0),
+                asking: AskTable::default(),
             }),
         })
     }
@@ -196,7 +255,9 @@ impl QueueHost {
     /// queue; a replica that does not may only lag (a member catching up after it joined or restarted, or not
     /// yet added to that partition), and a partial list would skip shards (a receive or a stats call that finds
     /// the queue empty) or send a keyed message to another shard than its key's. So each partition whose replica
-    /// does not know the queue is asked through its leader; one that cannot answer fails the request.
+    /// does not know the queue is read again after a read barrier (the leader confirms its commit index and the
+    /// replica applies up to it: no log entry, and concurrent requests share the round); one that cannot answer
+    /// fails the request.
     async fn shards(&self, queue: &str) -> Result<Vec<u64>, Status> {
         let mut shards = Vec::new();
         let mut unknown = Vec::new();
@@ -208,14 +269,16 @@ impl QueueHost {
             }
         }
         let asked = unknown.iter().map(|(id, p)| async move {
-            let answer = p.run(Op::Stats { queue: queue.into() }).await;
-            (*id, answer)
+            p.service().read_barrier().await?;
+            let knows = p.local(|part| part.stats(queue).is_ok()).ok_or_else(|| {
+                Status::unavailable(format!("partition {id} is not loaded on this member yet"))
+            })?;
+            Ok::<_, Status>((*id, knows))
         });
-        for (id, answer) in join_all(asked).await {
-            match answer {
-                Ok(_) => shards.push(id),
-                Err(PartitionError::Refused(QueueError::UnknownQueue { .. })) => {}
-                Err(e) => return Err(partition_status(e)),
+        for answer in join_all(asked).await {
+            let (id, knows) = answer?;
+            if knows {
+                shards.push(id);
             }
         }
         if shards.is_empty() {
@@ -375,7 +438,7 @@ impl QueueHost {
             return Err(invalid("a send needs at least one message"));
         }
         let shards = self.shards(&req.queue).await?;
-        let unkeyed_shard = shards[self.next_turn() % shards.len()];
+        let unkeyed_shard = self.in_turn(&shards, self.next_turn())[0];
         // Per shard: the messages and their positions in the request.
         let mut by_shard: BTreeMap<u64, (Vec<NewMessage>, Vec<usize>)> = BTreeMap::new();
         for (i, m) in req.messages.into_iter().enumerate() {
@@ -425,19 +488,35 @@ impl QueueHost {
         let deadline = Instant::now() + wait;
         let visibility = (req.visibility_timeout_ms != 0).then_some(req.visibility_timeout_ms);
         let shards = self.shards(&req.queue).await?;
-        let first = self.next_turn();
+        let order = self.in_turn(&shards, self.next_turn());
+        let mut applied = order
+            .iter()
+            .map(|&id| self.partition(id).map(PartitionHandle::applied))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut out = Vec::new();
         loop {
-            let rotated = (0..shards.len()).map(|i| shards[(first + i) % shards.len()]);
-            for id in rotated {
+            // Entries applied from here on wake the wait below; the ones before are looked at in this pass.
+            for a in &mut applied {
+                a.borrow_and_update();
+            }
+            let mut skipped = Vec::new();
+            // Receives that found nothing: another consumer was first, or the local replica's hint lagged.
+            let mut missed = false;
+            for &id in &order {
                 let left = max - u32::try_from(out.len()).unwrap_or(max);
                 if left == 0 {
                     break;
                 }
-                let hint = self.partition(id)?.local(|p| p.deliverable(&req.queue));
-                if hint == Some(false) {
+                let ready = self.partition(id)?.local(|p| p.deliverable_count(&req.queue));
+                if ready == Some(0) {
+                    skipped.push(id);
                     continue;
                 }
+                // Other receives of this member already ask this shard for all it shows: this one waits for
+                // their entry instead of adding one that would find nothing.
+                let Some(_asking) = self.inner.asking.ask(id, &req.queue, left, ready) else {
+                    continue;
+                };
                 let op = Op::Receive {
                     queue: req.queue.clone(),
                     max: left,
@@ -445,6 +524,7 @@ impl QueueHost {
                 };
                 match self.run(id, op).await? {
                     Outcome::Received(deliveries) => {
+                        missed |= deliveries.is_empty();
                         let again = deliveries.iter().filter(|d| d.receipt.delivery > 1).count();
                         let labels = [("queue", req.queue.clone())];
                         metrics::counter!("trestle_queue_deliveries_total", &labels)
@@ -456,14 +536,57 @@ impl QueueHost {
                     other => return Err(unexpected(&other)),
                 }
             }
-            if !out.is_empty() || Instant::now() >= deadline {
+            let now = Instant::now();
+            if !out.is_empty() || now >= deadline {
                 return Ok(out);
             }
-            tokio::time::sleep(self.inner.config.poll_interval.min(deadline - Instant::now())).await;
+            // A shard skipped by its hint may have received a message since (its entry already seen above):
+            // look again at once. Shards just asked are asked again only after another entry.
+            let ready_now = skipped.iter().any(|&id| {
+                self.inner
+                    .partitions
+                    .get(&id)
+                    .and_then(|p| p.local(|p| p.deliverable_count(&req.queue)))
+                    .is_some_and(|n| n > 0)
+            });
+            if ready_now {
+                continue;
+            }
+            let nap = self.inner.config.poll_interval.min(deadline - now);
+            if missed || applied.is_empty() {
+                // Not on the next entry: every consumer waiting here would wake on each other's empty receives
+                // (each one an entry) and ask again, a storm of log entries that deliver nothing.
+                tokio::time::sleep(nap).await;
+                continue;
+            }
+            let next_entry = futures::future::select_all(applied.iter_mut().map(|a| Box::pin(a.changed())));
+            if let Ok((Err(_stopped), _, _)) = tokio::time::timeout(nap, next_entry).await {
+                // A partition's state machine is gone (the node stops): no more wake-ups from it, so look again
+                // only after the nap instead of at once, over and over.
+                tokio::time::sleep(nap).await;
+            }
         }
     }
 
-    /// Runs `make(receipts of one partition)` on each partition the receipts name, in parallel.
+    /// `shards` in the order a request tries them: those this member leads first (their writes run here instead
+    /// of being forwarded), then the others, each part rotated by `turn`.
+    fn in_turn(&self, shards: &[u64], turn: usize) -> Vec<u64> {
+        let (mut here, mut there): (Vec<u64>, Vec<u64>) = shards
+            .iter()
+            .partition(|id| self.inner.partitions.get(id).is_some_and(PartitionHandle::leads));
+        for part in [&mut here, &mut there] {
+            if !part.is_empty() {
+                let by = turn % part.len();
+                part.rotate_left(by);
+            }
+        }
+        here.extend(there);
+        here
+    }
+
+    /// Runs `make(receipts of one partition)` on each partition the receipts name, in parallel. When some
+    /// partitions settle their part and another does not, the error is [`QueueError::PartlySettled`], naming
+    /// the receipts settled.
     async fn settle<F>(&self, receipts: &[proto::Receipt], make: F) -> Result<Vec<(u64, Outcome)>, Status>
     where
         F: Fn(Vec<(usize, crate::Receipt)>) -> Op,
@@ -478,10 +601,36 @@ impl QueueHost {
             by_partition.entry(partition).or_default().push((i, receipt));
         }
         let runs = by_partition.into_iter().map(|(id, rs)| {
+            let ids: Vec<u64> = rs.iter().map(|(_, r)| r.id).collect();
             let op = make(rs);
-            async move { Ok::<_, Status>((id, self.run(id, op).await?)) }
+            async move { (id, ids, self.run(id, op).await) }
         });
-        join_all(runs).await.into_iter().collect()
+        let mut settled = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut first_failure = None;
+        for (id, ids, result) in join_all(runs).await {
+            match result {
+                Ok(outcome) => {
+                    settled.extend(ids.into_iter().map(|m| (id, m)));
+                    outcomes.push((id, outcome));
+                }
+                Err(status) => {
+                    first_failure.get_or_insert((id, status));
+                }
+            }
+        }
+        match first_failure {
+            None => Ok(outcomes),
+            // Nothing settled: the partition's refusal (which changed nothing) or failure as it is.
+            Some((_, status)) if settled.is_empty() => Err(status),
+            // Some partitions settled their part: saying only "refused" would tell the caller none did.
+            Some((partition, status)) => Err(status_of(&QueueError::PartlySettled {
+                settled,
+                total: receipts.len(),
+                partition,
+                reason: status.message().to_owned(),
+            })),
+        }
     }
 
     async fn barrier(
@@ -501,9 +650,11 @@ impl QueueHost {
             .map(api::message_from_proto)
             .collect::<Result<_, _>>()?;
         let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
-        let task_shards = self.shards(&req.queue).await?;
-        let completion_shards = self.shards(&completion.queue).await?;
-        let failure_shards = self.shards(&failure.queue).await?;
+        let (task_shards, completion_shards, failure_shards) = futures::try_join!(
+            self.shards(&req.queue),
+            self.shards(&completion.queue),
+            self.shards(&failure.queue)
+        )?;
         // Home: a partition holding both targets, preferring one that also holds the tasks' queue.
         let homes: Vec<u64> = completion_shards
             .iter()
@@ -568,18 +719,18 @@ impl QueueHost {
             entry.0.push(task);
             entry.1.push(slot as usize);
         }
+        // The shards' sends in parallel: the submission waits for the slowest partition, not for their sum.
+        let sends = by_shard.into_iter().map(|(id, (messages, slots))| {
+            let queue = req.queue.clone();
+            async move {
+                let outcome = self.run(id, Op::Send { queue, messages }).await?;
+                Ok::<_, Status>((id, outcome, slots))
+            }
+        });
         let mut refs = vec![proto::MessageRef::default(); count as usize];
-        for (id, (messages, slots)) in by_shard {
-            match self
-                .run(
-                    id,
-                    Op::Send {
-                        queue: req.queue.clone(),
-                        messages,
-                    },
-                )
-                .await?
-            {
+        for result in join_all(sends).await {
+            let (id, outcome, slots) = result?;
+            match outcome {
                 Outcome::Sent(sent) => {
                     for (s, slot) in sent.into_iter().zip(slots) {
                         refs[slot] = proto::MessageRef {
@@ -1028,6 +1179,40 @@ mod tests {
             ..QueueHostConfig::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_receive_asks_a_shard_only_while_the_others_ask_for_less_than_it_shows() {
+        let table = AskTable::default();
+        let first = table.ask(7, "jobs", 32, Some(16)).expect("nobody asks yet");
+        assert!(
+            table.ask(7, "jobs", 32, Some(16)).is_none(),
+            "32 asked already cover 16 ready"
+        );
+        assert!(
+            table.ask(7, "jobs", 32, Some(40)).is_some(),
+            "40 ready: room for another"
+        );
+        assert_eq!(
+            table.total(7, "jobs"),
+            32,
+            "the second share went back when it was dropped"
+        );
+        assert!(
+            table.ask(8, "jobs", 1, Some(1)).is_some(),
+            "another shard is counted apart"
+        );
+        assert!(
+            table.ask(7, "other", 1, Some(1)).is_some(),
+            "another queue is counted apart"
+        );
+        let unknown = table
+            .ask(7, "jobs", 32, None)
+            .expect("an unknown count is always asked");
+        assert_eq!(table.total(7, "jobs"), 64);
+        drop((first, unknown));
+        assert_eq!(table.total(7, "jobs"), 0);
+        assert!(table.0.lock().is_empty(), "nothing left behind");
     }
 
     #[test]

@@ -178,28 +178,112 @@ async fn a_sharded_queue_delivers_every_message_once_and_refuses_with_typed_erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_poll_returns_a_message_sent_while_it_waits() {
-    let cluster = cluster().await;
+    // Looking again only every 20 s: a receive answers sooner only because the entry that stored the message
+    // woke it.
+    let mut config = QueueHostConfig::default().with_partitions(PARTITIONS);
+    config.poll_interval = Duration::from_secs(20);
+    let cluster = Cluster::start(config).await;
     let client = cluster.client();
     client
         .create_queue("events", 2, &QueueSettings::default())
         .await
         .unwrap();
-    let waiting = {
-        let client = client.clone();
-        tokio::spawn(async move { client.receive("events", 1, Duration::from_secs(20), None).await })
-    };
-    // The receive is waiting (nothing to deliver yet); then a message arrives.
-    client
-        .send("events", vec![NewMessage::new("hello")])
+    for round in 0..3 {
+        let waiting = {
+            let client = client.clone();
+            tokio::spawn(async move { client.receive("events", 1, Duration::from_secs(20), None).await })
+        };
+        // The receive is waiting (nothing to deliver yet); then a message arrives.
+        let payload = format!("hello {round}");
+        client
+            .send("events", vec![NewMessage::new(payload.clone())])
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the long poll answers once the message is there, well before its 20 s wait")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, payload.as_bytes());
+        client
+            .ack("events", &[got[0].receipt.unwrap()], &[])
+            .await
+            .unwrap();
+    }
+    cluster.stop().await;
+}
+
+/// Which node leads each partition, as every node sees it; `None` while they disagree or one knows no leader.
+fn leaders(cluster: &Cluster) -> Option<Vec<(u64, usize)>> {
+    let ids: Vec<u64> = cluster.hosts[0].partitions().keys().copied().collect();
+    ids.into_iter()
+        .map(|id| {
+            let leaders: Vec<usize> = (0..cluster.hosts.len())
+                .filter(|&i| cluster.hosts[i].partitions()[&id].leads())
+                .collect();
+            let known: BTreeSet<_> = (0..cluster.hosts.len())
+                .map(|i| cluster.hosts[i].partitions()[&id].service().current_leader())
+                .collect();
+            (leaders.len() == 1 && known.len() == 1 && !known.contains(&None)).then(|| (id, leaders[0]))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_puts_unkeyed_sends_on_a_shard_it_leads() {
+    let cluster = cluster().await;
+    cluster
+        .client()
+        .create_queue("local", PARTITIONS, &QueueSettings::default())
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(15), waiting)
-        .await
-        .expect("the long poll answers once the message is there, well before its 20 s wait")
-        .unwrap()
-        .unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].payload, b"hello");
+    // Each member that leads a partition: its unkeyed sends go there (no forward). Sends during a leadership
+    // change are not judged; each member needs 3 judged ones.
+    let mut judged_members = 0;
+    for node in 0..3 {
+        let client = cluster.client_of(node);
+        let mut judged = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while judged < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "leadership never settled around node {node}'s sends"
+            );
+            let before = wait_for(
+                "every member to agree on the leaders",
+                Duration::from_secs(30),
+                || async { leaders(&cluster) },
+            )
+            .await
+            .unwrap();
+            let led: BTreeSet<u64> = before
+                .iter()
+                .filter(|&&(_, n)| n == node)
+                .map(|&(id, _)| id)
+                .collect();
+            if led.is_empty() {
+                break;
+            }
+            let sent = client
+                .send("local", vec![NewMessage::new(format!("{node}/{judged}"))])
+                .await
+                .unwrap();
+            if leaders(&cluster).as_ref() != Some(&before) {
+                continue;
+            }
+            let partition = sent[0].id.unwrap().partition;
+            assert!(
+                led.contains(&partition),
+                "node {node} leads {led:?} but put an unkeyed send on partition {partition} (leaders {before:?})"
+            );
+            judged += 1;
+        }
+        if judged > 0 {
+            judged_members += 1;
+        }
+    }
+    assert!(judged_members > 0, "no member led a partition");
     cluster.stop().await;
 }
 
@@ -381,5 +465,78 @@ async fn a_barrier_over_a_sharded_queue_joins_every_tasks_result() {
     for i in 0..9u32 {
         assert_eq!(join.results[&i], format!("chunk{i}").into_bytes(), "slot {i}");
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ack_across_partitions_that_one_refuses_names_what_the_others_settled() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    client
+        .create_queue("split", PARTITIONS, &QueueSettings::default())
+        .await
+        .unwrap();
+    // Keyed sends spread over the partitions (each goes where its key hashes).
+    let messages: Vec<NewMessage> = (0..16)
+        .map(|k| NewMessage::new(format!("m{k}")).with_idempotency_key(format!("key-{k}")))
+        .collect();
+    client.send("split", messages).await.unwrap();
+    let mut held = Vec::new();
+    while held.len() < 16 {
+        let got = client
+            .receive("split", 16, Duration::from_secs(5), Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "16 messages were sent, {} received", held.len());
+        held.extend(got.iter().filter_map(|d| d.receipt));
+    }
+    let short = held[0];
+    let long = *held
+        .iter()
+        .find(|r| r.partition != short.partition)
+        .expect("16 keys over 3 partitions use more than one");
+    // `short` goes back to the queue and is delivered again: its first receipt is stale from then on.
+    client
+        .nack("split", &[short], Duration::ZERO, "again")
+        .await
+        .unwrap();
+    wait_for(
+        "the message to be delivered again",
+        Duration::from_secs(30),
+        || async {
+            let got = client
+                .receive(
+                    "split",
+                    1,
+                    Duration::from_millis(500),
+                    Some(Duration::from_secs(60)),
+                )
+                .await
+                .unwrap();
+            got.first()
+                .and_then(|d| d.receipt)
+                .filter(|r| r.id == short.id && r.partition == short.partition && r.delivery == 2)
+        },
+    )
+    .await
+    .unwrap();
+    let err = client.ack("split", &[short, long], &[]).await.unwrap_err();
+    match err.refusal() {
+        Some(QueueError::PartlySettled {
+            settled,
+            total,
+            partition,
+            reason,
+        }) => {
+            assert_eq!(settled, &vec![(long.partition, long.id)]);
+            assert_eq!(*total, 2);
+            assert_eq!(*partition, short.partition);
+            assert!(reason.contains("stale receipt"), "{reason}");
+        }
+        other => panic!("expected PartlySettled, got {other:?} ({err})"),
+    }
+    // Only the settled message is gone.
+    let stats = client.stats("split").await.unwrap();
+    assert_eq!(stats.total.unwrap().depth, 15, "{stats:?}");
     cluster.stop().await;
 }

@@ -10,7 +10,10 @@
 //!
 //! Load shape: every producer sends a batch (`--send-batch` messages, one time stamp for the batch) and waits for
 //! all of them to be acknowledged by the system before the next; every consumer takes up to `--receive-batch`
-//! messages at a time and acknowledges them together. Producers pause while more than `--max-backlog` messages
+//! messages at a time and acknowledges them together. A RabbitMQ consumer gets deliveries pushed (up to its
+//! prefetch) and a JetStream one pulls ahead while its acks travel; a Trestle consumer asks for its next batch while
+//! the previous batch's ack commits (one ack in flight, as a worker runtime with two handlers would). Every
+//! message's latency ends when its ack call returned. Producers pause while more than `--max-backlog` messages
 //! are sent but not yet acknowledged by a consumer, so the latency measures the systems and not a queue that only
 //! grows.
 //!
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use trestle_queue::client::{ClientConfig, ClientError, QueueClient};
 use trestle_queue::{NewMessage, QueueSettings};
@@ -245,9 +248,14 @@ impl Run {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    /// Consumers acknowledged messages carrying these payloads just now: records their latencies.
-    fn acked<'a>(&self, histogram: &mut Histogram<u64>, payloads: impl IntoIterator<Item = &'a [u8]>) {
-        let now = self.now();
+    /// A consumer's ack of messages carrying these payloads returned at `at`: records their latencies.
+    fn acked<'a>(
+        &self,
+        histogram: &mut Histogram<u64>,
+        at: Instant,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        let now = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let mut n = 0;
         for payload in payloads {
             n += 1;
@@ -384,8 +392,23 @@ trait Producer: Send + 'static {
 
 trait Consumer: Send + 'static {
     /// Receives up to a batch (waiting at most about `IDLE_WAIT` for the first), acknowledges it and returns the
-    /// payloads acknowledged.
-    fn take(&mut self) -> impl Future<Output = Result<Vec<Vec<u8>>, QueueBenchError>> + Send;
+    /// batches whose acknowledgement finished (a consumer may return a batch at its next call).
+    fn take(&mut self) -> impl Future<Output = Result<Vec<Acked>, QueueBenchError>> + Send;
+}
+
+/// Payloads a consumer acknowledged, and when its ack call returned.
+struct Acked {
+    payloads: Vec<Vec<u8>>,
+    at: Instant,
+}
+
+impl Acked {
+    fn now(payloads: Vec<Vec<u8>>) -> Vec<Self> {
+        vec![Self {
+            payloads,
+            at: Instant::now(),
+        }]
+    }
 }
 
 /// Connects the producers and consumers, runs them through the warm-up and the measured window, and reports.
@@ -437,7 +460,11 @@ async fn measure<S: System>(args: &QueueBenchArgs, system: &S) -> Result<QueueBe
         tasks.spawn(async move {
             while !run.over() {
                 match consumer.take().await {
-                    Ok(payloads) => run.acked(&mut histogram, payloads.iter().map(Vec::as_slice)),
+                    Ok(batches) => {
+                        for batch in batches {
+                            run.acked(&mut histogram, batch.at, batch.payloads.iter().map(Vec::as_slice));
+                        }
+                    }
                     Err(e) => run.error(e).await,
                 }
             }
@@ -600,6 +627,8 @@ mod trestle {
         client: QueueClient,
         queue: String,
         max: u32,
+        /// The previous batch's ack, committing while the next batch is asked for.
+        acking: Option<JoinHandle<Result<Acked, ClientError>>>,
     }
 
     impl System for Setup {
@@ -611,6 +640,7 @@ mod trestle {
                 client: client(&self.endpoints, i)?,
                 queue: self.queue.clone(),
                 max: self.receive_batch,
+                acking: None,
             })
         }
 
@@ -627,18 +657,41 @@ mod trestle {
         }
     }
 
+    /// Receives a batch while the previous one's ack commits (at most one ack in flight, as a worker runtime
+    /// with a concurrency of two would), then starts this batch's ack. A batch counts when its ack returned.
     impl Consumer for Worker {
-        async fn take(&mut self) -> Result<Vec<Vec<u8>>, QueueBenchError> {
-            let deliveries = self
-                .client
-                .receive(&self.queue, self.max, IDLE_WAIT, None)
-                .await?;
-            if deliveries.is_empty() {
-                return Ok(Vec::new());
+        async fn take(&mut self) -> Result<Vec<Acked>, QueueBenchError> {
+            let acking = self.acking.take();
+            let previous = async move {
+                match acking {
+                    Some(task) => Some(task.await),
+                    None => None,
+                }
+            };
+            let receive = self.client.receive(&self.queue, self.max, IDLE_WAIT, None);
+            let (received, previous) = tokio::join!(receive, previous);
+            let mut done = Vec::new();
+            match previous {
+                Some(Ok(Ok(acked))) => done.push(acked),
+                Some(Ok(Err(e))) => return Err(e.into()),
+                Some(Err(e)) => return Err(QueueBenchError::Options(format!("an ack task failed: {e}"))),
+                None => {}
             }
-            let receipts: Vec<_> = deliveries.iter().filter_map(|d| d.receipt).collect();
-            self.client.ack(&self.queue, &receipts, &[]).await?;
-            Ok(deliveries.into_iter().map(|d| d.payload).collect())
+            let deliveries = received?;
+            if !deliveries.is_empty() {
+                let receipts: Vec<_> = deliveries.iter().filter_map(|d| d.receipt).collect();
+                let payloads = deliveries.into_iter().map(|d| d.payload).collect();
+                let client = self.client.clone();
+                let queue = self.queue.clone();
+                self.acking = Some(tokio::spawn(async move {
+                    client.ack(&queue, &receipts, &[]).await?;
+                    Ok(Acked {
+                        payloads,
+                        at: Instant::now(),
+                    })
+                }));
+            }
+            Ok(done)
         }
     }
 }
@@ -809,7 +862,7 @@ mod rabbitmq {
     }
 
     impl Consumer for Subscriber {
-        async fn take(&mut self) -> Result<Vec<Vec<u8>>, QueueBenchError> {
+        async fn take(&mut self) -> Result<Vec<Acked>, QueueBenchError> {
             let first = match tokio::time::timeout(IDLE_WAIT, self.consumer.next()).await {
                 Err(_) => return Ok(Vec::new()),
                 Ok(None) => {
@@ -833,7 +886,7 @@ mod rabbitmq {
                     .await
                     .map_err(rabbit("acking"))?;
             }
-            Ok(deliveries.into_iter().map(|d| d.data).collect())
+            Ok(Acked::now(deliveries.into_iter().map(|d| d.data).collect()))
         }
     }
 }
@@ -974,7 +1027,7 @@ mod nats {
     }
 
     impl Consumer for Puller {
-        async fn take(&mut self) -> Result<Vec<Vec<u8>>, QueueBenchError> {
+        async fn take(&mut self) -> Result<Vec<Acked>, QueueBenchError> {
             let first = match tokio::time::timeout(IDLE_WAIT, self.messages.next()).await {
                 Err(_) => return Ok(Vec::new()),
                 Ok(None) => return Err(QueueBenchError::Options("nats: the pull stream ended".into())),
@@ -994,7 +1047,9 @@ mod nats {
                     message.ack().await.map_err(nats("acking"))?;
                 }
             }
-            Ok(messages.into_iter().map(|m| m.message.payload.to_vec()).collect())
+            Ok(Acked::now(
+                messages.into_iter().map(|m| m.message.payload.to_vec()).collect(),
+            ))
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   `barrier-<b>` (unique per operation); `ok` with `[b n partition barrier]`, the barrier's home partition and
 //!   id. A refusal is `fail`, anything else `info`.
 //! - `work`: receives up to 4 tasks; `ok` with `[[b slot partition id delivery] ...]`. The session's next operation
-//!   is `finish` with the same list: it acknowledges them, each with its result `r/<b>/<slot>`.
+//!   is `finish` with the same list: it acknowledges them, each with its result `r/<b>/<slot>`, in one ack; an
+//!   ack that some of the tasks' partitions carried out and another refused is `info`, not `fail`.
 //! - `collect`: receives up to 4 completion (or failure) messages; `ok` with `[[b partition id delivery completed
 //!   barrier results] ...]`, where `completed` and `barrier` come from the message's join and `results` lists
 //!   `[slot result]` pairs. The session's next operation is `settle`, acknowledging them.

@@ -139,9 +139,15 @@ pub(crate) fn queue_client(endpoint: &str) -> Result<QueueClient, ClientError> {
     QueueClient::new(config)
 }
 
-/// `fail` when the partition refused the request (it changed nothing), else `info`.
+/// `fail` when the partition refused the request (it changed nothing), else `info`; a settle across partitions
+/// that some of them carried out (`PartlySettled`) is `info`.
 pub(crate) fn failure(e: &ClientError, value: Value) -> Completion {
     match e {
+        // A settle across partitions that some of them carried out: part of it happened.
+        ClientError::Refused {
+            error: trestle_queue::QueueError::PartlySettled { .. },
+            ..
+        } => Completion::info(value, e.to_string()),
         ClientError::Refused { .. } | ClientError::Config(_) => Completion::fail(value, e.to_string()),
         _ => Completion::info(value, e.to_string()),
     }
@@ -338,4 +344,29 @@ pub(crate) fn drained(received: Vec<Value>, acked: bool, empty: bool) -> Value {
         (Value::Str("acked".into()), Value::Bool(acked)),
         (Value::Str("empty".into()), Value::Bool(empty)),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::EventType;
+
+    #[test]
+    fn a_refusal_is_fail_but_a_partly_settled_ack_is_info() {
+        let refused = ClientError::Refused {
+            code: tonic::Code::FailedPrecondition,
+            error: trestle_queue::QueueError::UnknownQueue { name: "q".into() },
+        };
+        assert_eq!(failure(&refused, Value::Nil).kind, EventType::Fail);
+        let partly = ClientError::Refused {
+            code: tonic::Code::Aborted,
+            error: trestle_queue::QueueError::PartlySettled {
+                settled: vec![(1, 2)],
+                total: 2,
+                partition: 3,
+                reason: "stale receipt".into(),
+            },
+        };
+        assert_eq!(failure(&partly, Value::Nil).kind, EventType::Info);
+    }
 }

@@ -82,6 +82,15 @@ impl<S: Storage> Partition<S> {
             .is_some_and(|q| !q.ready.is_empty())
     }
 
+    /// How many messages of `queue` a receive could deliver now (0 for an unknown queue). A hint, as
+    /// [`Partition::deliverable`].
+    pub fn deliverable_count(&self, queue: &str) -> usize {
+        self.names
+            .get(queue)
+            .and_then(|id| self.queues.get(id))
+            .map_or(0, |q| q.ready.len())
+    }
+
     /// A barrier of this partition.
     pub fn barrier(&self, id: BarrierId) -> Result<Barrier, QueueError> {
         self.load_barrier(id)
