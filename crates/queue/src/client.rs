@@ -133,6 +133,12 @@ fn is_unknown_message(status: &Status) -> bool {
     matches!(api::queue_error(status), Some(QueueError::UnknownMessage { .. }))
 }
 
+/// A settle across partitions that some carried out and another refused (perhaps because an earlier attempt had
+/// settled its part already).
+fn is_partly_settled(status: &Status) -> bool {
+    matches!(api::queue_error(status), Some(QueueError::PartlySettled { .. }))
+}
+
 /// A message to send: see [`NewMessage`] (its barrier reference is the server's business and is not sent).
 fn wire(messages: Vec<NewMessage>) -> Vec<proto::Message> {
     messages.iter().map(api::message_to_proto).collect()
@@ -322,7 +328,7 @@ impl QueueClient {
             // An earlier attempt whose answer was lost may have settled some of the receipts and not others (each
             // partition settles its part on its own, and the reply names one message only): settle each receipt on
             // its own, counting one whose message is gone as done.
-            Err(status) if retried && is_unknown_message(&status) => {
+            Err(status) if retried && (is_unknown_message(&status) || is_partly_settled(&status)) => {
                 if receipts.len() == 1 {
                     return Ok(());
                 }
@@ -571,26 +577,43 @@ mod tests {
             let mut state = self.held.lock().unwrap();
             state.1 += 1;
             let call = state.1;
+            let total = req.receipts.len();
             let mut by_partition = std::collections::BTreeMap::<u64, Vec<Receipt>>::new();
             for r in req.receipts {
                 by_partition.entry(r.partition).or_default().push(r);
             }
-            let mut first_error = None;
+            // As the server answers: an unavailable part first, else a refusal, as PartlySettled when another
+            // part was settled.
+            let (mut unavailable, mut refused, mut settled) = (None, None, Vec::new());
             for (partition, receipts) in by_partition {
                 if partition == 2 && call <= 2 {
-                    first_error.get_or_insert(Status::unavailable("partition 2 has no leader"));
+                    unavailable = Some(Status::unavailable("partition 2 has no leader"));
                 } else if let Some(gone) = receipts.iter().find(|r| !state.0.contains(&(r.partition, r.id))) {
-                    first_error.get_or_insert(api::status_of(&QueueError::UnknownMessage {
-                        queue: req.queue.clone(),
-                        id: gone.id,
-                    }));
+                    refused.get_or_insert((
+                        partition,
+                        QueueError::UnknownMessage {
+                            queue: req.queue.clone(),
+                            id: gone.id,
+                        },
+                    ));
                 } else {
                     for r in receipts {
                         state.0.remove(&(r.partition, r.id));
+                        settled.push((r.partition, r.id));
                     }
                 }
             }
-            first_error.map_or(Ok(Response::new(proto::SettleResponse {})), Err)
+            match (unavailable, refused) {
+                (Some(status), _) => Err(status),
+                (None, None) => Ok(Response::new(proto::SettleResponse {})),
+                (None, Some((_, error))) if settled.is_empty() => Err(api::status_of(&error)),
+                (None, Some((partition, error))) => Err(api::status_of(&QueueError::PartlySettled {
+                    settled,
+                    total,
+                    partition,
+                    reason: error.to_string(),
+                })),
+            }
         }
 
         async fn create_queue(
@@ -697,8 +720,9 @@ mod tests {
             delivery: 1,
             token: 7,
         };
-        // First attempt: partition 1 acknowledges message 10, partition 2 is unavailable. The retry finds 10 gone
-        // (partition 1 answers first) while partition 2 is still without a leader: message 20 is not settled yet.
+        // First attempt: partition 1 acknowledges message 10, partition 2 is unavailable. The first retry finds 10
+        // gone while partition 2 is still without a leader; the second settles 20 and answers PartlySettled (10
+        // gone). Then each receipt is settled on its own, the one whose message is gone counting as done.
         client
             .ack("jobs", &[receipt(1, 10), receipt(2, 20)], &[])
             .await

@@ -132,8 +132,8 @@ pub enum QueueError {
     },
     /// A settle (ack, nack, terminate) whose receipts name several partitions, where some partitions settled
     /// their receipts and another did not: each partition settles its part on its own, so a request across
-    /// partitions is not all or nothing. The receipts not in `settled` were refused, or their fate is unknown
-    /// when `reason` says a partition could not be reached.
+    /// partitions is not all or nothing. The receipts not in `settled` were refused (a part whose fate is unknown,
+    /// such as a partition without a leader, makes the answer that part's unavailability instead).
     #[error(
         "{} of {total} receipts were settled ({settled:?}, as (partition, message)); partition {partition} did not \
          settle its part: {reason}",

@@ -607,30 +607,41 @@ impl QueueHost {
         });
         let mut settled = Vec::new();
         let mut outcomes = Vec::new();
-        let mut first_failure = None;
+        let mut failures = Vec::new();
         for (id, ids, result) in join_all(runs).await {
             match result {
                 Ok(outcome) => {
                     settled.extend(ids.into_iter().map(|m| (id, m)));
                     outcomes.push((id, outcome));
                 }
-                Err(status) => {
-                    first_failure.get_or_insert((id, status));
-                }
+                Err(status) => failures.push((id, status)),
             }
         }
-        match first_failure {
-            None => Ok(outcomes),
-            // Nothing settled: the partition's refusal (which changed nothing) or failure as it is.
-            Some((_, status)) if settled.is_empty() => Err(status),
-            // Some partitions settled their part: saying only "refused" would tell the caller none did.
-            Some((partition, status)) => Err(status_of(&QueueError::PartlySettled {
-                settled,
-                total: receipts.len(),
-                partition,
-                reason: status.message().to_owned(),
-            })),
+        if failures.is_empty() {
+            return Ok(outcomes);
         }
+        // A part whose fate is unknown (no leader, timed out) makes the whole request's fate unknown: that status
+        // as it is, so that the client retries (a receipt settled meanwhile then reads as unknown, which a retried
+        // ack counts as done).
+        if let Some(i) = failures
+            .iter()
+            .position(|(_, status)| api::queue_error(status).is_none())
+        {
+            return Err(failures.swap_remove(i).1);
+        }
+        let (partition, status) = failures.swap_remove(0);
+        if settled.is_empty() {
+            // Refused everywhere: nothing changed.
+            return Err(status);
+        }
+        // Some partitions settled their part and another refused: the refusal alone would tell the caller that
+        // nothing changed.
+        Err(status_of(&QueueError::PartlySettled {
+            settled,
+            total: receipts.len(),
+            partition,
+            reason: status.message().to_owned(),
+        }))
     }
 
     async fn barrier(

@@ -629,6 +629,8 @@ mod trestle {
         max: u32,
         /// The previous batch's ack, committing while the next batch is asked for.
         acking: Option<JoinHandle<Result<Acked, ClientError>>>,
+        /// A receive that failed while the previous batch's ack succeeded, reported at the next call.
+        failed: Option<ClientError>,
     }
 
     impl System for Setup {
@@ -641,6 +643,7 @@ mod trestle {
                 queue: self.queue.clone(),
                 max: self.receive_batch,
                 acking: None,
+                failed: None,
             })
         }
 
@@ -661,6 +664,9 @@ mod trestle {
     /// with a concurrency of two would), then starts this batch's ack. A batch counts when its ack returned.
     impl Consumer for Worker {
         async fn take(&mut self) -> Result<Vec<Acked>, QueueBenchError> {
+            if let Some(e) = self.failed.take() {
+                return Err(e.into());
+            }
             let acking = self.acking.take();
             let previous = async move {
                 match acking {
@@ -677,7 +683,15 @@ mod trestle {
                 Some(Err(e)) => return Err(QueueBenchError::Options(format!("an ack task failed: {e}"))),
                 None => {}
             }
-            let deliveries = received?;
+            let deliveries = match received {
+                Ok(deliveries) => deliveries,
+                // The previous batch is acknowledged all the same: count it, and report the error next time.
+                Err(e) if !done.is_empty() => {
+                    self.failed = Some(e);
+                    return Ok(done);
+                }
+                Err(e) => return Err(e.into()),
+            };
             if !deliveries.is_empty() {
                 let receipts: Vec<_> = deliveries.iter().filter_map(|d| d.receipt).collect();
                 let payloads = deliveries.into_iter().map(|d| d.payload).collect();

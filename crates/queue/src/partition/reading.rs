@@ -73,17 +73,8 @@ impl<S: Storage> Partition<S> {
             .collect()
     }
 
-    /// Whether a receive on `queue` would deliver something now (false for an unknown queue). A hint for long
-    /// polling on a replica that may lag.
-    pub fn deliverable(&self, queue: &str) -> bool {
-        self.names
-            .get(queue)
-            .and_then(|id| self.queues.get(id))
-            .is_some_and(|q| !q.ready.is_empty())
-    }
-
-    /// How many messages of `queue` a receive could deliver now (0 for an unknown queue). A hint, as
-    /// [`Partition::deliverable`].
+    /// How many messages of `queue` a receive could deliver now (0 for an unknown queue). A hint for long polling
+    /// on a replica that may lag.
     pub fn deliverable_count(&self, queue: &str) -> usize {
         self.names
             .get(queue)
