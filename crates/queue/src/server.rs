@@ -5,8 +5,11 @@
 //! member answers every request: writes go to the partition's leader, here or forwarded. A queue has shards in one or
 //! more partitions, chosen when it is created; which partitions hold a queue is read from the partitions themselves, so
 //! there is no catalog to keep consistent (from the local replicas, after a read barrier on a partition whose local
-//! replica does not know the queue, since that replica may only lag). A queue's dead-letter queue gets a shard in each
-//! of the queue's partitions (a dead letter moves within its partition).
+//! replica does not know the queue, since that replica may only lag). A partition found that way to hold no shard of
+//! the queue is trusted to hold none for [`QueueHostConfig::absence_lease`] without asking again, and creating a shard
+//! waits that long (and an eighth more, for clocks that run at slightly different rates) before it returns, so that
+//! once a queue's creation has returned no member still trusts an older answer. A queue's dead-letter queue gets a
+//! shard in each of the queue's partitions (a dead letter moves within its partition).
 //!
 //! Sending: messages with a FIFO group or an idempotency key go to the shard their key hashes to (a repeated key
 //! meets its first send); a batch of other messages goes whole to one shard, so it is all or nothing: one this
@@ -56,6 +59,11 @@ pub struct QueueHostConfig {
     /// How often the steward (membership following, spreading leaders over members) looks; `None` turns it
     /// off. Default 1 s.
     pub steward_interval: Option<Duration>,
+    /// How long this member trusts a partition's answer, read after a read barrier, that it holds no shard of a
+    /// queue, before asking again (so that a queue on fewer partitions than the cluster has costs no barrier per
+    /// request). Creating a shard waits this long and an eighth more before it returns, so that no member still
+    /// trusts an answer from before it. Zero asks every time and makes creation return at once. Default 1 s.
+    pub absence_lease: Duration,
 }
 
 impl Default for QueueHostConfig {
@@ -66,6 +74,7 @@ impl Default for QueueHostConfig {
             poll_interval: Duration::from_millis(20),
             follow_group: Some(0),
             steward_interval: Some(Duration::from_secs(1)),
+            absence_lease: Duration::from_secs(1),
         }
     }
 }
@@ -92,6 +101,13 @@ impl QueueHostConfig {
     #[must_use]
     pub fn with_partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions;
+        self
+    }
+
+    /// Sets `absence_lease`.
+    #[must_use]
+    pub fn with_absence_lease(mut self, lease: Duration) -> Self {
+        self.absence_lease = lease;
         self
     }
 
@@ -137,6 +153,47 @@ struct Inner {
     turn: AtomicUsize,
     /// What this member's receives are asking each shard for right now.
     asking: AskTable,
+    /// Partitions known to hold no shard of a queue, for a while.
+    absent: AbsenceCache,
+}
+
+/// By queue: the partitions that a read barrier showed to hold no shard of it, each with the instant until which
+/// that answer is trusted ([`QueueHostConfig::absence_lease`] after the barrier began).
+#[derive(Debug, Default)]
+struct AbsenceCache(parking_lot::Mutex<HashMap<String, HashMap<u64, Instant>>>);
+
+/// The most queues an [`AbsenceCache`] remembers (requests may name any number of queues that do not exist).
+const ABSENCE_CACHE_QUEUES: usize = 4096;
+
+impl AbsenceCache {
+    /// Whether partition `partition` is trusted to hold no shard of `queue` at `now`.
+    fn trusted(&self, queue: &str, partition: u64, now: Instant) -> bool {
+        self.0
+            .lock()
+            .get(queue)
+            .and_then(|partitions| partitions.get(&partition))
+            .is_some_and(|&until| now < until)
+    }
+
+    /// Remembers that `partition` holds no shard of `queue`, trusted until `until`. When the cache is full it
+    /// forgets expired answers first, and remembers nothing new if that frees no room.
+    fn remember(&self, queue: &str, partition: u64, until: Instant) {
+        let mut cache = self.0.lock();
+        if !cache.contains_key(queue) && cache.len() >= ABSENCE_CACHE_QUEUES {
+            let now = Instant::now();
+            cache.retain(|_, partitions| {
+                partitions.retain(|_, until| now < *until);
+                !partitions.is_empty()
+            });
+            if cache.len() >= ABSENCE_CACHE_QUEUES {
+                return;
+            }
+        }
+        cache
+            .entry(queue.to_owned())
+            .or_default()
+            .insert(partition, until);
+    }
 }
 
 /// By (partition, queue): how many messages this member's receives are asking that shard for right now. A
@@ -217,6 +274,7 @@ impl QueueHost {
                 partitions,
                 turn: AtomicUsize::new(0),
                 asking: AskTable::default(),
+                absent: AbsenceCache::default(),
             }),
         })
     }
@@ -256,23 +314,30 @@ impl QueueHost {
     /// yet added to that partition), and a partial list would skip shards (a receive or a stats call that finds
     /// the queue empty) or send a keyed message to another shard than its key's. So each partition whose replica
     /// does not know the queue is read again after a read barrier (the leader confirms its commit index and the
-    /// replica applies up to it: no log entry, and concurrent requests share the round); one that cannot answer
-    /// fails the request.
+    /// replica applies up to it: no log entry, and concurrent requests share the round), unless such a read
+    /// showed it without a shard of the queue less than [`QueueHostConfig::absence_lease`] ago; one that cannot
+    /// answer fails the request.
     async fn shards(&self, queue: &str) -> Result<Vec<u64>, Status> {
+        let lease = self.inner.config.absence_lease;
+        let now = Instant::now();
         let mut shards = Vec::new();
         let mut unknown = Vec::new();
         for (id, p) in &self.inner.partitions {
             if p.local(|part| part.stats(queue).is_ok()).unwrap_or(false) {
                 shards.push(*id);
-            } else {
+            } else if lease.is_zero() || !self.inner.absent.trusted(queue, *id, now) {
                 unknown.push((*id, p));
             }
         }
         let asked = unknown.iter().map(|(id, p)| async move {
+            let asked_at = Instant::now();
             p.service().read_barrier().await?;
             let knows = p.local(|part| part.stats(queue).is_ok()).ok_or_else(|| {
                 Status::unavailable(format!("partition {id} is not loaded on this member yet"))
             })?;
+            if !knows && !lease.is_zero() {
+                self.inner.absent.remember(queue, *id, asked_at + lease);
+            }
             Ok::<_, Status>((*id, knows))
         });
         for answer in join_all(asked).await {
@@ -286,6 +351,15 @@ impl QueueHost {
         }
         shards.sort_unstable();
         Ok(shards)
+    }
+
+    /// Waits until no member trusts an answer, read before shards were just created, that their partitions hold
+    /// none (see [`QueueHostConfig::absence_lease`]).
+    async fn outlast_absence_leases(&self) {
+        let lease = self.inner.config.absence_lease;
+        if !lease.is_zero() {
+            tokio::time::sleep(lease + lease / 8).await;
+        }
     }
 
     /// The settings of `queue` in partition `id`, by this member's replica.
@@ -320,22 +394,36 @@ impl QueueHost {
         }
         let settings = api::settings_from_proto(QueueSettings::default(), req.settings.as_ref());
         settings.validate(&req.name).map_err(|e| status_of(&e))?;
-        let placement = self.placement(&req.name, count);
+        // Whatever happens from here on may have created shards (a failed request's proposal may still commit).
+        let created = self.create_shards(req.name, settings, count).await;
+        self.outlast_absence_leases().await;
+        created
+    }
+
+    /// [`Self::create_queue`] once the request is validated.
+    async fn create_shards(
+        &self,
+        name: String,
+        settings: QueueSettings,
+        count: u32,
+    ) -> Result<proto::QueueInfo, Status> {
+        let placement = self.placement(&name, count);
         if let Some(dlq) = &settings.dead_letter_queue {
-            self.ensure_dead_letter_shards(dlq, &placement).await?;
+            self.ensure_dead_letter_shards(dlq, &placement, &mut false)
+                .await?;
         }
         let mut existed = 0;
         for &id in &placement {
             let op = Op::CreateQueue {
-                name: req.name.clone(),
+                name: name.clone(),
                 settings: settings.clone(),
             };
             match self.partition(id)?.run(op).await {
                 Ok(_) => {}
                 Err(PartitionError::Refused(QueueError::QueueExists { .. })) => {
                     self.partition(id)?.service().read_barrier().await?;
-                    if self.local_settings(id, &req.name).as_ref() != Some(&settings) {
-                        return Err(status_of(&QueueError::QueueExists { name: req.name }));
+                    if self.local_settings(id, &name).as_ref() != Some(&settings) {
+                        return Err(status_of(&QueueError::QueueExists { name }));
                     }
                     existed += 1;
                 }
@@ -343,17 +431,24 @@ impl QueueHost {
             }
         }
         if existed == placement.len() {
-            return Err(status_of(&QueueError::QueueExists { name: req.name }));
+            return Err(status_of(&QueueError::QueueExists { name }));
         }
         Ok(proto::QueueInfo {
-            name: req.name,
+            name,
             partitions: placement,
             settings: Some(api::settings_to_proto(&settings)),
         })
     }
 
     /// Gives dead-letter queue `dlq` a shard in each of `placement`, with the settings of an existing shard.
-    async fn ensure_dead_letter_shards(&self, dlq: &str, placement: &[u64]) -> Result<(), Status> {
+    /// Sets `proposed` when it proposes one, even if the request then fails (the caller then waits out absence
+    /// leases before it answers).
+    async fn ensure_dead_letter_shards(
+        &self,
+        dlq: &str,
+        placement: &[u64],
+        proposed: &mut bool,
+    ) -> Result<(), Status> {
         let existing = self.shards(dlq).await.unwrap_or_default();
         let settings = existing
             .first()
@@ -367,6 +462,7 @@ impl QueueHost {
                 name: dlq.to_owned(),
                 settings: settings.clone(),
             };
+            *proposed = true;
             match self.partition(id)?.run(op).await {
                 Ok(_) | Err(PartitionError::Refused(QueueError::QueueExists { .. })) => {}
                 Err(e) => return Err(partition_status(e)),
@@ -376,6 +472,20 @@ impl QueueHost {
     }
 
     async fn update_queue(&self, req: proto::UpdateQueueRequest) -> Result<proto::QueueInfo, Status> {
+        let mut proposed_shards = false;
+        let updated = self.update_shards(req, &mut proposed_shards).await;
+        if proposed_shards {
+            self.outlast_absence_leases().await;
+        }
+        updated
+    }
+
+    /// [`Self::update_queue`]; sets `proposed_shards` when it proposes a dead-letter queue's new shard.
+    async fn update_shards(
+        &self,
+        req: proto::UpdateQueueRequest,
+        proposed_shards: &mut bool,
+    ) -> Result<proto::QueueInfo, Status> {
         let shards = self.shards(&req.name).await?;
         let mut last = None;
         for &id in &shards {
@@ -387,7 +497,8 @@ impl QueueHost {
             })?;
             let settings = api::settings_from_proto(current, req.settings.as_ref());
             if let Some(dlq) = &settings.dead_letter_queue {
-                self.ensure_dead_letter_shards(dlq, &[id]).await?;
+                self.ensure_dead_letter_shards(dlq, &[id], proposed_shards)
+                    .await?;
             }
             self.run(
                 id,
@@ -1190,6 +1301,38 @@ mod tests {
             ..QueueHostConfig::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn an_absence_answer_is_trusted_for_its_queue_and_partition_until_it_expires() {
+        let cache = AbsenceCache::default();
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        cache.remember("jobs", 3, later);
+        assert!(cache.trusted("jobs", 3, now));
+        assert!(!cache.trusted("jobs", 4, now), "another partition");
+        assert!(!cache.trusted("job", 3, now), "another queue");
+        assert!(!cache.trusted("jobs", 3, later), "expired");
+    }
+
+    #[test]
+    fn a_full_absence_cache_forgets_expired_answers_and_remembers_no_more_live_ones() {
+        let cache = AbsenceCache::default();
+        let now = Instant::now();
+        let live = now + Duration::from_secs(60);
+        for i in 0..ABSENCE_CACHE_QUEUES - 1 {
+            cache.remember(&format!("q{i}"), 1, live);
+        }
+        cache.remember("old", 1, now);
+        cache.remember("new", 1, live);
+        assert!(cache.trusted("new", 1, now), "the expired answer made room");
+        cache.remember("newer", 1, live);
+        assert!(!cache.trusted("newer", 1, now), "full of live answers");
+        cache.remember("q0", 2, live);
+        assert!(
+            cache.trusted("q0", 2, now),
+            "a queue it remembers takes more partitions"
+        );
     }
 
     #[test]

@@ -21,8 +21,17 @@ use support::Cluster;
 
 const PARTITIONS: u32 = 3;
 
+/// Creating a queue waits out the absence lease: shorter than the default keeps these tests quick, and still long
+/// enough that the requests of a test trust earlier answers.
+const ABSENCE_LEASE: Duration = Duration::from_millis(250);
+
 async fn cluster() -> Cluster {
-    Cluster::start(QueueHostConfig::default().with_partitions(PARTITIONS)).await
+    Cluster::start(
+        QueueHostConfig::default()
+            .with_partitions(PARTITIONS)
+            .with_absence_lease(ABSENCE_LEASE),
+    )
+    .await
 }
 
 /// Receives and acks everything `queue` holds, through long polls; the payloads.
@@ -180,7 +189,9 @@ async fn a_sharded_queue_delivers_every_message_once_and_refuses_with_typed_erro
 async fn a_long_poll_returns_a_message_sent_while_it_waits() {
     // Looking again only every 20 s: a receive answers sooner only because the entry that stored the message
     // woke it.
-    let mut config = QueueHostConfig::default().with_partitions(PARTITIONS);
+    let mut config = QueueHostConfig::default()
+        .with_partitions(PARTITIONS)
+        .with_absence_lease(ABSENCE_LEASE);
     config.poll_interval = Duration::from_secs(20);
     let cluster = Cluster::start(config).await;
     let client = cluster.client();
