@@ -9,9 +9,13 @@
 # Every server runs under `strace -f --seccomp-bpf -e trace=fsync,fdatasync` (only those calls stop the process),
 # so each round also reports the fsyncs the whole cluster made per message sent. --no-fsync-count turns it off.
 #
+# --server-threads N gives every server process N scheduler threads: Trestle `serve --threads N`, RabbitMQ's
+# Erlang VM `+S N:N`, NATS `GOMAXPROCS=N` (by default each takes one per core; three members of each cluster share
+# this machine's cores).
+#
 # Usage: scripts/bench-queue.sh [--rounds 3] [--duration 10] [--warmup 2] [--producers 4] [--consumers 4]
 #        [--send-batch 16] [--receive-batch 32] [--partitions 3] [--scaling "1 2 3 4 5 6"] [--systems "trestle
-#        rabbitmq nats"] [--no-fsync-count]
+#        rabbitmq nats"] [--server-threads N] [--no-fsync-count]
 # As root it installs rabbitmq-server, nats-server and strace with apt-get when they are missing.
 # Not a test: it takes about (3 systems + 6 partition counts) x rounds x (duration + warm-up + ~5 s).
 set -euo pipefail
@@ -19,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$TRESTLE_ROOT"
 
 rounds=3 duration=10 warmup=2 producers=4 consumers=4 send_batch=16 receive_batch=32 partitions=3
-scaling="1 2 3 4 5 6" systems="trestle rabbitmq nats" fsync_count=1
+scaling="1 2 3 4 5 6" systems="trestle rabbitmq nats" fsync_count=1 server_threads=
 while (($#)); do
     case $1 in
         --rounds) rounds=$2; shift 2 ;;
@@ -32,10 +36,12 @@ while (($#)); do
         --partitions) partitions=$2; shift 2 ;;
         --scaling) scaling=$2; shift 2 ;;
         --systems) systems=$2; shift 2 ;;
+        --server-threads) server_threads=$2; shift 2 ;;
         --no-fsync-count) fsync_count=0; shift ;;
         *) die "unknown option $1 (see the header of $0)" ;;
     esac
 done
+[[ -z $server_threads || $server_threads =~ ^[1-9][0-9]*$ ]] || die "--server-threads must be a positive count"
 max_partitions=$(printf '%s\n' "$partitions" $scaling | sort -n | tail -1)
 
 # --- what the comparison needs ---------------------------------------------------------------------------------
@@ -95,7 +101,7 @@ launch() {
 # fsyncs SYSTEM: the fsync and fdatasync calls its servers have made so far.
 fsyncs() {
     ((fsync_count)) || { echo 0; return; }
-    cat "$work/$1"-*.fsync 2>/dev/null | grep -cE '(^|[0-9] )(fsync|fdatasync)\(' || true
+    cat "$work/$1"-*.fsync 2>/dev/null | grep -cE '(^|[0-9] +)(fsync|fdatasync)\(' || true
 }
 
 wait_port() { # PORT WHAT
@@ -126,7 +132,7 @@ if wants trestle || [[ -n $scaling ]]; then
         RUST_LOG=warn launch "trestle-$i" "$trestle" serve --name "n$i" --data-dir "$work/trestle-$i.data" \
             --listen-client-urls "http://127.0.0.1:$client" --listen-peer-urls "http://127.0.0.1:$((client + 1))" \
             --listen-metrics-urls "http://127.0.0.1:$((client + 2))" --initial-cluster "$cluster" \
-            --queue-partitions "$max_partitions"
+            --queue-partitions "$max_partitions" ${server_threads:+--threads "$server_threads"}
     done
     endpoints[trestle]="http://127.0.0.1:24379,http://127.0.0.1:24382,http://127.0.0.1:24385"
     for port in 24379 24382 24385; do wait_port "$port" "trestle serve"; done
@@ -154,6 +160,7 @@ if wants rabbitmq; then
             RABBITMQ_LOG_BASE="$work/rabbitmq/n$i/log" RABBITMQ_CONFIG_FILE="$work/rabbitmq/n$i/rabbitmq" \
             RABBITMQ_ENABLED_PLUGINS_FILE="$work/rabbitmq/enabled_plugins" \
             RABBITMQ_PID_FILE="$work/rabbitmq/n$i/pid" \
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${server_threads:++S $server_threads:$server_threads}" \
             launch "rabbitmq-$i" /usr/lib/rabbitmq/bin/rabbitmq-server
     done
     # await_startup needs the Erlang node up already: until it is, it fails at once.
@@ -195,7 +202,7 @@ cluster {
   routes: [nats-route://127.0.0.1:26222, nats-route://127.0.0.1:26223, nats-route://127.0.0.1:26224]
 }
 EOF
-        launch "nats-$i" nats-server -c "$work/nats-$i.conf"
+        launch "nats-$i" ${server_threads:+env "GOMAXPROCS=$server_threads"} nats-server -c "$work/nats-$i.conf"
     done
     for port in 24222 24223 24224; do wait_port "$port" nats-server; done
     endpoints[nats]="nats://127.0.0.1:24222,nats://127.0.0.1:24223,nats://127.0.0.1:24224"
@@ -210,6 +217,7 @@ echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -
     | awk '/Mem:/{print $2}') GiB; disk: $(df -h "$work" | awk 'NR==2{print $1, $2}'), data directories in $work"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other engineers build on the same 2 cores)"
 echo "every server, client and load generator shares the 2 cores: no pinning"
+echo "scheduler threads per server process: ${server_threads:-the default of each system (one per core)}"
 echo "load: $producers producers (batches of $send_batch), $consumers consumers (batches of $receive_batch)," \
     "1 KiB payloads, ${warmup}s warm-up + ${duration}s measured per round, $rounds rounds per system"
 wants trestle && echo "trestle: $("$trestle" --version), release build, 3 nodes, --queue-partitions $max_partitions, queue of" \

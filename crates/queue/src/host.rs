@@ -388,16 +388,24 @@ impl PartitionHandle {
     /// Starts (or restarts) partition `partition` as Raft group `group` on `node`, with its leader clock. The
     /// caller founds a new group (`Node::found_group`) or joins an existing one.
     pub async fn start(node: &Node, group: GroupId, partition: u64) -> Result<Self, StartPartitionError> {
-        Self::start_among(node, group, partition, Partitions::default()).await
+        Self::start_among(
+            node,
+            group,
+            partition,
+            Partitions::default(),
+            ReplicatedSettings::default(),
+        )
+        .await
     }
 
-    /// Like [`PartitionHandle::start`], for one of several partitions of a host: once `partitions` is set, the
-    /// leader delivers this partition's outbox to them.
+    /// Like [`PartitionHandle::start`], for one of several partitions of a host, with `settings` for its
+    /// replicated service: once `partitions` is set, the leader delivers this partition's outbox to them.
     pub async fn start_among(
         node: &Node,
         group: GroupId,
         partition: u64,
         partitions: Partitions,
+        settings: ReplicatedSettings,
     ) -> Result<Self, StartPartitionError> {
         let queue_machine = QueueMachine::new(partition);
         let applied = queue_machine.applied();
@@ -411,7 +419,7 @@ impl PartitionHandle {
                     partitions,
                     exported: parking_lot::Mutex::default(),
                 },
-                ReplicatedSettings::default(),
+                settings,
             )
             .await?;
         // The clock ends with the group's Raft.

@@ -54,6 +54,11 @@ pub fn run(cli: Cli) -> ExitCode {
             builder.worker_threads(args.threads);
             builder
         }
+        Command::Serve(args) if args.threads > 0 => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(args.threads);
+            builder
+        }
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let runtime = match builder.enable_all().build() {
@@ -92,9 +97,20 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("trestle: {message}");
+            if let Some(hint) = hint_for(&message) {
+                eprintln!("trestle: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do about a fatal error whose cause the operator can fix, when its message shows one.
+fn hint_for(message: &str) -> Option<&'static str> {
+    message.contains("No space left on device").then_some(
+        "the data directory's volume is full: free space on it (or grow it), then start the node again; \
+         everything it acknowledged is on disk, and it catches up from the other members",
+    )
 }
 
 fn init_tracing() {
@@ -104,4 +120,17 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_volume_gets_a_hint_and_other_errors_none() {
+        let full =
+            "data directory /d/db: IO error: No space left on device: While appending to file: /d/db/8.sst";
+        assert!(hint_for(full).is_some_and(|h| h.contains("free space")));
+        assert_eq!(hint_for("raft group 0 stopped: the log is damaged"), None);
+    }
 }

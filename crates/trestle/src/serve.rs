@@ -14,10 +14,16 @@ use trestle_raft::ClusterState;
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct ServeArgs {
-    /// A TOML file with any of the options below.
+    /// A TOML file with any of the options below but --threads.
     #[arg(long, env = "TRESTLE_CONFIG_FILE")]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// Threads running the node's requests and Raft groups; 0 starts one per core. When several members share a
+    /// machine, fewer threads each cost less switching between them (command line or environment only: the
+    /// threads start before the config file is read).
+    #[arg(long, env = "TRESTLE_THREADS", default_value_t = 0)]
+    #[serde(skip)]
+    pub threads: usize,
     /// Human-readable member name.
     #[arg(long, env = "TRESTLE_NAME")]
     pub name: Option<String>,
@@ -58,8 +64,9 @@ pub struct ServeArgs {
     /// heartbeats before campaigning (etcd's flag) [default: 100].
     #[arg(long, env = "TRESTLE_ELECTION_TIMEOUT")]
     pub election_timeout: Option<u64>,
-    /// Group commit: how many batches of writes this node keeps in flight; writes arriving meanwhile wait and
-    /// leave together as the next batch (one Raft entry). 1 gives the largest batches [default: 1].
+    /// Group commit: how many batches of writes this node keeps in flight per Raft group (the coordination
+    /// store's and each queue partition's); writes arriving meanwhile wait and leave together as the next batch
+    /// (one Raft entry). 1 gives the largest batches [default: 1; queue partitions 4].
     #[arg(long, env = "TRESTLE_PROPOSAL_PIPELINE", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub proposal_pipeline: Option<u64>,
     /// Take a Raft snapshot, and compact the log behind it, after this many applied entries, plus a fixed
@@ -200,8 +207,10 @@ impl ServeArgs {
         self.into_parts().map(|(config, _)| config)
     }
 
-    /// The node configuration and the queue partitions (0: none) these options describe.
-    pub fn into_parts(self) -> Result<(EtcdNodeConfig, u32), ServeError> {
+    /// The node configuration and the queue host's (`None`: no queue partitions) these options describe.
+    pub fn into_parts(
+        self,
+    ) -> Result<(EtcdNodeConfig, Option<trestle_queue::server::QueueHostConfig>), ServeError> {
         let file = match &self.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ServeError::ConfigFile {
@@ -285,7 +294,8 @@ impl ServeArgs {
                 std::time::Duration::from_millis(ms.saturating_mul(2)),
             );
         }
-        if let Some(n) = merge(self.proposal_pipeline, file.proposal_pipeline) {
+        let proposal_pipeline = merge(self.proposal_pipeline, file.proposal_pipeline);
+        if let Some(n) = proposal_pipeline {
             // Bounded to 1..=64 by the parser; a config file's value is checked by `EtcdNodeConfig::validate`.
             config.store.replicated.proposal_pipeline = usize::try_from(n).unwrap_or(usize::MAX);
         }
@@ -335,13 +345,27 @@ impl ServeArgs {
                 trestle_queue::server::MAX_PARTITIONS
             )));
         }
-        Ok((config, queue_partitions))
+        // The queue's partitions take the node's settings for replicated services, but keep their own group
+        // commit depth unless --proposal-pipeline is given (queue traffic gains from a deeper pipeline than the
+        // store's).
+        let queue = (queue_partitions > 0).then(|| {
+            let defaults = trestle_queue::server::QueueHostConfig::default();
+            let mut replicated = config.store.replicated.clone();
+            if proposal_pipeline.is_none() {
+                replicated.proposal_pipeline = defaults.replicated.proposal_pipeline;
+            }
+            defaults
+                .with_partitions(queue_partitions)
+                .with_replicated(replicated)
+        });
+        Ok((config, queue))
     }
 }
 
 /// Runs one node until SIGINT or SIGTERM, then shuts it down.
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let (mut config, queue_partitions) = args.into_parts()?;
+    let (mut config, queue) = args.into_parts()?;
+    let queue_partitions = queue.as_ref().map_or(0, |q| q.partitions);
     if config.node.listen_metrics.is_some() {
         config.node.metrics = Some(install_prometheus_recorder()?);
     }
@@ -349,12 +373,11 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // The queue's service is routed before its partitions start (the client port serves once, at start); it
     // answers UNAVAILABLE until they have.
     let queue_slot = trestle_queue::server::HostSlot::default();
-    if queue_partitions > 0 {
+    if queue.is_some() {
         routes.add_service(trestle_queue::server::QueueApi::pending(queue_slot.clone()).into_service());
     }
     let node = EtcdNode::start_with_services(config, routes).await?;
-    if queue_partitions > 0 {
-        let config = trestle_queue::server::QueueHostConfig::default().with_partitions(queue_partitions);
+    if let Some(config) = queue {
         match trestle_queue::server::QueueHost::start(node.node(), config).await {
             Ok(host) => queue_slot.set(host),
             Err(e) => {
@@ -432,6 +455,32 @@ mod tests {
         assert_eq!(parse_url_addr("http://localhost:2380/").unwrap().port(), 2380);
         assert!(parse_url_addr("127.0.0.1:2379").is_err());
         assert!(parse_url_addr("http://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn queue_partitions_keep_their_own_pipeline_unless_one_is_given() {
+        let args = |pipeline: Option<u64>| ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            queue_partitions: Some(3),
+            proposal_pipeline: pipeline,
+            ..Default::default()
+        };
+        let (store, queue) = args(None).into_parts().unwrap();
+        let queue = queue.expect("queue partitions were asked for");
+        assert_eq!(queue.partitions, 3);
+        assert_eq!(store.store.replicated.proposal_pipeline, 1);
+        assert_eq!(
+            queue.replicated.proposal_pipeline,
+            trestle_queue::server::QUEUE_PROPOSAL_PIPELINE
+        );
+        let (store, queue) = args(Some(2)).into_parts().unwrap();
+        assert_eq!(store.store.replicated.proposal_pipeline, 2);
+        assert_eq!(queue.unwrap().replicated.proposal_pipeline, 2);
+        let none = ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        assert!(none.into_parts().unwrap().1.is_none());
     }
 
     #[test]
