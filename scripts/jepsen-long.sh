@@ -6,7 +6,8 @@
 #   SEED=12345 scripts/jepsen-long.sh           # replay: the same seed gives the same schedule and op mix
 #   PROFILE=release scripts/jepsen-long.sh      # optimised nodes (the first release build of RocksDB is slow)
 #
-# Run it as root for network namespaces and kernel packet drops; without root it uses the loopback proxy mode.
+# Run it as root for network namespaces, kernel packet drops and the disk-full nemesis (a tmpfs per node); without
+# root it uses the loopback proxy mode, and NEMESIS must leave disk-full out (it is part of `all`).
 # Results: $STORE/<workload>/<timestamp>/ (default store/), with a `latest` link; each run prints its summary.
 # Exit status: 0 when every run is valid, else the worst (1 invalid, 2 unknown, 255 harness error).
 set -euo pipefail

@@ -8,6 +8,7 @@ use trestle_raft::WatchReceiver as _;
 
 use common::{TestCluster, wait_for};
 use etcd_client::{Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use trestle_etcd::EtcdNode;
 use trestle_raft::ClusterState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,8 +210,21 @@ async fn a_follower_behind_by_large_values_catches_up_from_the_log() {
     cluster.shutdown().await;
 }
 
+/// The id of the member at peer URL `url`, from the member list.
+async fn member_id_at(client: &mut etcd_client::Client, url: &str) -> u64 {
+    client
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .find(|m| m.peer_urls() == [url])
+        .map(|m| m.id())
+        .unwrap_or_else(|| panic!("no member at {url}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_follower_catches_up_by_snapshot() {
+async fn a_wiped_follower_is_refused_as_a_founder_and_replaced_catches_up_by_snapshot() {
     let mut cluster = TestCluster::start_tuned(3, |c| {
         c.node.raft.snapshot_every = 50;
         c.node.raft.keep_after_snapshot = 10;
@@ -227,7 +241,28 @@ async fn a_wiped_follower_catches_up_by_snapshot() {
     }
     cluster.stop(victim).await;
     std::fs::remove_dir_all(&cluster.members[victim].dir).unwrap();
-    cluster.restart(victim).await;
+    // Started on an empty directory, as the founder it was or as a joining member, it is refused: the cluster
+    // lists it as a member that has run, and with an empty log it could vote a member missing acknowledged
+    // writes into leadership.
+    for state in [ClusterState::New, ClusterState::Existing] {
+        let refused = EtcdNode::start(cluster.config(victim, state)).await;
+        let message = match refused {
+            Ok(_) => panic!("a member whose data directory was wiped started ({state:?})"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            message.contains("has already run in this cluster") && message.contains("member remove"),
+            "{state:?}: {message}"
+        );
+        std::fs::remove_dir_all(&cluster.members[victim].dir).unwrap();
+    }
+    // Replaced as an operator does: removed, added back (a new id), started to join.
+    let url = cluster.members[victim].peer_url();
+    let old = member_id_at(&mut client, &url).await;
+    client.member_remove(old).await.unwrap();
+    client.member_add([url], None).await.unwrap();
+    let node = cluster.start_node(victim, ClusterState::Existing).await;
+    cluster.nodes[victim] = Some(node);
     let node = cluster.node(victim);
     wait_for(
         "the wiped follower to install a snapshot",
@@ -824,15 +859,7 @@ async fn a_removed_member_comes_back_at_its_url_with_an_empty_data_directory() {
     let mut client = cluster.client(leader).await;
     let gone = (leader + 1) % 3;
     let url = cluster.members[gone].peer_url();
-    let id = client
-        .member_list()
-        .await
-        .unwrap()
-        .members()
-        .iter()
-        .find(|m| m.peer_urls() == std::slice::from_ref(&url))
-        .map(|m| m.id())
-        .unwrap();
+    let id = member_id_at(&mut client, &url).await;
     // History after the member published its name: the returning member catches up on it in several
     // AppendEntries (at most 64 entries each), so it sees the membership in which it had its name before the
     // latest one, in which it has none.

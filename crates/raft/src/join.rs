@@ -7,6 +7,12 @@
 //! cluster. The members listed in `initial_cluster` are asked in turn for the membership group's members; only
 //! that group's leader answers, after a linearizable read, so the answer includes every `MemberAdd` and
 //! `MemberRemove` that completed before the node started. The node takes the id listed at its peer URL.
+//!
+//! Either way a node on a new data directory refuses to start when the cluster lists its peer URL with client URLs,
+//! which a member publishes only once it has run: that member's data was wiped or swapped, and with an empty log
+//! it could vote a member missing acknowledged writes into leadership (etcd refuses such a member as "already
+//! bootstrapped"). A joining node learns it from the answer above; a founder (`ClusterState::New`) asks the same
+//! question once ([`refuse_if_bootstrapped`]).
 
 use std::time::Duration;
 
@@ -24,6 +30,13 @@ const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// Whether member `id` of `members` has published its client URLs, which a member does once it has run.
+fn has_run(members: &[(NodeId, PeerNode)], id: NodeId) -> bool {
+    members
+        .iter()
+        .any(|(member, node)| *member == id && !node.client_urls.is_empty())
 }
 
 /// The id `members` give the member at `peer_url`, if any.
@@ -64,6 +77,15 @@ pub(crate) async fn own_id_from_cluster(
         for url in &others {
             match members_at(channels, url, group, ASK_TIMEOUT).await {
                 Ok(members) => match id_at(&members, me) {
+                    // Listed with client URLs: that member has run, and this empty directory is not its data (a
+                    // member added with MemberAdd publishes them only once it has started).
+                    Some(id) if has_run(&members, id) => {
+                        return Err(NodeError::AlreadyBootstrapped {
+                            peer_url: me.clone(),
+                            id,
+                            asked: (*url).to_owned(),
+                        });
+                    }
                     Some(id) => {
                         info!(
                             id,
@@ -93,6 +115,49 @@ pub(crate) async fn own_id_from_cluster(
         tokio::time::sleep(pause.min(deadline - now)).await;
         pause = (pause * 2).min(MAX_PAUSE);
     }
+}
+
+/// Time a founder on a new data directory gives the other founders to answer (all at once).
+const BOOTSTRAPPED_ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// For a founder starting on a new data directory: asks every other member of `config.initial_cluster` at once,
+/// and fails with [`NodeError::AlreadyBootstrapped`] when a leader of the membership group lists this peer URL
+/// with client URLs, which a member publishes only after it has run: its data directory was wiped or swapped,
+/// and a member with an empty log could vote a member missing acknowledged writes into leadership. Members
+/// founding a cluster together are never refused (none has published yet); when no leader answers within
+/// [`BOOTSTRAPPED_ASK_TIMEOUT`] (no cluster yet, or none reachable), the node starts.
+pub(crate) async fn refuse_if_bootstrapped(
+    config: &NodeConfig,
+    channels: &PeerChannels,
+) -> Result<(), NodeError> {
+    let me = &config.advertise_peer_url;
+    let group = config.membership_group;
+    let asked = config
+        .initial_cluster
+        .iter()
+        .map(|(_, url)| url.as_str())
+        .filter(|url| !same_url(url, me))
+        .map(|url| async move {
+            (
+                url,
+                members_at(channels, url, group, BOOTSTRAPPED_ASK_TIMEOUT).await,
+            )
+        });
+    for (url, answer) in futures::future::join_all(asked).await {
+        let Ok(members) = answer else {
+            continue;
+        };
+        if let Some(id) = id_at(&members, me)
+            && has_run(&members, id)
+        {
+            return Err(NodeError::AlreadyBootstrapped {
+                peer_url: me.clone(),
+                id,
+                asked: url.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `group`'s members as its leader knows them after a linearizable read: asked of the leader `raft` knows, then

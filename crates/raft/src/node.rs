@@ -366,6 +366,22 @@ pub enum NodeError {
         /// What the members answered last.
         reason: String,
     },
+    /// A node started on a new data directory, but the cluster already lists its peer URL as a member that has
+    /// run: its data was lost or moved. Started empty it could vote for a member missing acknowledged writes.
+    #[error(
+        "the data directory is new, but member {id:x} at {peer_url} has already run in this cluster (the leader at \
+         {asked} lists its client URLs): its data was lost or moved. Restore the data directory, or replace the \
+         member: remove it (etcdctl member remove {id:x}), add it back (etcdctl member add) and start it with \
+         --initial-cluster-state existing"
+    )]
+    AlreadyBootstrapped {
+        /// The node's advertised peer URL.
+        peer_url: String,
+        /// The member's id in the cluster.
+        id: NodeId,
+        /// The member whose leader answered.
+        asked: String,
+    },
     /// [`Node::serve_clients`] was called a second time: the client port serves one set of routes.
     #[error("the client port {addr} is already serving")]
     ClientsAlreadyServed {
@@ -577,7 +593,14 @@ impl Node {
             Some(id) => id,
             None => {
                 let id = match config.cluster_state {
-                    ClusterState::New => config.node_id(),
+                    ClusterState::New => {
+                        // A new directory on disk (in-memory storage has no such thing: it is new on every
+                        // start, and a simulation keeps it across a node's restarts).
+                        if matches!(config.storage, NodeStorage::Disk) {
+                            crate::join::refuse_if_bootstrapped(&config, &channels).await?;
+                        }
+                        config.node_id()
+                    }
                     ClusterState::Existing => crate::join::own_id_from_cluster(&config, &channels).await?,
                 };
                 if let GroupStorage::RocksDb { db, .. } = &storage {

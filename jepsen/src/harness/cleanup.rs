@@ -2,10 +2,10 @@
 //! (SIGKILL, a power cut) could not.
 //!
 //! Each run keeps a ledger `$TMPDIR/trestle-jepsen-runs/<run id>`: the runner's pid, then one line per namespace
-//! (`netns NAME`) and per node process (`pid PID`). A clean teardown deletes the ledger. At start, every ledger
-//! whose runner is gone is replayed: processes whose command line still names the run are killed, namespaces are
-//! deleted, and so is the run's data directory (`$TMPDIR/trestle-jepsen-<run id>`). Nothing is matched by a broad
-//! name.
+//! (`netns NAME`), per node process (`pid PID`) and per data volume (`mount PATH`, disk-full runs). A clean
+//! teardown deletes the ledger. At start, every ledger whose runner is gone is replayed: processes whose command line
+//! still names the run are killed, namespaces are deleted, volumes unmounted, and so is the run's data directory
+//! (`$TMPDIR/trestle-jepsen-<run id>`) deleted. Nothing is matched by a broad name.
 
 use std::fs;
 use std::io::Write;
@@ -109,6 +109,17 @@ pub fn clean_leftovers() -> Vec<String> {
                 && netns::ip(&["netns", "del", ns.trim()]).is_ok()
             {
                 done.push(format!("deleted leftover namespace {ns} of run {run_id}"));
+            }
+        }
+        for line in text.lines() {
+            // Lazily: a process of the run that could not be killed may still hold it.
+            if let Some(volume) = line.strip_prefix("mount ")
+                && std::process::Command::new("umount")
+                    .args(["-l", volume.trim()])
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            {
+                done.push(format!("unmounted leftover volume {volume} of run {run_id}"));
             }
         }
         let data = std::env::temp_dir().join(format!("trestle-jepsen-{run_id}"));

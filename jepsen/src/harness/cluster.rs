@@ -143,6 +143,8 @@ pub(crate) struct Cluster {
     run_id: String,
     /// The clients' way to each cache node, by node (empty unless the cluster hosts cache nodes).
     gates: Vec<Gate>,
+    /// Each node's data volume, a size-limited tmpfs holding its data directory (disk-full nemesis runs only).
+    volumes: Vec<PathBuf>,
 }
 
 /// What the cluster needs to start.
@@ -161,6 +163,9 @@ pub(crate) struct ClusterSpec {
     pub(crate) serve_args: Vec<String>,
     /// Also run a cache node (`trestle cache serve`) on every node ([`Workload::hosts_cache`](crate::Workload)).
     pub(crate) cache: bool,
+    /// Give every node a data volume of this many bytes (a tmpfs mounted for the run, which needs root), so that
+    /// the disk-full nemesis can fill it.
+    pub(crate) disk_volume: Option<u64>,
 }
 
 impl Cluster {
@@ -203,6 +208,7 @@ impl Cluster {
             serve_args: spec.serve_args.clone(),
             run_id: spec.run_id.clone(),
             gates: Vec::new(),
+            volumes: Vec::new(),
         };
         // From here on, an error drops `cluster`, which tears down whatever was made.
         if mode == NetMode::Namespaces
@@ -221,6 +227,9 @@ impl Cluster {
         }
         if spec.cache {
             cluster.build_cache_gates().await?;
+        }
+        if let Some(bytes) = spec.disk_volume {
+            cluster.mount_volumes(bytes)?;
         }
         for i in 0..spec.nodes {
             cluster.start_node(i)?;
@@ -398,6 +407,11 @@ impl Cluster {
         let socket = tokio::net::TcpSocket::new_v4().map_err(|e| HarnessError::io(what(), e))?;
         socket
             .set_reuseaddr(true)
+            .map_err(|e| HarnessError::io(what(), e))?;
+        // The forwarder of the node's previous process, aborted when it died, may not have closed its listener
+        // yet when the node is started again at once.
+        socket
+            .set_reuseport(true)
             .map_err(|e| HarnessError::io(what(), e))?;
         socket.bind(at).map_err(|e| HarnessError::io(what(), e))?;
         let listener = socket.listen(1024).map_err(|e| HarnessError::io(what(), e))?;
@@ -584,8 +598,12 @@ impl Cluster {
         self.ledger.append(&format!("pid {pid}"));
         if let Some(Some((at, None))) = self.forwarders.get(i) {
             let (at, client) = (*at, self.nodes[i].client_listen);
-            if let Some(worker) = self.workers.get(i).cloned() {
-                self.spawn_forwarder(i, at, &worker, client)?;
+            if let Some(worker) = self.workers.get(i).cloned()
+                && let Err(e) = self.spawn_forwarder(i, at, &worker, client)
+            {
+                // Not left running untracked: the caller sees the node down.
+                sigkill(child);
+                return Err(e);
             }
         }
         if let Ok(mut pids) = self.shared.pids.lock() {
@@ -653,6 +671,68 @@ impl Cluster {
         }
         self.nodes[i].joining = true;
         Ok(())
+    }
+
+    /// Mounts a tmpfs of `bytes` for each node and moves its data directory onto it (before the first start).
+    fn mount_volumes(&mut self, bytes: u64) -> Result<(), HarnessError> {
+        for i in 0..self.nodes.len() {
+            let volume = self.data_root.join(format!("vol{i}"));
+            fs::create_dir_all(&volume).map_err(|e| HarnessError::io(&volume, e))?;
+            // Written first, so that a killed run's volume is unmounted by the next run's cleanup.
+            self.ledger.append(&format!("mount {}", volume.display()));
+            let options = format!("size={bytes},mode=0700");
+            let source = format!("trestle-jepsen-{}", self.run_id);
+            let args = ["-t", "tmpfs", "-o", &options, &source];
+            let out = Command::new("mount").args(args).arg(&volume).output();
+            let failed = match &out {
+                Ok(out) if out.status.success() => None,
+                Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(message) = failed {
+                return Err(HarnessError::Command {
+                    command: format!("mount {} {}", args.join(" "), volume.display()),
+                    message: format!(
+                        "{message} (the disk-full nemesis needs root to mount a volume per node)"
+                    ),
+                });
+            }
+            self.volumes.push(volume.clone());
+            self.nodes[i].data = volume.join("data");
+        }
+        Ok(())
+    }
+
+    /// Fills node `i`'s data volume with a ballast file until the volume is full. Returns the bytes written.
+    pub(crate) fn fill_volume(&self, i: usize) -> Result<u64, HarnessError> {
+        use std::io::Write;
+        let volume = self.volumes.get(i).ok_or_else(|| {
+            HarnessError::io(&self.data_root, io::Error::other("the run has no data volumes"))
+        })?;
+        let path = volume.join("ballast");
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| HarnessError::io(&path, e))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::StorageFull => break,
+                Err(e) => return Err(HarnessError::io(&path, e)),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Deletes node `i`'s ballast (see [`Cluster::fill_volume`]). Whether there was one.
+    pub(crate) fn free_volume(&self, i: usize) -> bool {
+        self.volumes
+            .get(i)
+            .is_some_and(|volume| fs::remove_file(volume.join("ballast")).is_ok())
     }
 
     /// Damages node `i`'s database directory (it must be down) as `how` says. Returns what was done.
@@ -947,6 +1027,9 @@ impl Cluster {
             self.kill_node(i);
         }
         self.discard_network();
+        for volume in &self.volumes {
+            let _ = Command::new("umount").arg(volume).output();
+        }
         let _ = fs::remove_dir_all(&self.data_root);
         self.ledger.close();
     }

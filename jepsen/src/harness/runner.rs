@@ -170,6 +170,10 @@ pub async fn run_test(config: &TestConfig) -> Result<TestOutcome, HarnessError> 
     }
 }
 
+/// Each node's data volume in runs with the disk-full nemesis: a tmpfs of this size (it takes memory only as it
+/// fills).
+const DISK_VOLUME_BYTES: u64 = 2 << 30;
+
 /// Debian's multithreaded libfaketime, for whichever architecture is installed.
 fn find_faketime() -> Option<std::path::PathBuf> {
     let entries = std::fs::read_dir("/usr/lib").ok()?;
@@ -214,6 +218,24 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
     } else {
         None
     };
+    let disk_volume = if groups
+        .iter()
+        .any(|g| g.kinds.contains(&crate::NemesisKind::DiskFull))
+    {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(HarnessError::Config {
+                field: "nemesis",
+                value: config.nemesis.clone(),
+                reason:
+                    "the disk-full nemesis mounts a size-limited tmpfs as each node's data volume, which \
+                     needs root: run as root, or leave disk-full out"
+                        .into(),
+            });
+        }
+        Some(DISK_VOLUME_BYTES)
+    } else {
+        None
+    };
     for line in clean_leftovers() {
         say(config, &format!("cleanup: {line}"));
     }
@@ -229,6 +251,7 @@ async fn run(config: &TestConfig) -> Result<TestOutcome, HarnessError> {
         faketime,
         serve_args: workload.serve_args(),
         cache: workload.hosts_cache(),
+        disk_volume,
     };
     let sched_config = ScheduleConfig {
         time_limit: config.time_limit,

@@ -33,6 +33,26 @@ use crate::nemesis::schedule::{Fault, Window};
 /// The process name nemesis events carry.
 pub const NEMESIS: &str = "nemesis";
 
+/// What a node's log says when its volume is full (the operating system's message, through RocksDB).
+const NO_SPACE: &str = "No space left on device";
+
+/// The length of the log at `path` (0 when it cannot be read).
+fn log_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The log at `path` from byte `from` on (empty when it cannot be read).
+fn log_from(path: &std::path::Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(SeekFrom::Start(from)).is_ok()
+    {
+        let _ = file.read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 pub(crate) fn obj(pairs: Vec<(&str, Value)>) -> Value {
     Value::map(
         pairs
@@ -311,6 +331,42 @@ impl Nemesis {
                 active.removed = removed;
                 Some(refused && removed)
             }
+            Fault::DiskFull(x) => {
+                let x = *x;
+                fields.push(("node", Value::Int(x as i64)));
+                // The node must stop, saying its volume is full, at its next write (a follower appends what its
+                // leader replicates, so every member writes while the workload runs); started again while the
+                // volume is still full, it must refuse the same way.
+                let says_full = |c: &Cluster, from: u64| log_from(c.log_path(x), from).contains(NO_SPACE);
+                let mut stopped = false;
+                let mut refused = false;
+                // Only what the node logs from here on is evidence (an earlier window's message is not).
+                let from = log_len(c.log_path(x));
+                match c.fill_volume(x) {
+                    Ok(bytes) => {
+                        fields.push(("ballast_bytes", Value::Int(bytes as i64)));
+                        stopped = matches!(c.wait_exited(x, Duration::from_secs(30)).await, Some(false))
+                            && says_full(c, from);
+                        if stopped {
+                            let from = log_len(c.log_path(x));
+                            refused = match c.start_node(x) {
+                                Ok(_) => {
+                                    matches!(c.wait_exited(x, Duration::from_secs(30)).await, Some(false))
+                                        && says_full(c, from)
+                                }
+                                Err(e) => {
+                                    fields.push(("error", Value::Str(e.to_string())));
+                                    false
+                                }
+                            };
+                        }
+                    }
+                    Err(e) => fields.push(("error", Value::Str(e.to_string()))),
+                }
+                fields.push(("stopped", Value::Bool(stopped)));
+                fields.push(("refused_while_full", Value::Bool(refused)));
+                Some(stopped && refused)
+            }
             Fault::Clock {
                 nodes,
                 offset_s,
@@ -407,6 +463,19 @@ impl Nemesis {
                 }
                 fields.push(("reset", nodes_value(nodes)));
             }
+            Fault::DiskFull(x) => {
+                let x = *x;
+                fields.push(("freed", Value::Bool(c.free_volume(x))));
+                if !c.is_running(x) {
+                    match c.start_node(x) {
+                        Ok(_) => {
+                            let rejoined = follows_a_leader(c, x, Duration::from_secs(15)).await;
+                            fields.push(("rejoined", Value::Bool(rejoined)));
+                        }
+                        Err(e) => fields.push(("error", Value::Str(e.to_string()))),
+                    }
+                }
+            }
             Fault::Member(x) | Fault::Damage { node: x, .. } => {
                 if active.removed {
                     let url = c.peer_url(*x);
@@ -455,6 +524,7 @@ impl Nemesis {
         }
         let mut restarted = Vec::new();
         for i in 0..c.len() {
+            c.free_volume(i);
             c.resume_node(i);
             if !c.is_running(i) && c.start_node(i).is_ok() {
                 restarted.push(i);

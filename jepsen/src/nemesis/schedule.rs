@@ -47,11 +47,15 @@ pub enum NemesisKind {
     /// files) and start it on what is left: it must refuse. Then replace it as an operator does (MemberRemove and a
     /// wipe; at the end of the window MemberAdd and a start on an empty directory).
     Damage,
+    /// Fill a random node's data volume (each node's data directory is a size-limited tmpfs in such runs): it must
+    /// stop, saying the volume is full, and refuse to start while it is. When the window ends the space is freed
+    /// and the node started again on its data.
+    DiskFull,
 }
 
 impl NemesisKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [NemesisKind; 12] = [
+    pub const ALL: [NemesisKind; 13] = [
         NemesisKind::PartitionHalves,
         NemesisKind::PartitionOne,
         NemesisKind::PartitionLeader,
@@ -64,6 +68,7 @@ impl NemesisKind {
         NemesisKind::Member,
         NemesisKind::Clock,
         NemesisKind::Damage,
+        NemesisKind::DiskFull,
     ];
 
     /// The name on the command line and in histories.
@@ -81,6 +86,7 @@ impl NemesisKind {
             NemesisKind::Member => "member",
             NemesisKind::Clock => "clock",
             NemesisKind::Damage => "damage",
+            NemesisKind::DiskFull => "disk-full",
         }
     }
 
@@ -116,7 +122,7 @@ pub enum NemesisError {
     /// Not a nemesis.
     #[error(
         "unknown nemesis {0:?}: expected none, all, partition, partition-halves, partition-one, partition-leader, \
-         partition-ring, partition-bridge, kill, pause, delay, loss, member, clock, damage"
+         partition-ring, partition-bridge, kill, pause, delay, loss, member, clock, damage, disk-full"
     )]
     Unknown(String),
     /// A nemesis this harness cannot provide, and why.
@@ -237,6 +243,8 @@ pub enum Fault {
         /// What is done to its files.
         how: StorageDamage,
     },
+    /// Fill this node's data volume; free it at the stop.
+    DiskFull(usize),
 }
 
 /// What the damage nemesis does to a stopped node's database directory.
@@ -271,6 +279,7 @@ impl Fault {
             Fault::Member(_) => NemesisKind::Member,
             Fault::Clock { .. } => NemesisKind::Clock,
             Fault::Damage { .. } => NemesisKind::Damage,
+            Fault::DiskFull(_) => NemesisKind::DiskFull,
         }
     }
 }
@@ -443,6 +452,7 @@ pub fn draw_fault(rng: &mut ChaCha8Rng, kind: NemesisKind, n: usize) -> Fault {
         }
         NemesisKind::Loss => Fault::Loss(0.05),
         NemesisKind::Member => Fault::Member(order[0]),
+        NemesisKind::DiskFull => Fault::DiskFull(order[0]),
         NemesisKind::Damage => Fault::Damage {
             node: order[0],
             how: if rng.random_bool(0.5) {

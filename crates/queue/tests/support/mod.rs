@@ -134,7 +134,9 @@ impl Cluster {
         let node = PeerNode {
             name: node_config.name.clone(),
             peer_url: node_config.advertise_peer_url.clone(),
-            client_urls: node_config.advertise_client_urls.clone(),
+            // As etcd's MemberAdd: a member publishes its client URLs once it runs (a node on a new data
+            // directory listed with them refuses to start, taking them for a member that has run).
+            client_urls: Vec::new(),
         };
         service
             .change_member(MemberChange::Add { node, learner })

@@ -18,7 +18,10 @@ pub enum MemberChange {
     /// Add a member, as a learner or as a voter, under a new id (never one the group has had before: a member
     /// removed and added back at the same URL is a new member). No member may have its peer URL already.
     Add {
-        /// How to reach it (name and client URLs may be empty until it starts and publishes them).
+        /// How to reach it (name and client URLs may be empty until it starts and publishes them). In the
+        /// membership group (`NodeConfig::membership_group`) leave the client URLs empty, as etcd's MemberAdd
+        /// does: a node on a new data directory refuses to start when that group lists its peer URL with client
+        /// URLs, which it takes to mean that the member has run before (`NodeError::AlreadyBootstrapped`).
         node: PeerNode,
         /// Add as a non-voting learner.
         learner: bool,
