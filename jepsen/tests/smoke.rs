@@ -23,13 +23,22 @@ fn seed() -> u64 {
         })
 }
 
-/// Why these tests cannot run here, if they cannot: no root *and* no usable loopback addresses.
-fn cannot_run() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.to_owned()))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
-    if root {
+        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Whether this runs under CI, where a test that cannot run fails instead of skipping.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Why these tests cannot run here, if they cannot: no root *and* no usable loopback addresses.
+fn cannot_run() -> Option<String> {
+    if is_root() {
         return None;
     }
     match std::net::TcpListener::bind("127.0.0.11:0") {
@@ -79,8 +88,7 @@ async fn smoke(run: Smoke) -> Option<trestle_jepsen::TestOutcome> {
     } = run;
     if let Some(reason) = cannot_run() {
         // Under CI a run that cannot happen is a failure, never a silent pass.
-        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-        assert!(!in_ci, "smoke {workload} cannot run under CI: {reason}");
+        assert!(!in_ci(), "smoke {workload} cannot run under CI: {reason}");
         eprintln!("skipped (not under CI): {reason}");
         return None;
     }
@@ -202,14 +210,9 @@ async fn register_under_partitions_and_kills_is_linearizable() {
 /// stays linearizable: nothing acknowledged was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_with_a_full_disk_stops_the_node_and_loses_nothing() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.to_owned()))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if !is_root() {
         assert!(
-            !in_ci,
+            !in_ci(),
             "the disk-full smoke run needs root (it mounts a tmpfs per node) and CI has none"
         );
         eprintln!("skipped (not under CI): the disk-full smoke run needs root");

@@ -32,6 +32,16 @@ fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
+/// The peer URLs of `config.initial_cluster` but this node's own.
+fn other_members(config: &NodeConfig) -> Vec<&str> {
+    config
+        .initial_cluster
+        .iter()
+        .map(|(_, url)| url.as_str())
+        .filter(|url| !same_url(url, &config.advertise_peer_url))
+        .collect()
+}
+
 /// Whether member `id` of `members` has published its client URLs, which a member does once it has run.
 fn has_run(members: &[(NodeId, PeerNode)], id: NodeId) -> bool {
     members
@@ -55,12 +65,7 @@ pub(crate) async fn own_id_from_cluster(
 ) -> Result<NodeId, NodeError> {
     let me = &config.advertise_peer_url;
     let group = config.membership_group;
-    let others: Vec<&str> = config
-        .initial_cluster
-        .iter()
-        .map(|(_, url)| url.as_str())
-        .filter(|url| !same_url(url, me))
-        .collect();
+    let others = other_members(config);
     let join_error = |reason: String| NodeError::Join {
         peer_url: me.clone(),
         reason,
@@ -132,17 +137,12 @@ pub(crate) async fn refuse_if_bootstrapped(
 ) -> Result<(), NodeError> {
     let me = &config.advertise_peer_url;
     let group = config.membership_group;
-    let asked = config
-        .initial_cluster
-        .iter()
-        .map(|(_, url)| url.as_str())
-        .filter(|url| !same_url(url, me))
-        .map(|url| async move {
-            (
-                url,
-                members_at(channels, url, group, BOOTSTRAPPED_ASK_TIMEOUT).await,
-            )
-        });
+    let asked = other_members(config).into_iter().map(|url| async move {
+        (
+            url,
+            members_at(channels, url, group, BOOTSTRAPPED_ASK_TIMEOUT).await,
+        )
+    });
     for (url, answer) in futures::future::join_all(asked).await {
         let Ok(members) = answer else {
             continue;
